@@ -1,0 +1,36 @@
+# Quick start: `make demo` (main job) and `make test` (whole CPU test suite). Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_PIN := torch==2.13.0
+export MAX_JOBS ?= 2
+
+.PHONY: setup demo test pytest cmake-check clean
+
+# The marker file is rebuilt when the pins or the compiled sources change.
+$(VENV)/.installed: requirements.txt pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/qvgen demo $(DEMO_ARGS)
+
+pytest: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Standalone CMake build of csrc: torch-free C++ tests (CTest) and nvcc compile checks of every CUDA
+# source for sm_80 and sm_90a when a CUDA compiler is present.
+cmake-check:
+	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release
+	cmake --build build/cmake -j $(MAX_JOBS)
+	ctest --test-dir build/cmake --output-on-failure
+
+test: cmake-check pytest
+
+clean:
+	rm -rf build $(VENV) *.egg-info qvgen_kernels/_C*.so
