@@ -1,0 +1,236 @@
+"""``torch.library`` custom ops ``qvgen::*``: real impls go through the dispatcher, fake impls give
+shapes and dtypes only, so ``torch.compile(fullgraph=True)`` traces them as opaque nodes.
+
+Every op takes 2-D tensors (the public wrappers in ``ops.py`` flatten leading dims) and a trailing
+``backend: str | None``. Checks that need the data (NaN/Inf, code range, scale and clip values) live
+here, in the real impls, so they run once, on every backend, compiled or not; ``ops.py`` checks
+everything static (types, dtypes, shapes, devices) before the op is called.
+
+Notation: M tokens, K features, N output channels, G weight groups, b bits.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _dispatch
+from .format import fail, packed_width
+from .reference.pack import check_codes_range
+
+_NS = "qvgen"
+
+
+def _check_finite(op: str, arg: str, t: Tensor) -> None:
+    bad = int((~torch.isfinite(t)).sum())
+    if bad:
+        fail(op, arg, "finite values (no NaN/Inf)", f"{bad} non-finite element(s)")
+
+
+def _check_positive(op: str, arg: str, t: Tensor) -> None:
+    if t.numel() and not bool((torch.isfinite(t) & (t > 0)).all()):
+        fail(op, arg, "finite values > 0", f"min {float(t.min())}, max {float(t.max())}")
+
+
+def _check_clip(op: str, arg: str, t: Tensor) -> None:
+    if t.numel() and not bool(((t > 0) & (t <= 1)).all()):
+        fail(op, arg, "clip factors in (0, 1]", f"values in [{float(t.min())}, {float(t.max())}]")
+
+
+def _check_act(op: str, x: Tensor, clip_lo: Tensor, clip_hi: Tensor) -> None:
+    _check_finite(op, "x", x)
+    _check_clip(op, "clip_lo", clip_lo)
+    _check_clip(op, "clip_hi", clip_hi)
+
+
+def _check_weight_params(op: str, scale: Tensor, zero: Tensor) -> None:
+    _check_positive(op, "scale", scale)
+    _check_finite(op, "zero", zero)
+
+
+# ---- packing -------------------------------------------------------------------------------------
+
+@torch.library.custom_op(f"{_NS}::pack", mutates_args=())
+def pack(codes: Tensor, bits: int, backend: Optional[str] = None) -> Tensor:
+    """uint8 codes ``[R, K]`` -> packed ``[R, packed_width(K, bits)]``."""
+    check_codes_range("pack", "codes", codes, bits)
+    return _dispatch.call("pack", codes.device, backend, codes, bits)
+
+
+@pack.register_fake
+def _(codes: Tensor, bits: int, backend: Optional[str] = None) -> Tensor:
+    return codes.new_empty((codes.shape[0], packed_width(codes.shape[1], bits)))
+
+
+@torch.library.custom_op(f"{_NS}::unpack", mutates_args=())
+def unpack(packed: Tensor, bits: int, k: int, backend: Optional[str] = None) -> Tensor:
+    """Packed ``[R, packed_width(k, bits)]`` -> uint8 codes ``[R, k]``."""
+    return _dispatch.call("unpack", packed.device, backend, packed, bits, k)
+
+
+@unpack.register_fake
+def _(packed: Tensor, bits: int, k: int, backend: Optional[str] = None) -> Tensor:
+    return packed.new_empty((packed.shape[0], k))
+
+
+# ---- quantization --------------------------------------------------------------------------------
+
+@torch.library.custom_op(f"{_NS}::quantize_per_token", mutates_args=())
+def quantize_per_token(x: Tensor, bits: int, clip_lo: Tensor, clip_hi: Tensor,
+                       backend: Optional[str] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``x [M, K]``, clips fp32 ``[M]`` -> (packed uint8, scale fp32 [M], zero int32 [M], rowsum int32 [M])."""
+    _check_act("quantize_per_token", x, clip_lo, clip_hi)
+    return _dispatch.call("quantize_per_token", x.device, backend, x, bits, clip_lo, clip_hi)
+
+
+@quantize_per_token.register_fake
+def _(x: Tensor, bits: int, clip_lo: Tensor, clip_hi: Tensor, backend: Optional[str] = None):
+    m, k = x.shape
+    return (x.new_empty((m, packed_width(k, bits)), dtype=torch.uint8),
+            x.new_empty((m,), dtype=torch.float32), x.new_empty((m,), dtype=torch.int32),
+            x.new_empty((m,), dtype=torch.int32))
+
+
+@torch.library.custom_op(f"{_NS}::quantize_weight", mutates_args=())
+def quantize_weight(w: Tensor, scale: Tensor, zero: Tensor, bits: int,
+                    backend: Optional[str] = None) -> Tensor:
+    """``w [N, K]``, scale / zero fp32 ``[N]`` or ``[N, G]`` -> uint8 codes ``[N, K]``."""
+    _check_finite("quantize_weight", "w", w)
+    _check_weight_params("quantize_weight", scale, zero)
+    return _dispatch.call("quantize_weight", w.device, backend, w, scale, zero, bits)
+
+
+@quantize_weight.register_fake
+def _(w: Tensor, scale: Tensor, zero: Tensor, bits: int, backend: Optional[str] = None) -> Tensor:
+    return w.new_empty(w.shape, dtype=torch.uint8)
+
+
+# ---- GEMM ----------------------------------------------------------------------------------------
+
+@torch.library.custom_op(f"{_NS}::lowbit_gemm", mutates_args=())
+def lowbit_gemm(a_packed: Tensor, a_scale: Tensor, a_zero: Tensor, a_rowsum: Tensor, w_packed: Tensor,
+                w_scale: Tensor, w_zero: Tensor, bias: Optional[Tensor], w_bits: int, a_bits: int, k: int,
+                out_dtype: torch.dtype, backend: Optional[str] = None) -> Tensor:
+    """Already-quantized activations times packed weights -> ``[M, N]`` in ``out_dtype``."""
+    return _dispatch.call("lowbit_gemm", a_packed.device, backend, a_packed, a_scale, a_zero, a_rowsum,
+                          w_packed, w_scale, w_zero, bias, w_bits, a_bits, k, out_dtype)
+
+
+@lowbit_gemm.register_fake
+def _(a_packed, a_scale, a_zero, a_rowsum, w_packed, w_scale, w_zero, bias, w_bits, a_bits, k,
+      out_dtype, backend=None) -> Tensor:
+    return a_packed.new_empty((a_packed.shape[0], w_packed.shape[0]), dtype=out_dtype)
+
+
+@torch.library.custom_op(f"{_NS}::lowbit_linear", mutates_args=())
+def lowbit_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, w_zero: Tensor, bias: Optional[Tensor],
+                  w_bits: int, a_bits: int, clip_lo: Tensor, clip_hi: Tensor,
+                  backend: Optional[str] = None) -> Tensor:
+    """``x [M, K]`` quantized per token (a_bits < 16) or kept (a_bits = 16) times packed W -> x.dtype."""
+    _dispatch.require("lowbit_linear", x.device, backend)  # name this op if the backend is unavailable
+    _check_act("lowbit_linear", x, clip_lo, clip_hi)
+    k = x.shape[1]
+    if a_bits == 16:
+        return _dispatch.call("weight_only_linear", x.device, backend, x, w_packed, w_scale, w_zero, bias,
+                              w_bits, k)
+    q = _dispatch.call("quantize_per_token", x.device, backend, x, a_bits, clip_lo, clip_hi)
+    return _dispatch.call("lowbit_gemm", x.device, backend, *q, w_packed, w_scale, w_zero, bias, w_bits,
+                          a_bits, k, x.dtype)
+
+
+@lowbit_linear.register_fake
+def _(x, w_packed, w_scale, w_zero, bias, w_bits, a_bits, clip_lo, clip_hi, backend=None) -> Tensor:
+    return x.new_empty((x.shape[0], w_packed.shape[0]))
+
+
+# ---- fake quant (training), with explicit backward ops -------------------------------------------
+
+@torch.library.custom_op(f"{_NS}::fake_quant_weight", mutates_args=())
+def fake_quant_weight(w: Tensor, scale: Tensor, zero: Tensor, bits: int, grad_scale: float,
+                      backend: Optional[str] = None) -> Tensor:
+    """LSQ+ weight fake quant ``s * (clamp(round(w / s + z), 0, P) - z)``, ``w [N, K]`` -> w.dtype."""
+    _check_finite("fake_quant_weight", "w", w)
+    _check_weight_params("fake_quant_weight", scale, zero)
+    return _dispatch.call("fake_quant_weight", w.device, backend, w, scale, zero, bits, grad_scale)
+
+
+@fake_quant_weight.register_fake
+def _(w, scale, zero, bits, grad_scale, backend=None) -> Tensor:
+    return torch.empty_like(w)
+
+
+@torch.library.custom_op(f"{_NS}::fake_quant_weight_backward", mutates_args=())
+def fake_quant_weight_backward(grad: Tensor, w: Tensor, scale: Tensor, zero: Tensor, bits: int,
+                               grad_scale: float, backend: Optional[str] = None
+                               ) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients ``(grad_w, grad_scale_param, grad_zero)`` of ``fake_quant_weight``."""
+    return _dispatch.call("fake_quant_weight_backward", w.device, backend, grad, w, scale, zero, bits,
+                          grad_scale)
+
+
+@fake_quant_weight_backward.register_fake
+def _(grad, w, scale, zero, bits, grad_scale, backend=None):
+    return torch.empty_like(w), torch.empty_like(scale), torch.empty_like(zero)
+
+
+def _fqw_setup(ctx, inputs, output) -> None:
+    w, scale, zero, bits, grad_scale, backend = inputs
+    ctx.save_for_backward(w, scale, zero)
+    ctx.args = (bits, grad_scale, backend)
+
+
+def _fqw_backward(ctx, grad: Tensor):
+    w, scale, zero = ctx.saved_tensors
+    gw, gs, gz = fake_quant_weight_backward(grad, w, scale, zero, *ctx.args)
+    return gw, gs, gz, None, None, None
+
+
+fake_quant_weight.register_autograd(_fqw_backward, setup_context=_fqw_setup)
+
+
+@torch.library.custom_op(f"{_NS}::fake_quant_act", mutates_args=())
+def fake_quant_act(x: Tensor, bits: int, clip_lo: Tensor, clip_hi: Tensor,
+                   backend: Optional[str] = None) -> Tensor:
+    """Per-token fake quant of ``x [M, K]`` with clips ``[M]`` -> x.dtype."""
+    _check_act("fake_quant_act", x, clip_lo, clip_hi)
+    return _dispatch.call("fake_quant_act", x.device, backend, x, bits, clip_lo, clip_hi)
+
+
+@fake_quant_act.register_fake
+def _(x, bits, clip_lo, clip_hi, backend=None) -> Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op(f"{_NS}::fake_quant_act_backward", mutates_args=())
+def fake_quant_act_backward(grad: Tensor, x: Tensor, bits: int, clip_lo: Tensor, clip_hi: Tensor,
+                            backend: Optional[str] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients ``(grad_x, grad_clip_lo, grad_clip_hi)`` of ``fake_quant_act``."""
+    return _dispatch.call("fake_quant_act_backward", x.device, backend, grad, x, bits, clip_lo, clip_hi)
+
+
+@fake_quant_act_backward.register_fake
+def _(grad, x, bits, clip_lo, clip_hi, backend=None):
+    return torch.empty_like(x), torch.empty_like(clip_lo), torch.empty_like(clip_hi)
+
+
+def _fqa_setup(ctx, inputs, output) -> None:
+    x, bits, clip_lo, clip_hi, backend = inputs
+    ctx.save_for_backward(x, clip_lo, clip_hi)
+    ctx.args = (bits, backend)
+
+
+def _fqa_backward(ctx, grad: Tensor):
+    x, clip_lo, clip_hi = ctx.saved_tensors
+    bits, backend = ctx.args
+    gx, glo, ghi = fake_quant_act_backward(grad, x, bits, clip_lo, clip_hi, backend)
+    return gx, None, glo, ghi, None
+
+
+fake_quant_act.register_autograd(_fqa_backward, setup_context=_fqa_setup)
+
+__all__ = [
+    "fake_quant_act", "fake_quant_act_backward", "fake_quant_weight", "fake_quant_weight_backward",
+    "lowbit_gemm", "lowbit_linear", "pack", "quantize_per_token", "quantize_weight", "unpack",
+]

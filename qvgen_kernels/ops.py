@@ -1,0 +1,288 @@
+"""The public functional API of the kernel library, the same on every backend.
+
+Every function validates its arguments statically (types, dtypes, shapes, devices: a ``TypeError`` /
+``ValueError`` naming the op and the argument), flattens leading dims to the 2-D custom ops of
+``_ops.py`` (which check the data: NaN/Inf, code range, scale and clip values) and restores the shape.
+``backend`` picks the implementation (see ``_dispatch.py``): None = ``$QVGEN_BACKEND`` or automatic.
+
+Notation: M tokens (product of leading dims), K features, N output channels, G weight groups, b bits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import torch
+from torch import Tensor
+
+from . import _dispatch, _ops
+from .format import ACT_BITS, PACKED_BITS, WEIGHT_BITS, check_bits, fail, packed_width
+from .reference import quant as _ref_quant
+
+Clip = Union[float, Tensor]
+_ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_TRAIN_DTYPES = _ACT_DTYPES + (torch.float64,)  # fake quant also takes fp64 (gradcheck)
+_QUANT_BITS = tuple(b for b in ACT_BITS if b in PACKED_BITS)
+
+
+def _tensor(op: str, arg: str, t: object, dtypes: tuple[torch.dtype, ...] | None = None,
+            ndim: int | None = None) -> Tensor:
+    """Check a tensor argument's type, dtype and number of dims (None = any, but at least 1)."""
+    if not isinstance(t, Tensor):
+        fail(op, arg, "a torch.Tensor", type(t).__name__, TypeError)
+    if dtypes is not None and t.dtype not in dtypes:
+        fail(op, arg, f"dtype in {tuple(str(d) for d in dtypes)}", t.dtype, TypeError)
+    if (ndim is None and t.dim() < 1) or (ndim is not None and t.dim() != ndim):
+        fail(op, arg, f"{ndim or 'at least 1'}-D tensor", f"shape {tuple(t.shape)}")
+    if t.dim() and t.shape[-1] == 0:
+        fail(op, arg, "a non-empty last dim", f"shape {tuple(t.shape)}")
+    return t
+
+
+def _float_tensor(op: str, arg: str, t: object, ndim: int | None = None) -> Tensor:
+    if isinstance(t, Tensor) and not t.is_floating_point():
+        fail(op, arg, "a floating-point tensor", t.dtype, TypeError)
+    return _tensor(op, arg, t, ndim=ndim)
+
+
+def _same_device(op: str, ref: Tensor, **tensors: Tensor | None) -> None:
+    for arg, t in tensors.items():
+        if t is not None and t.device != ref.device:
+            fail(op, arg, f"device {ref.device} (as the first tensor argument)", t.device)
+
+
+def _positive_int(op: str, arg: str, v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        fail(op, arg, "a positive int", repr(v))
+    return v
+
+
+def _clip(op: str, arg: str, clip: object, x: Tensor, dtype: torch.dtype) -> Tensor:
+    """A float or a tensor broadcastable to ``x.shape[:-1]`` -> per-row ``[M]`` tensor of ``dtype``."""
+    lead = x.shape[:-1]
+    if isinstance(clip, (float, int)) and not isinstance(clip, bool):
+        if not 0.0 < clip <= 1.0:
+            fail(op, arg, "a clip factor in (0, 1]", clip)
+        return torch.full((math.prod(lead),), float(clip), dtype=dtype, device=x.device)
+    if not isinstance(clip, Tensor):
+        fail(op, arg, "a float or a tensor", type(clip).__name__, TypeError)
+    if not clip.is_floating_point():
+        fail(op, arg, "a floating-point tensor", clip.dtype, TypeError)
+    _same_device(op, x, **{arg: clip})
+    try:
+        ok = torch.broadcast_shapes(clip.shape, lead) == lead
+    except RuntimeError:
+        ok = False
+    if not ok:
+        fail(op, arg, f"a shape broadcastable to x.shape[:-1] = {tuple(lead)}", f"{tuple(clip.shape)}")
+    return clip.to(dtype).expand(lead).reshape(-1)
+
+
+def _weight_params(op: str, scale: object, zero: object, n: int, k: int, ref: Tensor,
+                   dtype: torch.dtype = torch.float32, names: tuple[str, str] = ("scale", "zero")
+                   ) -> tuple[Tensor, Tensor]:
+    """scale / zero: float ``[N]`` (per channel) or ``[N, G]`` with G | K (per group), cast to ``dtype``."""
+    scale, zero = _float_tensor(op, names[0], scale), _float_tensor(op, names[1], zero)
+    _same_device(op, ref, **{names[0]: scale, names[1]: zero})
+    if scale.dim() > 2 or scale.shape[0] != n:
+        fail(op, names[0], f"shape [N] or [N, G] with N={n}", f"{tuple(scale.shape)}")
+    if scale.dim() == 2 and k % scale.shape[1]:
+        fail(op, names[0], f"a number of groups G dividing K={k}", scale.shape[1])
+    if zero.shape != scale.shape:
+        fail(op, names[1], f"the shape of {names[0]} {tuple(scale.shape)}", f"{tuple(zero.shape)}")
+    return scale.to(dtype), zero.to(dtype)
+
+
+def _bias(op: str, bias: object, n: int, ref: Tensor) -> Tensor | None:
+    if bias is None:
+        return None
+    bias = _float_tensor(op, "bias", bias, ndim=1)
+    _same_device(op, ref, bias=bias)
+    if bias.shape[0] != n:
+        fail(op, "bias", f"shape [{n}]", f"{tuple(bias.shape)}")
+    return bias
+
+
+def _backend(op: str, backend: object) -> str | None:
+    """A valid backend name (or None), checked before any work; availability is checked at dispatch."""
+    if backend is not None:
+        _dispatch.normalize(op, backend)  # type: ignore[arg-type]
+    return backend  # type: ignore[return-value]
+
+
+def _rows(t: Tensor) -> Tensor:
+    """Leading dims flattened: ``[..., K]`` -> contiguous ``[M, K]``."""
+    return t.reshape(-1, t.shape[-1]).contiguous()
+
+
+def pack(codes: Tensor, bits: int, *, backend: str | None = None) -> Tensor:
+    """uint8 codes ``[..., K]`` in ``[0, 2^bits - 1]`` -> packed uint8 ``[..., packed_width(K, bits)]``."""
+    backend = _backend("pack", backend)
+    _tensor("pack", "codes", codes, (torch.uint8,))
+    check_bits("pack", "bits", bits, PACKED_BITS)
+    out = _ops.pack(_rows(codes), bits, backend)
+    return out.reshape(*codes.shape[:-1], out.shape[-1])
+
+
+def unpack(packed: Tensor, bits: int, k: int, *, backend: str | None = None) -> Tensor:
+    """Packed uint8 ``[..., packed_width(k, bits)]`` -> uint8 codes ``[..., k]``."""
+    backend = _backend("unpack", backend)
+    _tensor("unpack", "packed", packed, (torch.uint8,))
+    check_bits("unpack", "bits", bits, PACKED_BITS)
+    _positive_int("unpack", "k", k)
+    if packed.shape[-1] != packed_width(k, bits):
+        fail("unpack", "packed", f"last dim packed_width(k={k}, bits={bits}) = {packed_width(k, bits)}",
+             f"shape {tuple(packed.shape)}")
+    return _ops.unpack(_rows(packed), bits, k, backend).reshape(*packed.shape[:-1], k)
+
+
+def quantize_per_token(x: Tensor, bits: int, clip_lo: Clip = 1.0, clip_hi: Clip = 1.0, *,
+                       backend: str | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Dynamic per-token quantization of ``x [..., K]`` (fp32/fp16/bf16).
+
+    Returns ``(packed uint8 [..., packed_width(K, bits)], scale fp32 [...], zero int32 [...],
+    rowsum int32 [...])`` with ``rowsum = sum_k (q_x - z_x)``.
+    """
+    op = "quantize_per_token"
+    backend = _backend(op, backend)
+    _tensor(op, "x", x, _ACT_DTYPES)
+    check_bits(op, "bits", bits, _QUANT_BITS)
+    lo, hi = _clip(op, "clip_lo", clip_lo, x, torch.float32), _clip(op, "clip_hi", clip_hi, x, torch.float32)
+    packed, scale, zero, rowsum = _ops.quantize_per_token(_rows(x), bits, lo, hi, backend)
+    lead = x.shape[:-1]
+    return packed.reshape(*lead, packed.shape[-1]), scale.reshape(lead), zero.reshape(lead), rowsum.reshape(lead)
+
+
+def quantize_weight(w: Tensor, scale: Tensor, zero: Tensor, bits: int, *,
+                    backend: str | None = None) -> Tensor:
+    """uint8 codes ``clamp(round(w / s + z), 0, P)`` of ``w [N, K]``; scale / zero ``[N]`` or ``[N, G]``."""
+    backend = _backend("quantize_weight", backend)
+    _tensor("quantize_weight", "w", w, _ACT_DTYPES, ndim=2)
+    check_bits("quantize_weight", "bits", bits, WEIGHT_BITS)
+    scale, zero = _weight_params("quantize_weight", scale, zero, w.shape[0], w.shape[1], w)
+    return _ops.quantize_weight(w.contiguous(), scale, zero, bits, backend)
+
+
+def dequantize_weight(codes: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
+    """fp32 ``s * (q - z)`` of unpacked uint8 codes ``[N, K]``; scale / zero ``[N]`` or ``[N, G]``."""
+    _tensor("dequantize_weight", "codes", codes, (torch.uint8,), ndim=2)
+    scale, zero = _weight_params("dequantize_weight", scale, zero, codes.shape[0], codes.shape[1], codes)
+    return _ref_quant.dequantize_weight(codes, scale, zero)
+
+
+def _packed_weight(op: str, w_packed: object, w_bits: int, k: int, ref: Tensor) -> Tensor:
+    """``w_packed`` uint8 ``[N, packed_width(k, w_bits)]`` on ``ref``'s device."""
+    w_packed = _tensor(op, "w_packed", w_packed, (torch.uint8,), ndim=2)
+    _same_device(op, ref, w_packed=w_packed)
+    if w_packed.shape[1] != packed_width(k, w_bits):
+        fail(op, "w_packed", f"shape [N, packed_width(K={k}, w_bits={w_bits}) = {packed_width(k, w_bits)}]"
+             " (K of the activations)", f"{tuple(w_packed.shape)}")
+    return w_packed.contiguous()
+
+
+def _per_row(op: str, arg: str, t: object, a_packed: Tensor, dtype: torch.dtype | None) -> None:
+    """A per-row tensor of shape ``a_packed.shape[:-1]`` (dtype None = any floating point)."""
+    if not isinstance(t, Tensor):
+        fail(op, arg, "a torch.Tensor", type(t).__name__, TypeError)
+    if (dtype is None and not t.is_floating_point()) or (dtype is not None and t.dtype != dtype):
+        fail(op, arg, f"dtype {dtype or 'floating point'}", t.dtype, TypeError)
+    if t.shape != a_packed.shape[:-1]:
+        fail(op, arg, f"shape {tuple(a_packed.shape[:-1])} (the leading dims of a_packed)", tuple(t.shape))
+    _same_device(op, a_packed, **{arg: t})
+
+
+def lowbit_gemm(a_packed: Tensor, a_scale: Tensor, a_zero: Tensor, a_rowsum: Tensor, w_packed: Tensor,
+                w_scale: Tensor, w_zero: Tensor, bias: Tensor | None, *, w_bits: int, a_bits: int, k: int,
+                out_dtype: torch.dtype, backend: str | None = None) -> Tensor:
+    """Already-quantized activations (as ``quantize_per_token`` returns them) times packed weights.
+
+    ``a_packed [..., packed_width(k, a_bits)]``, ``a_scale`` float / ``a_zero``, ``a_rowsum`` int32 ``[...]``,
+    ``w_packed [N, packed_width(k, w_bits)]``, ``w_scale`` / ``w_zero`` ``[N]`` or ``[N, G]``, ``bias [N]``
+    or None. Returns ``[..., N]`` in ``out_dtype``.
+    """
+    op = "lowbit_gemm"
+    backend = _backend(op, backend)
+    check_bits(op, "w_bits", w_bits, WEIGHT_BITS)
+    check_bits(op, "a_bits", a_bits, _QUANT_BITS)
+    _positive_int(op, "k", k)
+    if not isinstance(out_dtype, torch.dtype) or not out_dtype.is_floating_point:
+        fail(op, "out_dtype", "a floating-point torch.dtype", repr(out_dtype), TypeError)
+    _tensor(op, "a_packed", a_packed, (torch.uint8,))
+    if a_packed.shape[-1] != packed_width(k, a_bits):
+        fail(op, "a_packed", f"last dim packed_width(k={k}, a_bits={a_bits}) = {packed_width(k, a_bits)}",
+             f"shape {tuple(a_packed.shape)}")
+    _per_row(op, "a_scale", a_scale, a_packed, None)
+    _per_row(op, "a_zero", a_zero, a_packed, torch.int32)
+    _per_row(op, "a_rowsum", a_rowsum, a_packed, torch.int32)
+    w_packed = _packed_weight(op, w_packed, w_bits, k, a_packed)
+    n = w_packed.shape[0]
+    w_scale, w_zero = _weight_params(op, w_scale, w_zero, n, k, a_packed, names=("w_scale", "w_zero"))
+    bias = _bias(op, bias, n, a_packed)
+    out = _ops.lowbit_gemm(_rows(a_packed), a_scale.reshape(-1).float(), a_zero.reshape(-1),
+                           a_rowsum.reshape(-1), w_packed, w_scale, w_zero, bias, w_bits, a_bits, k,
+                           out_dtype, backend)
+    return out.reshape(*a_packed.shape[:-1], n)
+
+
+def lowbit_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, w_zero: Tensor, bias: Tensor | None,
+                  w_bits: int = 4, a_bits: int = 4, clip_lo: Clip = 1.0, clip_hi: Clip = 1.0, *,
+                  backend: str | None = None) -> Tensor:
+    """``F.linear`` with a packed low-bit weight: x quantized per token (a_bits < 16), then the GEMM.
+
+    ``x [..., K]`` fp32/fp16/bf16; ``a_bits=16`` keeps x in floating point (weight-only). Returns
+    ``[..., N]`` in x.dtype. clip_lo / clip_hi: floats or tensors broadcastable to ``x.shape[:-1]``.
+    """
+    op = "lowbit_linear"
+    backend = _backend(op, backend)
+    _tensor(op, "x", x, _ACT_DTYPES)
+    check_bits(op, "w_bits", w_bits, WEIGHT_BITS)
+    check_bits(op, "a_bits", a_bits, ACT_BITS)
+    k = x.shape[-1]
+    w_packed = _packed_weight(op, w_packed, w_bits, k, x)
+    n = w_packed.shape[0]
+    w_scale, w_zero = _weight_params(op, w_scale, w_zero, n, k, x, names=("w_scale", "w_zero"))
+    bias = _bias(op, bias, n, x)
+    lo, hi = _clip(op, "clip_lo", clip_lo, x, torch.float32), _clip(op, "clip_hi", clip_hi, x, torch.float32)
+    out = _ops.lowbit_linear(_rows(x), w_packed, w_scale, w_zero, bias, w_bits, a_bits, lo, hi, backend)
+    return out.reshape(*x.shape[:-1], n)
+
+
+def fake_quant_weight(w: Tensor, scale: Tensor, zero: Tensor, bits: int, grad_scale: float = 1.0, *,
+                      backend: str | None = None) -> Tensor:
+    """Differentiable LSQ+ fake quant ``s * (clamp(round_ste(w / s + z), 0, P) - z)`` of ``w [N, K]``.
+
+    scale / zero ``[N]`` or ``[N, G]``; their gradients are multiplied by ``grad_scale``; w gets the
+    straight-through gradient masked to the unclamped entries. Returns w.dtype.
+    """
+    op = "fake_quant_weight"
+    backend = _backend(op, backend)
+    _tensor(op, "w", w, _TRAIN_DTYPES, ndim=2)
+    check_bits(op, "bits", bits, WEIGHT_BITS)
+    if isinstance(grad_scale, bool) or not isinstance(grad_scale, (int, float)) or not grad_scale > 0:
+        fail(op, "grad_scale", "a positive float", repr(grad_scale))
+    cd = _ref_quant.compute_dtype(w)
+    scale, zero = _weight_params(op, scale, zero, w.shape[0], w.shape[1], w, dtype=cd)
+    return _ops.fake_quant_weight(w.contiguous(), scale, zero, bits, float(grad_scale), backend)
+
+
+def fake_quant_act(x: Tensor, bits: int, clip_lo: Clip = 1.0, clip_hi: Clip = 1.0, *,
+                   backend: str | None = None) -> Tensor:
+    """Differentiable per-token fake quant of ``x [..., K]``, returns x.dtype.
+
+    x gets the straight-through gradient masked to the unclamped entries (the per-token min/max are
+    constants); tensor clips (broadcastable to ``x.shape[:-1]``) get gradients through the scale.
+    """
+    op = "fake_quant_act"
+    backend = _backend(op, backend)
+    _tensor(op, "x", x, _TRAIN_DTYPES)
+    check_bits(op, "bits", bits, _QUANT_BITS)
+    cd = _ref_quant.compute_dtype(x)
+    lo, hi = _clip(op, "clip_lo", clip_lo, x, cd), _clip(op, "clip_hi", clip_hi, x, cd)
+    return _ops.fake_quant_act(_rows(x), bits, lo, hi, backend).reshape(x.shape)
+
+
+__all__ = [
+    "dequantize_weight", "fake_quant_act", "fake_quant_weight", "lowbit_gemm", "lowbit_linear", "pack",
+    "quantize_per_token", "quantize_weight", "unpack",
+]
