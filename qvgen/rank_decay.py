@@ -1,0 +1,139 @@
+"""Rank decay of the auxiliary module Phi: rank r0 -> r0/2 -> ... -> 1 -> 0 over log2(r0) + 1 stages.
+
+Within stage k (rank r_k) the upper half of Phi's columns keeps gamma = 1 and the lower half fades with
+u(tau) (cosine or linear, 1 -> ~0). At each stage boundary the faded half is dropped, the kept product is
+re-decomposed by SVD (so the next half to fade is again the one with the smallest singular values), the
+Parameters shrink in place and their optimizer state is discarded. After the last stage Phi is deleted
+from every layer and from the optimizer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from qvgen_kernels.format import fail
+
+from .lowrank import resvd
+from .qlinear import QLinear
+from .swap import iter_qlinears, model_config
+
+_SCHEDULES = ("cosine", "linear")
+
+
+class RankDecay:
+    """Drives gamma and the rank of Phi in every QLinear of `model`; call `step(i)` before the forward of
+    step i (0-based). Stage length T = total_steps // (log2(rank) + 1); Phi is gone from step 6T on for
+    rank 32. A model quantized with rank 0 has nothing to decay: every step is a no-op."""
+
+    def __init__(self, model: nn.Module, total_steps: int, schedule: str = "cosine",
+                 optimizer: torch.optim.Optimizer | None = None) -> None:
+        op = "RankDecay"
+        self.layers = list(iter_qlinears(model))
+        if not self.layers:
+            fail(op, "model", "a model with QLinear layers (run qvgen.quantize_model first)", "none")
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            fail(op, "total_steps", "a positive int", repr(total_steps))
+        if schedule not in _SCHEDULES:
+            fail(op, "schedule", f"one of {_SCHEDULES}", repr(schedule))
+        rank = model_config(model).rank
+        if rank & (rank - 1):
+            fail(op, "rank", "a power of two (QuantConfig.rank)", rank)
+        self.rank0 = rank
+        self.total_steps = total_steps
+        self.schedule = schedule
+        self.optimizer = optimizer
+        self.num_stages = rank.bit_length()  # log2(rank) + 1
+        self.stage_len = total_steps // self.num_stages if rank else total_steps
+        if rank and self.stage_len < 1:
+            fail(op, "total_steps", f"at least {self.num_stages} (one step per rank stage)", total_steps)
+        self.last_step: int | None = None
+
+    @property
+    def end_step(self) -> int:
+        """First step without Phi."""
+        return self.num_stages * self.stage_len
+
+    def rank_at(self, i: int) -> int:
+        """Phi's rank during step i."""
+        k = i // self.stage_len
+        return 0 if k >= self.num_stages else self.rank0 >> k
+
+    def gamma_at(self, i: int) -> torch.Tensor | None:
+        """gamma [rank_at(i)] during step i (None once Phi is gone)."""
+        r = self.rank_at(i)
+        if r == 0:
+            return None
+        tau = i % self.stage_len
+        if self.schedule == "cosine":
+            u = (1.0 + math.cos(math.pi * tau / self.stage_len)) / 2.0
+        else:
+            u = 1.0 - tau / self.stage_len
+        return torch.tensor([1.0] * (r // 2) + [u] * (r - r // 2), dtype=torch.float32)
+
+    @property
+    def current_rank(self) -> int:
+        return self.rank0 if self.last_step is None else self.rank_at(self.last_step)
+
+    def step(self, i: int) -> None:
+        """Apply the schedule for step i: shrink / remove Phi if a stage boundary was crossed, set gamma.
+        Idempotent; i may jump forward (stages in between are applied in order) but not back a stage."""
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            fail("RankDecay.step", "i", "a non-negative int", repr(i))
+        if self.rank0 == 0:
+            self.last_step = i
+            return
+        target = self.rank_at(i)
+        gamma = self.gamma_at(i)
+        for name, q in self.layers:
+            self._shrink_to(name, q, target, i)
+            if gamma is not None:
+                q.phi_gamma.copy_(gamma)
+        self.last_step = i
+
+    def _shrink_to(self, name: str, q: QLinear, target: int, i: int) -> None:
+        width = q.phi_width
+        if width < target:
+            fail("RankDecay.step", "i", f"a step at or after layer '{name}''s stage (its Phi has width "
+                 f"{width}, step {i} needs {target})", i)
+        while width > target:
+            width //= 2
+            params = [q.phi_l, q.phi_r]
+            if width == 0:
+                q.remove_phi()
+                self._forget(params, remove=True)
+            else:
+                q.set_phi(*resvd(q.phi_l, q.phi_r, width))
+                self._forget(params, remove=False)
+
+    def _forget(self, params: list[nn.Parameter], remove: bool) -> None:
+        """Drop the optimizer state of params (moments are meaningless after a re-SVD); with remove, also
+        take them out of the param groups."""
+        if self.optimizer is None:
+            return
+        for p in params:
+            self.optimizer.state.pop(p, None)
+        if remove:
+            ids = {id(p) for p in params}
+            for group in self.optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if id(p) not in ids]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rank0": self.rank0, "total_steps": self.total_steps, "schedule": self.schedule,
+                "last_step": self.last_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the schedule position (re-applying the last step: shapes and gamma follow it)."""
+        for key in ("rank0", "total_steps", "schedule"):
+            if key not in state:
+                fail("RankDecay.load_state_dict", "state", f"a dict with key '{key}'", sorted(state))
+            if state[key] != getattr(self, key):
+                fail("RankDecay.load_state_dict", key, repr(getattr(self, key)), repr(state[key]))
+        if state.get("last_step") is not None:
+            self.step(int(state["last_step"]))
+
+
+__all__ = ["RankDecay"]

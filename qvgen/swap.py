@@ -1,0 +1,116 @@
+"""Model-level operations: swap nn.Linear -> QLinear, iterate the QLinears, convert to deployment."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from typing import Iterable, Iterator
+
+from torch import nn
+
+from qvgen_kernels.format import fail
+
+from .config import QuantConfig
+from .qlinear import QLinear
+from .timestep import STATE_ATTR, attach_state
+
+logger = logging.getLogger("qvgen")
+
+CONFIG_ATTR = "qvgen_config"
+
+
+def iter_qlinears(model: nn.Module) -> Iterator[tuple[str, QLinear]]:
+    """(qualified name, QLinear) pairs, in module order (the root itself is named "")."""
+    for name, module in model.named_modules():
+        if isinstance(module, QLinear):
+            yield name, module
+
+
+def model_config(model: nn.Module) -> QuantConfig | None:
+    """The QuantConfig recorded on a quantized model (or on its QLinears), None when it has none."""
+    cfg = getattr(model, CONFIG_ATTR, None)
+    if isinstance(cfg, QuantConfig):
+        return cfg
+    return next((q.cfg for _, q in iter_qlinears(model)), None)
+
+
+def _check_same_config(op: str, model: nn.Module, cfg: QuantConfig) -> None:
+    old = model_config(model)
+    if old is not None and old != cfg:
+        diff = ", ".join(f"{k}: {a!r} (model) vs {b!r} (given)" for k, a, b in
+                         ((k, *v) for k, v in old.diff(cfg).items()))
+        fail(op, "cfg", "the QuantConfig the model was quantized with", f"a different one ({diff})")
+
+
+def swap_linears(model: nn.Module, cfg: QuantConfig, select: Iterable[str] | None, calibrate: bool) -> int:
+    """Replace the nn.Linear modules named in `select` (None: all not matching cfg's skip patterns) by
+    QLinears, in place. A Linear shared by several parents gets one shared QLinear. Returns the count."""
+    candidates = [(name, m) for name, m in model.named_modules(remove_duplicate=False)
+                  if name and isinstance(m, nn.Linear) and not isinstance(m, QLinear)]
+    if select is None:
+        patterns = cfg.skip_patterns
+        chosen = {id(m) for name, m in candidates if not any(fnmatch.fnmatchcase(name, p) for p in patterns)}
+    else:
+        wanted = set(select)
+        chosen = {id(m) for name, m in candidates if name in wanted}
+    # Every path to a chosen module is swapped, so a shared Linear stays shared.
+    targets = [(name, m) for name, m in candidates if id(m) in chosen]
+    swapped: dict[int, QLinear] = {}
+    for name, module in targets:
+        if id(module) not in swapped:
+            try:
+                swapped[id(module)] = QLinear.from_linear(module, cfg, calibrate=calibrate)
+            except (ValueError, TypeError) as e:
+                raise type(e)(f"quantize_model: layer '{name}': {e}") from e
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, swapped[id(module)])
+    return len(swapped)
+
+
+def attach(model: nn.Module, cfg: QuantConfig) -> None:
+    """Record cfg on the model and share one timestep state (set by a forward pre-hook) with every QLinear."""
+    setattr(model, CONFIG_ATTR, cfg)
+    state = attach_state(model, cfg.clip_groups, cfg.num_train_timesteps)
+    for _, q in iter_qlinears(model):
+        setattr(q, STATE_ATTR, state)
+
+
+def quantize_model(model: nn.Module, cfg: QuantConfig, *, calibrate: bool = True) -> nn.Module:
+    """Swap every nn.Linear not matching cfg's skip patterns for a QLinear, in place, and return the model.
+
+    With calibrate the weight quantizers are initialised and Phi is set from the SVD of W - Q(W). The
+    model's `timestep` keyword argument selects the activation-clip groups (forward pre-hook), see
+    qvgen.set_timesteps. Quantizing an already-quantized model again requires the same config.
+    """
+    if not isinstance(model, nn.Module):
+        fail("quantize_model", "model", "an nn.Module", type(model).__name__, TypeError)
+    if not isinstance(cfg, QuantConfig):
+        fail("quantize_model", "cfg", "a QuantConfig", type(cfg).__name__, TypeError)
+    if type(model) is nn.Linear:
+        fail("quantize_model", "model", "a module containing nn.Linear layers (use QLinear.from_linear for a "
+             "single layer)", "an nn.Linear")
+    _check_same_config("quantize_model", model, cfg)
+    count = swap_linears(model, cfg, None, calibrate)
+    attach(model, cfg)
+    total = sum(1 for _ in iter_qlinears(model))
+    group = "per-channel" if cfg.w_group_size == -1 else f"group {cfg.w_group_size}"
+    logger.info("qvgen: quantized %d nn.Linear layers (%d QLinear in total) to W%dA%d, %s, Phi rank %d",
+                count, total, cfg.w_bits, cfg.a_bits, group, cfg.rank)
+    return model
+
+
+def to_deploy(model: nn.Module, keep_phi: bool = False) -> nn.Module:
+    """Convert every QLinear to packed weights + low-bit kernels, in place. Refuses, naming the first layer,
+    while any layer's Phi has rank > 0, unless keep_phi."""
+    layers = list(iter_qlinears(model))
+    if not keep_phi:
+        for name, q in layers:
+            if q.phi_rank > 0:
+                fail("to_deploy", "keep_phi", "True, or every Phi removed by rank decay first",
+                     f"False with layer '{name or type(model).__name__}' still holding Phi of rank {q.phi_rank}")
+    for _, q in layers:
+        q.to_deploy(keep_phi=keep_phi)
+    return model
+
+
+__all__ = ["attach", "iter_qlinears", "model_config", "quantize_model", "swap_linears", "to_deploy"]

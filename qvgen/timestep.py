@@ -1,0 +1,116 @@
+"""Diffusion timestep -> activation-clip group: one mapping, the same in training and sampling, per sample.
+
+A quantized model holds one small `TimestepState`; every QLinear of the model references that same object,
+so setting the timesteps is O(1) regardless of the number of layers. A forward pre-hook on the root module
+(installed by `quantize_model`) fills it from the model's `timestep` keyword argument.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from qvgen_kernels.format import fail
+
+STATE_ATTR = "_qvgen_timestep_state"
+
+
+def timestep_to_group(t: Any, num_groups: int, num_train_timesteps: int) -> torch.Tensor:
+    """group = clamp(floor(t * G / T), 0, G - 1) per sample; t is a number or a tensor [B] (int or float).
+
+    Returns an int64 tensor [B] ([1] for a scalar) on t's device.
+    """
+    op = "timestep_to_group"
+    for name, v in (("num_groups", num_groups), ("num_train_timesteps", num_train_timesteps)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            fail(op, name, "a positive int", repr(v))
+    if isinstance(t, bool) or not isinstance(t, (int, float, torch.Tensor)):
+        fail(op, "t", "a number or a tensor [B]", type(t).__name__, TypeError)
+    t = torch.as_tensor(t)
+    if t.dim() > 1:
+        fail(op, "t", "a scalar or a 1-D tensor [B]", f"shape {tuple(t.shape)}")
+    if t.dtype == torch.bool or t.is_complex():
+        fail(op, "t", "an integer or floating tensor", t.dtype, TypeError)
+    t = t.reshape(-1)
+    if t.is_floating_point():
+        if not bool(torch.isfinite(t).all()):
+            fail(op, "t", "finite timesteps", "NaN or inf")
+        # float64 so that integral float timesteps map exactly like their integer values.
+        g = torch.floor(t.double() * num_groups / num_train_timesteps).long()
+    else:
+        g = torch.div(t.long() * num_groups, num_train_timesteps, rounding_mode="floor")
+    return g.clamp_(0, num_groups - 1)
+
+
+class TimestepState:
+    """The current per-sample clip-group indices of one model (None until timesteps are given)."""
+
+    def __init__(self, num_groups: int, num_train_timesteps: int) -> None:
+        self.num_groups = num_groups
+        self.num_train_timesteps = num_train_timesteps
+        self.groups: torch.Tensor | None = None
+
+    def set(self, t: Any) -> None:
+        self.groups = None if t is None else timestep_to_group(t, self.num_groups, self.num_train_timesteps)
+
+    def __repr__(self) -> str:
+        return f"TimestepState(num_groups={self.num_groups}, groups={self.groups})"
+
+
+def get_state(model: nn.Module) -> TimestepState:
+    state = getattr(model, STATE_ATTR, None)
+    if not isinstance(state, TimestepState):
+        fail("set_timesteps", "model", "a model prepared by qvgen.quantize_model (or a QLinear)",
+             type(model).__name__)
+    return state
+
+
+def set_timesteps(model: nn.Module, t: Any) -> None:
+    """Select the activation-clip groups for the next forward passes from diffusion timesteps t ([B] or
+    scalar, in [0, num_train_timesteps]); None clears them."""
+    get_state(model).set(t)
+
+
+def _timestep_pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    t = kwargs.get("timestep")
+    if t is not None:
+        get_state(module).set(t)
+
+
+def attach_state(model: nn.Module, num_groups: int, num_train_timesteps: int) -> TimestepState:
+    """Give `model` a TimestepState (kept if one with the same geometry exists) and the timestep pre-hook."""
+    state = getattr(model, STATE_ATTR, None)
+    if not (isinstance(state, TimestepState) and state.num_groups == num_groups
+            and state.num_train_timesteps == num_train_timesteps):
+        state = TimestepState(num_groups, num_train_timesteps)
+        setattr(model, STATE_ATTR, state)
+    if getattr(model, "_qvgen_hook_handle", None) is None:
+        model._qvgen_hook_handle = model.register_forward_pre_hook(_timestep_pre_hook, with_kwargs=True)
+    return state
+
+
+def row_group_index(groups: torch.Tensor | None, x: torch.Tensor, num_groups: int, op: str) -> torch.Tensor:
+    """Clip-table index for the rows of x [B, ..., K], broadcastable to x.shape[:-1].
+
+    One group (or all equal) broadcasts to every row; B groups with x.shape[0] == B give each sample's rows
+    its own group; anything else is an error. With a single clip group no timestep is needed.
+    """
+    if num_groups == 1:
+        return torch.zeros((), dtype=torch.long, device=x.device)
+    if groups is None:
+        fail(op, "timestep", f"timesteps selecting one of {num_groups} clip groups "
+             "(pass timestep= to the model or call qvgen.set_timesteps)", "none set")
+    groups = groups.to(x.device)
+    if groups.numel() == 1:
+        return groups.reshape(())
+    if x.dim() >= 2 and x.shape[0] == groups.numel():
+        return groups.reshape((-1,) + (1,) * (x.dim() - 2))
+    if bool((groups == groups[0]).all()):
+        return groups[0]
+    fail(op, "timestep", f"one timestep or one per sample (x.shape[0] = {x.shape[0] if x.dim() else None})",
+         f"{groups.numel()} different timesteps for x of shape {tuple(x.shape)}")
+
+
+__all__ = ["TimestepState", "attach_state", "row_group_index", "set_timesteps", "timestep_to_group"]

@@ -1,0 +1,115 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from qvgen import QuantConfig, RankDecay, iter_qlinears, quantize_model
+
+
+def _model(gen, rank=32, **kw):
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    m = nn.Sequential(nn.Linear(48, 40), nn.ReLU(), nn.Linear(40, 36))
+    return quantize_model(m, QuantConfig.preset("w4a4", rank=rank, clip_groups=1, **kw))
+
+
+def test_rank_schedule_and_removal(gen):
+    m = _model(gen)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    decay = RankDecay(m, total_steps=62, optimizer=opt)  # T = 62 // 6 = 10; Phi gone at step 60
+    assert decay.stage_len == 10 and decay.end_step == 60
+    expected = {0: 32, 9: 32, 10: 16, 20: 8, 30: 4, 40: 2, 49: 2, 50: 1, 59: 1, 60: 0, 61: 0}
+    for i in range(62):
+        decay.step(i)
+        if i in expected:
+            assert decay.current_rank == expected[i]
+            assert all(q.phi_width == expected[i] for _, q in iter_qlinears(m))
+    names = [n for n, _ in m.named_parameters()]
+    assert not any("phi" in n for n in names)
+    opt_ids = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert opt_ids == {id(p) for p in m.parameters()}
+    assert all(id(p) in opt_ids for p in opt.state)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_gamma_values(gen, schedule):
+    m = _model(gen, rank=8)
+    decay = RankDecay(m, total_steps=40, schedule=schedule)  # 4 stages, T = 10
+    q = m[0]
+    for i in (0, 3, 10, 17, 34):
+        decay.step(i)
+        tau = i % 10
+        u = (1 + math.cos(math.pi * tau / 10)) / 2 if schedule == "cosine" else 1 - tau / 10
+        r = 8 >> (i // 10)
+        want = [1.0] * (r // 2) + [u] * (r - r // 2)
+        # gamma is fp32: 1e-7 absolute.
+        torch.testing.assert_close(q.phi_gamma, torch.tensor(want), rtol=0, atol=1e-7)
+
+
+def test_boundary_resvd_keeps_product_and_resets_state(gen):
+    m = _model(gen, rank=8)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    decay = RankDecay(m, total_steps=40, optimizer=opt)
+    decay.step(9)
+    set_timestep_free = torch.randn(4, 48, generator=gen)
+    m(set_timestep_free).sum().backward()
+    opt.step()
+    q = m[0]
+    l_param, r_param = q.phi_l, q.phi_r
+    assert l_param in opt.state and q.weight in opt.state
+    with torch.no_grad():
+        kept = (q.phi_l[:, :4].double() @ q.phi_r[:4].double())
+    decay.step(10)
+    assert q.phi_l is l_param and q.phi_l.shape == (40, 4)  # shrunk in place
+    # The re-split reproduces the kept half's product to fp32 rounding (1e-5 of its largest entry).
+    torch.testing.assert_close((q.phi_l @ q.phi_r).double(), kept, rtol=0,
+                               atol=1e-5 * float(kept.abs().max()))
+    assert l_param not in opt.state and r_param not in opt.state and q.weight in opt.state
+    m(set_timestep_free).sum().backward()
+    opt.step()  # Adam restarts its moments with the new shapes
+
+
+def test_idempotent_and_jump(gen):
+    m = _model(gen, rank=4)
+    decay = RankDecay(m, total_steps=30)  # T = 10
+    decay.step(12)
+    snap = {k: v.clone() for k, v in m.state_dict().items()}
+    decay.step(12)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in snap.items())
+    decay.step(25)  # jumps over the 2 -> 1 boundary
+    assert m[0].phi_width == 1
+    with pytest.raises(ValueError, match="'i'"):
+        decay.step(5)
+
+
+def test_state_dict_resume(gen):
+    m = _model(gen, rank=8)
+    decay = RankDecay(m, total_steps=40, schedule="linear")
+    for i in range(23):
+        decay.step(i)
+    model_sd = {k: v.clone() for k, v in m.state_dict().items()}
+    sd = decay.state_dict()
+    fresh = _model(gen, rank=8)
+    fresh.load_state_dict(model_sd)
+    assert fresh[2].phi_width == 2
+    d2 = RankDecay(fresh, total_steps=40, schedule="linear")
+    d2.load_state_dict(sd)
+    assert d2.current_rank == 2 and d2.last_step == 22
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in model_sd.items())
+    with pytest.raises(ValueError, match="schedule"):
+        RankDecay(fresh, total_steps=40).load_state_dict(sd)
+
+
+def test_errors_and_rank_zero(gen):
+    with pytest.raises(ValueError, match="power of two"):
+        RankDecay(_model(gen, rank=12), total_steps=100)
+    with pytest.raises(ValueError, match="total_steps"):
+        RankDecay(_model(gen, rank=32), total_steps=5)
+    with pytest.raises(ValueError, match="schedule"):
+        RankDecay(_model(gen, rank=2), total_steps=5, schedule="step")
+    with pytest.raises(ValueError, match="QLinear"):
+        RankDecay(nn.Linear(2, 2), total_steps=5)
+    m = _model(gen, rank=0)
+    d = RankDecay(m, total_steps=10)
+    d.step(3)
+    assert d.current_rank == 0 and m[0].phi_l is None
