@@ -1,0 +1,55 @@
+"""Data functions for the distiller: ``data_fn(step, generator) -> (x0, cond)``.
+
+The distiller calls its data function with a per-step ``torch.Generator`` (seeded from the run's seed
+and the step); a data function must draw all its randomness from it, so a resumed run sees the same
+batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from qvgen_kernels.format import fail
+
+DataFn = Callable[[int, torch.Generator], tuple[torch.Tensor, dict]]
+
+
+def step_generator(seed: int, step: int, rank: int = 0, world: int = 1) -> torch.Generator:
+    """The CPU generator of one step (and data-parallel rank): seed * 1_000_003 + step, sharded by rank."""
+    base = seed * 1_000_003 + step
+    return torch.Generator().manual_seed(base * world + rank if world > 1 else base)
+
+
+def random_data_fn(adapter, model: nn.Module, batch_size: int, frames: int, height: int, width: int,
+                   text_len: int | None = None) -> DataFn:
+    """Gaussian "clean" latents and random conditioning of ``model``'s shapes (no dataset needed).
+
+    Useful for benchmarks, tests and distilling a real model without data: the teacher defines the
+    targets, so any input distribution close to the latent prior exercises the network.
+    """
+    shape = adapter.latent_shape(model, batch_size, frames, height, width)
+    p = next(model.parameters())
+
+    def data_fn(step: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        x0 = torch.randn(shape, generator=generator, device=generator.device).to(p.device, p.dtype)
+        return x0, adapter.random_cond(model, batch_size, generator, text_len=text_len)
+
+    return data_fn
+
+
+def check_batch(step: int, batch: object) -> tuple[torch.Tensor, dict]:
+    """Validate a data function's return value: (x0 tensor [B, ...], cond dict)."""
+    op = "Distiller.data_fn"
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        fail(op, f"return value at step {step}", "a pair (x0, cond)", type(batch).__name__, TypeError)
+    x0, cond = batch
+    if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
+        fail(op, f"x0 at step {step}", "a floating-point tensor", type(x0).__name__, TypeError)
+    if cond is None:
+        cond = {}
+    if not isinstance(cond, dict):
+        fail(op, f"cond at step {step}", "a dict of conditioning tensors", type(cond).__name__, TypeError)
+    return x0, cond
