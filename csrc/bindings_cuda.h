@@ -1,0 +1,17 @@
+// CUDA half of the bindings (csrc/bindings_cuda.cpp): runs the torch-free launchers of
+// qvgen/cuda.h on the current stream of the tensors' device. Inputs are already validated and
+// dense. Included only when the extension is built with CUDA (QVGEN_WITH_CUDA).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "qvgen/kernels.h"
+
+namespace qvgen {
+
+void cuda_pack(const at::Tensor& codes, int64_t bits, at::Tensor& packed);
+void cuda_unpack(const at::Tensor& packed, int64_t bits, int64_t k, at::Tensor& codes);
+void cuda_quantize_per_token(const at::Tensor& x, const QuantArgs& args);
+void cuda_lowbit_gemm(const at::Tensor& a_packed, const GemmArgs& args);
+
+}  // namespace qvgen
