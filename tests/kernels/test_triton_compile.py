@@ -1,0 +1,71 @@
+"""Every Triton kernel compiles for Hopper (sm_90 PTX) without a GPU: catches what the interpreter
+cannot (non-constexpr globals, dot shapes, layouts), checks that the GEMM uses wgmma and that no
+fp32 division is the approximate ``div.full`` (the format prescribes IEEE division).
+
+Runs in a subprocess without TRITON_INTERPRET (kernels defined in interpreter mode cannot compile).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+_SCRIPT = r"""
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import qvgen_kernels.triton  # noqa: F401  (defines the kernels)
+m = {n: sys.modules["qvgen_kernels.triton." + n] for n in ("gemm", "quantize_act", "fake_quant", "pack")}
+
+EXACT = sys.modules["qvgen_kernels.triton._configs"].EXACT_FP
+
+def ptx(kernel, types, consts, options=EXACT):
+    fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
+    names = fn.arg_names
+    sig = dict(zip(names, types))
+    sig.update({k: "constexpr" for k in consts})
+    src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+    opts = {"num_warps": 8, **options}
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts).asm["ptx"]
+
+gemm_types = ["*u8", "*fp32", "*i32", "*i32", "*u8", "*fp32", "*fp32", "*fp32", "*bf16"] + ["i32"] * 11
+out = {}
+for ab, wb, grouped in ((4, 4, False), (3, 3, False), (8, 8, True)):
+    out[f"gemm_a{ab}w{wb}"] = ptx(m["gemm"]._lowbit_gemm_kernel, gemm_types, dict(
+        A_BITS=ab, W_BITS=wb, GROUPED=grouped, HAS_BIAS=True, BLOCK_K=64, BLOCK_M=128, BLOCK_N=128), {})
+q_types = ["*fp16", "*fp32", "*fp32", "*u8", "*fp32", "*i32", "*i32"] + ["i32"] * 5
+for single in (True, False):
+    out[f"quantize_{single}"] = ptx(m["quantize_act"]._quantize_act_kernel, q_types, dict(
+        BM=16, BK=128, BITS=3, P=7, EPS=1e-8, SINGLE_PASS=single))
+out["weight_fq"] = ptx(m["fake_quant"]._weight_fq_kernel, ["*bf16", "*fp32", "*fp32", "*bf16", "*bf16",
+    "*fp32", "*fp32", "i32", "i32", "i32", "fp32", "i32", "i32", "i32"], dict(P=15, BN=16, BK=128, BACKWARD=True))
+out["act_fq"] = ptx(m["fake_quant"]._act_fq_kernel, ["*bf16", "*fp32", "*fp32", "*bf16", "*bf16", "*fp32",
+    "*fp32", "i32", "i32", "i32", "i32", "i32"], dict(P=15, EPS=1e-8, BM=16, BK=128, BACKWARD=True))
+for name in ("_pack_kernel", "_unpack_kernel"):
+    out[name] = ptx(getattr(m["pack"], name), ["*u8", "*u8"] + ["i32"] * 5, dict(BM=16, BK=128, BITS=3))
+print(json.dumps({k: {"wgmma": "wgmma" in v, "div_full": "div.full" in v, "div_rn": "div.rn" in v,
+                      "fma": "fma.rn.f32" in v}
+                  for k, v in out.items()}))
+"""
+
+
+def test_kernels_compile_for_sm90():
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[2]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(v["wgmma"] for k, v in info.items() if k.startswith("gemm")), info
+    assert not any(v["div_full"] for v in info.values()), info
+    assert info["quantize_True"]["div_rn"] and info["act_fq"]["div_rn"], info
+    # Bit-exact float paths must not contract a * b + c into one rounding.
+    assert not any(info[k]["fma"] for k in ("quantize_True", "quantize_False", "weight_fq", "act_fq")), info
