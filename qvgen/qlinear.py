@@ -140,7 +140,8 @@ class QLinear(nn.Linear):
         if self.cfg.a_bits == 16:
             return 1.0, 1.0
         index = self._row_index(x)
-        return self.a_clip_lo[index], self.a_clip_hi[index]
+        # take, not [index]: a 0-d tensor index calls .item(), a graph break under torch.compile.
+        return torch.take(self.a_clip_lo, index), torch.take(self.a_clip_hi, index)
 
     def _forward_deploy(self, x: torch.Tensor) -> torch.Tensor:
         c_lo, c_hi = self._deploy_clips(x)
