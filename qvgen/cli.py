@@ -1,0 +1,210 @@
+"""Command line: ``qvgen demo`` (the self-contained main job) and ``qvgen train`` (a real diffusers model).
+
+    qvgen demo [--fast] [--out runs/demo] [--bits w4a4|w3a3] [--steps N] [--seed S] [--device cuda|cpu]
+    qvgen train --model DIR [--preset w4a4] [--steps N] [--out DIR] [--data FILE] ...
+
+``python -m qvgen ...`` is the same program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from qvgen_kernels.format import fail
+
+PRESETS = ("w4a4", "w3a3", "w4a8", "w8a8", "w4a16")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text}")
+    return value
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="train a tiny video DiT on sprite clips, quantize it with QVGen, compare with PTQ",
+        description="Offline end-to-end demo: a tiny Wan-architecture FP teacher on procedural moving-sprite "
+                    "clips (trained once, then cached), a round-to-nearest PTQ baseline, QVGen QAT with Phi "
+                    "decayed to rank 0, packed deployment, and a report (report.md + PNGs) comparing both "
+                    "quantized models with the FP teacher.")
+    p.add_argument("--fast", action="store_true", help="smoke-test sizes (well under a minute; numbers not "
+                                                       "meaningful)")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
+    p.add_argument("--bits", choices=("w4a4", "w3a3"), default="w4a4", help="bit setting (default: %(default)s)")
+    p.add_argument("--steps", type=_positive_int, help="QVGen distillation steps (default 300; --fast: 4)")
+    p.add_argument("--rank", type=_positive_int, help="initial Phi rank, a power of two (default 16; --fast: 2)")
+    p.add_argument("--teacher-steps", type=_positive_int, help="FP teacher training steps (default 800)")
+    p.add_argument("--seed", type=int, default=0, help="seed of everything (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto = cuda when available (default)")
+    p.add_argument("--cache-dir", help="teacher cache root (default: $QVGEN_CACHE or ~/.cache/qvgen)")
+    p.add_argument("--retrain-teacher", action="store_true", help="rebuild the cached FP teacher")
+    p.add_argument("--qat-baseline", action="store_true",
+                   help="also distil a copy without Phi (same steps) as an ablation row")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from qvgen.demo.pipeline import DemoConfig, run_demo
+
+    opts = {"out": args.out, "bits": args.bits, "seed": args.seed, "device": args.device,
+            "cache_dir": args.cache_dir, "retrain_teacher": args.retrain_teacher, "qat_baseline": args.qat_baseline,
+            "progress": not args.no_progress}
+    for name in ("steps", "rank", "teacher_steps"):
+        if getattr(args, name) is not None:
+            opts[name] = getattr(args, name)
+    cfg = DemoConfig.fast(**opts) if args.fast else DemoConfig(**opts)
+    run_demo(cfg)
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="QVGen QAT of a diffusers video transformer directory",
+        description="Load a diffusers transformer directory (the class named by its config.json _class_name), "
+                    "quantize it, distil it from a frozen copy of itself with rank decay to 0, deploy it (packed "
+                    "weights, no Phi) and save it with save_quantized into --out/quantized. Without --data the "
+                    "batches are random latents and random conditioning of the model's shapes.")
+    p.add_argument("--model", required=True, help="diffusers model directory (config.json + weights)")
+    p.add_argument("--preset", choices=PRESETS, default="w4a4", help="bit setting (default: %(default)s)")
+    p.add_argument("--rank", type=int, default=32, help="initial Phi rank, 0 or a power of two (default: 32)")
+    p.add_argument("--steps", type=_positive_int, default=2000, help="distillation steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="batch size (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=3e-5, help="learning rate (default: %(default)s)")
+    p.add_argument("--out", default="runs/train", help="output folder (default: %(default)s)")
+    p.add_argument("--data", help="a .pt or .safetensors file with 'latents' [N, ...] and conditioning tensors "
+                                  "[N, ...] (e.g. 'encoder_hidden_states')")
+    p.add_argument("--latent-shape", type=_positive_int, nargs=3, default=(2, 16, 16), metavar=("F", "H", "W"),
+                   help="synthetic latent frames/height/width without --data (default: 2 16 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_train)
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """The model's weight files: one safetensors file, a sharded safetensors index, or a torch .bin file."""
+    index = path / "diffusion_pytorch_model.safetensors.index.json"
+    if index.is_file():
+        return sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+        if (path / name).is_file():
+            return [path / name]
+    fail("qvgen train", "--model", "a directory with diffusion_pytorch_model.safetensors (or shards, or .bin)",
+         str(path))
+
+
+def load_diffusers_model(path: str | Path) -> torch.nn.Module:
+    """The diffusers class named by ``config.json``'s ``_class_name``, built from the config, weights loaded strictly.
+
+    Equivalent to ``from_pretrained(path)`` in fp32, without needing ``accelerate`` (which diffusers requires
+    for models with fp32-pinned modules such as Wan's).
+    """
+    path = Path(path)
+    config = path / "config.json"
+    if not config.is_file():
+        fail("qvgen train", "--model", "a diffusers model directory with a config.json", str(path))
+    name = json.loads(config.read_text()).get("_class_name")
+    import diffusers
+
+    cls = getattr(diffusers, str(name), None)
+    if cls is None or not hasattr(cls, "from_config"):
+        fail("qvgen train", "--model", "a config.json whose _class_name is a diffusers model class", repr(name))
+    model = cls.from_config(cls.load_config(path))
+    state: dict[str, torch.Tensor] = {}
+    for f in _weight_files(path):
+        if f.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state.update(load_file(str(f)))
+        else:
+            state.update(torch.load(f, map_location="cpu", weights_only=True))
+    model.load_state_dict(state, strict=True)
+    return model.float().eval()
+
+
+def load_data_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors or torch .pt file: 'latents' [N, ...] plus conditioning tensors [N, ...]."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+    else:
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(tensors, dict) or "latents" not in tensors:
+        fail("qvgen train", "--data", "a dict of tensors with a 'latents' entry", type(tensors).__name__)
+    n = tensors["latents"].shape[0]
+    for k, v in tensors.items():
+        if not isinstance(v, torch.Tensor) or v.dim() < 1 or v.shape[0] != n:
+            fail("qvgen train", f"--data[{k!r}]", f"a tensor with {n} rows (like 'latents')",
+                 tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__)
+    return tensors
+
+
+def make_data_fn(model: torch.nn.Module, adapter, batch: int, device: torch.device, data: dict | None,
+                 latent_fhw: Sequence[int]) -> Callable[[int, torch.Generator], tuple]:
+    """The trainer's ``data_fn(step, generator) -> (x0, cond)``: rows of ``data``, or random latents + cond."""
+    if data is None:
+        from qvgen.train import random_data_fn
+
+        return random_data_fn(adapter, model, batch, *latent_fhw)
+
+    def from_file(step: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        idx = torch.randint(0, data["latents"].shape[0], (batch,), generator=generator, device=generator.device)
+        rows = {k: v[idx.cpu()].to(device) for k, v in data.items()}
+        return rows.pop("latents").float(), rows
+    return from_file
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from qvgen import QuantConfig, iter_qlinears, quantize_model, save_quantized, to_deploy
+    from qvgen.demo.pipeline import resolve_device
+    from qvgen.models.adapters import adapter_for
+    from qvgen.train import Distiller, TrainConfig
+
+    device = resolve_device(args.device)
+    model = load_diffusers_model(args.model).to(device)
+    adapter = adapter_for(model)
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    data = load_data_file(args.data) if args.data else None
+    data_fn = make_data_fn(teacher, adapter, args.batch_size, device, data, args.latent_shape)
+    student = quantize_model(model, QuantConfig.preset(args.preset, rank=args.rank))
+    out = Path(args.out)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      out_dir=str(out / "train"), progress=not args.no_progress)
+    Distiller(student, teacher, adapter, data_fn, cfg, rank_decay=args.rank > 0).run()
+    to_deploy(student)
+    save_quantized(student, out / "quantized")
+    n = sum(1 for _ in iter_qlinears(student))
+    print(f"[train] {n} layers at {args.preset}, deployed and saved to {out / 'quantized'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qvgen", description="QVGen: quantization-aware training of video diffusion transformers at "
+                                  "W4A4/W3A3 with a decaying low-rank auxiliary module, and packed deployment.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train}")
+    _add_demo(sub)
+    _add_train(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``qvgen`` / ``python -m qvgen``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
