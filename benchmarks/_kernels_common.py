@@ -1,0 +1,191 @@
+"""Shared parts of the kernel benchmarks (``bench_gemm``, ``bench_fake_quant``): the per-layer GEMM shapes of the
+real models, in-run hardware peaks, timing of one provider (or the reason it was skipped), the results JSON
+and a bar plot.
+
+Layer shapes come from ``benchmarks.shapes`` (the model configs): dim = heads x head_dim, FFN = ``ffn_dim``
+(Wan) or 4 x dim (CogVideoX). M is the token count a linear sees: Wan video tokens (32 760; cross-attention
+K/V read the 512 text tokens), CogVideoX video + text tokens (17 550 + 226 = 17 776, it attends jointly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from benchmarks import _harness
+from benchmarks.report_model import device_dir
+from benchmarks.shapes import FULL, get_shape
+
+SMALL_M = (1, 4, 16, 64, 256)
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """One linear: y [m, n] = x [m, k] W^T."""
+
+    model: str
+    layer: str
+    m: int
+    k: int
+    n: int
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.m * self.k * self.n
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}:{self.layer} {self.m}x{self.k}x{self.n}"
+
+
+def model_layers(name: str) -> list[LayerShape]:
+    """The distinct linear shapes of one transformer block of the named real model."""
+    s = get_shape(name)
+    dim = s.kwargs["num_attention_heads"] * s.kwargs["attention_head_dim"]
+    ffn = s.kwargs.get("ffn_dim", 4 * dim)
+    m = s.video_tokens + (s.text_len if s.arch == "cogvideox" else 0)
+    out = [LayerShape(name, "attn_qkvo", m, dim, dim), LayerShape(name, "ffn_up", m, dim, ffn),
+           LayerShape(name, "ffn_down", m, ffn, dim)]
+    if s.arch == "wan":
+        out.append(LayerShape(name, "cross_kv", s.text_len, dim, dim))
+    return out
+
+
+def gemm_shapes(smoke: bool, small_m: bool = True) -> list[LayerShape]:
+    """Full: every model's block shapes, then the small-M sweep on each model's FFN up-projection.
+    Smoke: tiny odd shapes (K a multiple of 16 so that every provider's layout rules can hold)."""
+    if smoke:
+        return [LayerShape("tiny", "linear", 33, 64, 48), LayerShape("tiny", "small_m", 1, 64, 48)]
+    shapes = [sh for name in FULL for sh in model_layers(name)]
+    if small_m:
+        for name in FULL:
+            up = next(sh for sh in model_layers(name) if sh.layer == "ffn_up")
+            shapes += [LayerShape(name, f"ffn_up_m{m}", m, up.k, up.n) for m in SMALL_M]
+    return shapes
+
+
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes (CPU-friendly smoke test)")
+    ap.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu' or 'cuda'")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed calls (default 3 on GPU, 1 on CPU)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed calls (default 20 on GPU, 3 on CPU)")
+    ap.add_argument("--out", default=None, help="output folder (default benchmarks/results/<device>)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: on a small shared machine more "
+                    "OpenMP threads than idle cores make spin-waits dominate)")
+
+
+def resolve_run(args: argparse.Namespace) -> tuple[torch.device, torch.dtype, int, int]:
+    """(device, activation dtype, warmup, repeats). bf16 on CUDA; fp32 on CPU (bf16 GEMMs are slow there and
+    the Triton interpreter mis-rounds bf16)."""
+    torch.set_num_threads(args.threads)
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    gpu = dev.type == "cuda"
+    warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
+    repeats = args.repeats if args.repeats is not None else (20 if gpu else 3)
+    return dev, (torch.bfloat16 if gpu else torch.float32), warmup, repeats
+
+
+def out_dir(args: argparse.Namespace, device: torch.device) -> Path:
+    return Path(args.out) if args.out else Path(__file__).parent / "results" / device_dir(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:
+    """Median / p10 / p90 in microseconds via the shared harness, or {"skipped": reason} when fn raises."""
+    try:
+        s = _harness.time_fn(fn, device, warmup, repeats)
+    except (RuntimeError, ValueError, TypeError, NotImplementedError) as e:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return {"skipped": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+    return {"us": s["median_ms"] * 1e3, "p10_us": s["p10_ms"] * 1e3, "p90_us": s["p90_ms"] * 1e3, "repeats": s["n"]}
+
+
+def measure_peaks(device: torch.device, smoke: bool, warmup: int, repeats: int) -> dict[str, Any]:
+    """In-run peaks: int8 (torch._int_mm) and fp8 e4m3 (torch._scaled_mm, per-tensor scales) TOPS on a square
+    GEMM, and the bandwidth of a device copy (bytes read + written). The 8-bit peak is the larger of the two."""
+    n = 256 if smoke else 16384
+    a8 = torch.randint(-8, 8, (n, n), dtype=torch.int8, device=device)
+    b8 = torch.randint(-8, 8, (n, n), dtype=torch.int8, device=device).t()  # column-major, as cuBLASLt wants
+    f8 = a8.to(torch.float8_e4m3fn)
+    g8 = b8.t().contiguous().to(torch.float8_e4m3fn).t()
+    one = torch.ones((), device=device)
+    runs = {"int8 torch._int_mm": lambda: torch._int_mm(a8, b8),
+            "fp8 torch._scaled_mm": lambda: torch._scaled_mm(f8, g8, scale_a=one, scale_b=one,
+                                                             out_dtype=torch.bfloat16)}
+    peaks: dict[str, Any] = {"gemm_n": n}
+    for name, fn in runs.items():
+        t = timed(fn, device, warmup, repeats)
+        peaks[name] = t if "skipped" in t else {**t, "tops": 2 * n**3 / t["us"] / 1e6}
+    ok = {k: v["tops"] for k, v in peaks.items() if isinstance(v, dict) and "tops" in v}
+    peaks["peak_8bit_tops"], peaks["peak_8bit_source"] = (max(ok.values()), max(ok, key=ok.get)) if ok else (None, None)
+    del a8, b8, f8, g8
+    nbytes = (16 << 20) if smoke else (2 << 30)
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    t = timed(lambda: dst.copy_(src), device, warmup, repeats)
+    peaks["copy_bytes"] = nbytes
+    peaks["bandwidth_gbs"] = None if "skipped" in t else 2 * nbytes / t["us"] / 1e3
+    peaks["bandwidth_source"] = f"device copy of {nbytes >> 20} MiB (read + write counted)"
+    return peaks
+
+
+def roofline(row: dict[str, Any], flops: int, nbytes: int, peaks: dict[str, Any]) -> None:
+    """Add TOPS, achieved GB/s, the fractions of the 8-bit peak and of the bandwidth, and which bound applies
+    (the arithmetic intensity flops / bytes against the ridge point peak / bandwidth)."""
+    if "us" not in row:
+        return
+    row["tops"] = flops / row["us"] / 1e6
+    row["gbs"] = nbytes / row["us"] / 1e3
+    row["bytes_model"] = nbytes
+    peak, bw = peaks.get("peak_8bit_tops"), peaks.get("bandwidth_gbs")
+    row["frac_peak_8bit"] = row["tops"] / peak if peak else None
+    row["frac_bandwidth"] = row["gbs"] / bw if bw else None
+    if peak and bw:
+        row["bound"] = "memory" if flops / nbytes < peak * 1e12 / (bw * 1e9) else "compute"
+
+
+def versions() -> dict[str, Any]:
+    try:
+        triton = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        triton = None
+    return {"triton": triton, "cuda": torch.version.cuda}
+
+
+def write_results(out: Path, stem: str, device: torch.device, payload: dict[str, Any],
+                  plot: Callable[[Path], None]) -> Path:
+    """``<out>/<stem>.json`` with provenance and versions, and ``<out>/<stem>.png`` drawn by ``plot``."""
+    doc = {"provenance": {**_harness.provenance(device), **versions()}, **payload}
+    path = _harness.write_json(out / f"{stem}.json", doc)
+    plot(out / f"{stem}.png")
+    return path
+
+
+def bar_plot(path: Path, title: str, groups: list[str], series: dict[str, list[float | None]], ylabel: str) -> None:
+    """Grouped bars (one group per shape, one bar per series); missing values are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(groups) * max(len(series), 1) ** 0.5), 5))
+    for i, (name, vals) in enumerate(series.items()):
+        xs = [g + i * width for g, v in enumerate(vals) if v is not None]
+        ax.bar(xs, [v for v in vals if v is not None], width, label=name)
+    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], groups, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def shape_dict(sh: LayerShape) -> dict[str, Any]:
+    return asdict(sh)

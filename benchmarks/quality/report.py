@@ -1,0 +1,217 @@
+"""Tables, curves and the generated ``quality.md`` of the quality study (every number read from the JSONs)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Sequence
+
+# (key, header, format, higher is better)
+METRICS = (
+    ("denoise_mse", "denoise MSE vs teacher", "{:.4f}", False),
+    ("psnr", "PSNR dB", "{:.2f}", True),
+    ("ssim", "SSIM", "{:.3f}", True),
+    ("motion_ratio", "motion ratio (1 = FP)", "{:.3f}", None),
+    ("trajectory_error", "trajectory err px", "{:.2f}", False),
+    ("temporal_consistency", "temporal consist.", "{:.3f}", None),  # read against the FP row, not ranked
+)
+
+
+def run_line(run: dict) -> str:
+    return (f"[{run['label']:>24} seed {run['seed']}] mse {run['denoise_mse']:.4f}  psnr {run['psnr']:.2f}  "
+            f"ssim {run['ssim']:.3f}  motion {run['motion_ratio']:.3f}  traj {run['trajectory_error']:.2f}  "
+            f"tc {run['temporal_consistency']:.3f}  ({run['seconds']:.0f} s)")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value); infinities propagate to the mean."""
+    vals = [float(v) for v in values]
+    if not vals:
+        raise ValueError("mean_std: argument 'values' expected a non-empty sequence, got []")
+    if any(math.isinf(v) for v in vals):
+        return math.inf, 0.0
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def aggregate(runs: Sequence[dict]) -> dict[str, dict]:
+    """{label: {metric: (mean, std), "n": seeds, "bytes": ..., "spec": ...}} in first-seen order."""
+    out: dict[str, dict] = {}
+    for label in dict.fromkeys(r["label"] for r in runs):
+        rs = [r for r in runs if r["label"] == label]
+        out[label] = {k: mean_std([r[k] for r in rs]) for k, *_ in METRICS}
+        out[label].update(n=len(rs), bytes=rs[0]["bytes"], spec=rs[0]["spec"],
+                          seconds=statistics.fmean(r["seconds"] for r in rs))
+    return out
+
+
+def table(agg: dict[str, dict]) -> str:
+    head = "| method | " + " | ".join(h for _, h, *_ in METRICS) + " | KiB | s/run |"
+    lines = [head, "|---" * (len(METRICS) + 3) + "|"]
+    for label, a in agg.items():
+        cells = [f"{fmt.format(a[k][0])} +- {fmt.format(a[k][1])}" for k, _, fmt, _ in METRICS]
+        lines.append(f"| {label} (n={a['n']}) | " + " | ".join(cells) + f" | {a['bytes'] / 1024:.1f} | "
+                     f"{a['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def _curve_mean(runs: Sequence[dict], key: str) -> list[float]:
+    curves = [r["log"][key] for r in runs if r.get("log") and r["log"].get(key)]
+    if not curves:
+        return []
+    n = min(len(c) for c in curves)
+    return [statistics.fmean(c[i] for c in curves) for i in range(n)]
+
+
+def plot_study(path: Path, result: dict) -> None:
+    """Gradient-norm (latent weights) and loss curves (mean over seeds) of every trained configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    runs = result["runs"]
+    for label in dict.fromkeys(r["label"] for r in runs):
+        rs = [r for r in runs if r["label"] == label]
+        for ax, key in zip(axes, ("grad_norm_weights", "loss")):
+            c = _curve_mean(rs, key)
+            if c:
+                ax.plot(range(len(c)), c, label=label, lw=1.2)
+    axes[0].set_title("gradient norm of the latent weights (pre-clip, mean over seeds)")
+    axes[1].set_title("distillation loss (mean over seeds)")
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.suptitle(result["provenance"]["command"], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _cmp(agg: dict, a: str, b: str, key: str) -> str | None:
+    """'a is better/worse than b on key' with the means, stds and whether the gap exceeds one std."""
+    if a not in agg or b not in agg:
+        return None
+    (ma, sa), (mb, sb) = agg[a][key], agg[b][key]
+    name, fmt, higher = next((h, f, hi) for k, h, f, hi in METRICS if k == key)
+    better = ma > mb if higher else ma < mb
+    clear = abs(ma - mb) > max(sa, sb)
+    verdict = ("better" if better else "worse") + ("" if clear else " (within one std: not resolved)")
+    return (f"{a} vs {b}, {name}: {fmt.format(ma)} +- {fmt.format(sa)} vs {fmt.format(mb)} +- {fmt.format(sb)}"
+            f" -> {verdict}")
+
+
+def _grad_norm_line(runs: Sequence[dict], a: str, b: str) -> str | None:
+    ca = _curve_mean([r for r in runs if r["label"] == a], "grad_norm_weights")
+    cb = _curve_mean([r for r in runs if r["label"] == b], "grad_norm_weights")
+    if not ca or not cb:
+        return None
+    n = min(len(ca), len(cb))
+    ma, mb = statistics.fmean(ca[:n]), statistics.fmean(cb[:n])
+    return (f"mean gradient norm of the latent weights over training: {a} {ma:.4g} vs {b} {mb:.4g} "
+            f"({'lower' if ma < mb else 'higher'} with Phi, ratio {ma / mb:.2f})")
+
+
+def _best_lines(agg: dict, bits: str) -> list[str]:
+    """Which quantized method ranks first at ``bits`` on each metric with a direction."""
+    labels = [k for k in agg if k.endswith(bits)]
+    out = []
+    for key, name, fmt, higher in METRICS:
+        if higher is None or not labels:
+            continue
+        best = (max if higher else min)(labels, key=lambda k: agg[k][key][0])
+        out.append(f"{bits}: best {name}: {best} ({fmt.format(agg[best][key][0])} +- {fmt.format(agg[best][key][1])})")
+    return out
+
+
+def reading(result_by_study: dict[str, dict]) -> list[str]:
+    """Generated comparison lines (every number from the JSON)."""
+    lines = []
+    meth = result_by_study.get("methods")
+    if meth:
+        agg = aggregate(meth["runs"])
+        fp_bytes = agg.get("fp teacher", {}).get("bytes")
+        for bits in ("W4A4", "W3A3"):
+            lines += _best_lines(agg, bits)
+            if fp_bytes:
+                lines.append(f"{bits}: deployed size relative to the FP teacher: " + ", ".join(
+                    f"{k.rsplit(' ', 1)[0]} {agg[k]['bytes'] / fp_bytes:.2f}x" for k in agg if k.endswith(bits)))
+            q = next((k for k in agg if k.startswith("qvgen") and k.endswith(bits)), None)
+            for other in ("ptq", "svdquant", "lsq", "qalora"):
+                for key in ("denoise_mse", "psnr"):
+                    line = _cmp(agg, q, f"{other} {bits}", key) if q else None
+                    if line:
+                        lines.append(line)
+            g = _grad_norm_line(meth["runs"], q, f"lsq {bits}") if q else None
+            if g:
+                lines.append(g)
+    abl = result_by_study.get("ablations")
+    if abl:
+        agg = aggregate(abl["runs"])
+        main = next((k for k in agg if k.startswith("qvgen") and "cosine" in k and
+                     agg[k]["spec"]["rank"] == abl["settings"]["rank"]), None)
+        for other in [k for k in agg if k not in (main, "fp teacher")]:
+            line = _cmp(agg, main, other, "denoise_mse") if main else None
+            if line:
+                lines.append(line)
+    return lines
+
+
+CAVEATS = """\
+How to read this at this scale (fixed text; the comparisons above are generated from the numbers):
+- The teacher is the demo's 2-layer Wan-architecture DiT (hidden width 64, FFN 128) on 16x16x8 sprite clips,
+  trained briefly on CPU; each QAT run gets the same short budget. The paper's regime (1.3B-14B parameters, thousands
+  of steps on 8 GPUs) is far away; small gaps here do not transfer, and large ones only suggest a direction.
+- Every layer here is narrow (64-128 input features), so a rank-16/32 Phi or the SVDQuant branch spans a large fraction
+  of each weight; SVDQuant-style PTQ keeps that branch in floating point, which at this width keeps much of the
+  weight unquantized. It is a strong baseline here for that reason, not because it would be at 1536+ width.
+- The gradient-norm comparison uses the latent weights' gradients only (Phi's own gradients excluded), before
+  clipping; Phi absorbs part of the quantization error early in training, which is where the paper's argument
+  says the gap should be largest.
+- "motion ratio" is frame-difference energy relative to the FP model's clips from the same noise (1 = same
+  amount of motion); "trajectory err" is the mean distance between foreground centroids; both stand in for
+  VBench's Dynamic Degree, and "temporal consist." (cosine of consecutive frames) for its consistency scores.
+  Temporal consistency is not ranked: a value above the FP row's can mean static noise or frozen objects,
+  so it is read as closeness to the FP row.
+"""
+
+
+def write_markdown(results_dir: Path) -> Path:
+    """Regenerate ``quality.md`` from the study JSONs present in ``results_dir``."""
+    by_study = {}
+    for study in ("methods", "ablations"):
+        p = results_dir / f"quality_{study}.json"
+        if p.is_file():
+            by_study[study] = json.loads(p.read_text())
+    lines = ["# Quality study (generated by benchmarks/quality/run_study.py; do not edit by hand)", "",
+             "Each study's command is below; `python -m benchmarks.quality.report` regenerates this page from "
+             "the study JSONs.", ""]
+    for study, res in by_study.items():
+        prov = res["provenance"]
+        lines += [f"## {study}", "", f"Command: `{prov['command']}`  ",
+                  f"{prov['device']} ({prov['cpu_count']} CPUs, {prov['torch_threads']} torch threads), torch "
+                  f"{prov['torch']}, commit {prov['commit']}, {prov['utc']}, {res['total_seconds'] / 60:.1f} min  ",
+                  f"Budget per trained run: {res['budget']}; seeds: {res['settings']['seeds']}; teacher: "
+                  f"{res['teacher_config']}", "", "Mean +- std over seeds.", "",
+                  table(aggregate(res["runs"])), "", f"![curves](quality_{study}.png)", ""]
+    lines += ["## Reading", ""] + [f"- {line}" for line in reading(by_study)] + ["", CAVEATS]
+    path = results_dir / "quality.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+__all__ = ["aggregate", "main", "mean_std", "plot_study", "reading", "run_line", "table", "write_markdown"]
+
+
+def main() -> None:
+    """Regenerate ``benchmarks/results/quality.md`` from the study JSONs."""
+    path = write_markdown(Path(__file__).resolve().parent.parent / "results")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
+

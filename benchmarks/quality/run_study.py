@@ -1,0 +1,116 @@
+"""Small-scale quality study on the demo's tiny Wan teacher (moving-sprite clips), end to end:
+
+    python -m benchmarks.quality.run_study --study methods     # PTQ, SVDQuant-style, LSQ, QA-LoRA, QVGen x W4A4/W3A3
+    python -m benchmarks.quality.run_study --study ablations   # Phi rank 8/16/32, cosine vs linear gamma,
+                                                               # rank decay vs drop-at-once vs keep (W4A4)
+
+Each configuration runs for every seed (training data, LoRA init, held-out noise and sampling noise all follow
+the seed; the teacher is the demo's cached one). Results: ``benchmarks/results/quality_<study>.json`` and
+``.png``, and ``benchmarks/results/quality.md`` regenerated from every study JSON present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks import _harness
+from benchmarks.quality import report
+from benchmarks.quality.methods import Budget, MethodSpec, build
+from benchmarks.quality.video_metrics import motion_ratio, temporal_consistency, trajectory_error
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+
+def study_specs(study: str, rank: int) -> list[MethodSpec]:
+    """The configurations of a study (see the module docstring)."""
+    if study == "methods":
+        return [MethodSpec("fp")] + [MethodSpec(m, bits, rank) for bits in ("w4a4", "w3a3")
+                for m in ("ptq", "svdquant", "lsq", "qalora", "qvgen")]
+    if study == "ablations":
+        return ([MethodSpec("fp"), MethodSpec("lsq", "w4a4")] + [MethodSpec("qvgen", "w4a4", r) for r in (8, 16, 32)]
+                + [MethodSpec("qvgen", "w4a4", rank, "linear"), MethodSpec("drop", "w4a4", rank),
+                   MethodSpec("keep", "w4a4", rank)])
+    raise ValueError(f"run_study: argument 'study' expected 'methods' or 'ablations', got {study!r}")
+
+
+def evaluate(spec: MethodSpec, model: torch.nn.Module, probe, demo_cfg) -> dict:
+    """The demo's metrics (denoising MSE, PSNR, SSIM, bytes) plus motion and temporal consistency."""
+    from qvgen.demo.pipeline import evaluate as demo_evaluate
+
+    row, samples = demo_evaluate(spec.label, model, probe, demo_cfg)
+    s, ref = samples.clamp(-1, 1), probe.fp_samples.clamp(-1, 1)
+    row.update(motion_ratio=motion_ratio(s, ref), trajectory_error=trajectory_error(s, ref),
+               temporal_consistency=temporal_consistency(s))
+    return row
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.quality.run_study", description=__doc__.split("\n")[0])
+    ap.add_argument("--study", required=True, choices=("methods", "ablations"))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=Budget.steps)
+    ap.add_argument("--batch-size", type=int, default=Budget.batch_size)
+    ap.add_argument("--rank", type=int, default=16, help="Phi rank of the main QVGen configuration")
+    ap.add_argument("--eval-size", type=int, default=32)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--sample-steps", type=int, default=10)
+    ap.add_argument("--teacher-steps", type=int, default=None, help="default: the demo's teacher")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=str(RESULTS))
+    return ap.parse_args(argv)
+
+
+def _teacher(args, device, log):
+    from qvgen.demo.sprites import SpriteData
+    from qvgen.demo.teacher import TeacherConfig, get_teacher
+
+    tcfg = TeacherConfig() if args.teacher_steps is None else TeacherConfig(steps=args.teacher_steps)
+    teacher, info = get_teacher(tcfg, device, log=log)
+    teacher.requires_grad_(False)
+    data = SpriteData(tcfg.sprites(), batch_size=args.batch_size, device=device)
+    return teacher, data, {"teacher_config": dataclasses.asdict(tcfg), "teacher_path": info["path"]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from qvgen.demo.pipeline import DemoConfig, make_probe, resolve_device
+
+    args = _parse(argv)
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    t0 = time.perf_counter()
+    teacher, data, tinfo = _teacher(args, device, print)
+    budget = Budget(steps=args.steps, batch_size=args.batch_size)
+    specs = study_specs(args.study, args.rank)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="qvgen-study-") as tmp:
+        for seed in range(args.seeds):
+            demo_cfg = DemoConfig(eval_size=args.eval_size, num_samples=args.samples,
+                                  sample_steps=args.sample_steps, seed=seed, progress=False)
+            probe = make_probe(teacher, data, demo_cfg, device)
+            for spec in specs:
+                start = time.perf_counter()
+                model, log = build(spec, teacher, data, budget, seed, Path(tmp) / f"{spec.label}-{seed}")
+                row = evaluate(spec, model, probe, demo_cfg)
+                runs.append({"spec": dataclasses.asdict(spec), "label": spec.label, "seed": seed, **row,
+                             "log": log, "seconds": time.perf_counter() - start})
+                print(report.run_line(runs[-1]), flush=True)
+    result = {"study": args.study, "provenance": _harness.provenance(device), "budget": dataclasses.asdict(budget),
+              "settings": {k: v for k, v in vars(args).items()}, **tinfo, "runs": runs,
+              "total_seconds": time.perf_counter() - t0}
+    out = Path(args.out)
+    _harness.write_json(out / f"quality_{args.study}.json", result)
+    report.plot_study(out / f"quality_{args.study}.png", result)
+    md = report.write_markdown(out)
+    print(f"wrote {out}/quality_{args.study}.json, .png and {md} ({result['total_seconds']:.0f} s)")
+    return result
+
+
+if __name__ == "__main__":
+    main()
