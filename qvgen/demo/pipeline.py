@@ -45,12 +45,12 @@ class DemoConfig:
 
     out: str = "runs/demo"
     bits: str = "w4a4"
-    steps: int = 300
+    steps: int = 600
     rank: int = 16
     batch_size: int = 8
     lr: float = 5e-4
     clip_lr: float = 1e-2
-    teacher_steps: int = 800
+    teacher_steps: int = 3000
     teacher_batch: int = 8
     teacher_layers: int = 2
     sample_steps: int = 20

@@ -44,7 +44,7 @@ class TeacherConfig:
     ffn_dim: int = 128
     text_dim: int = 32
     freq_dim: int = 64
-    steps: int = 800
+    steps: int = 3000
     batch_size: int = 8
     lr: float = 2e-3
     warmup: int = 50
