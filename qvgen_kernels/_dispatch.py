@@ -10,6 +10,10 @@ Backends (each exposes the reference's 2-D op signatures under the reference's o
 Automatic order: CUDA tensors ext -> triton -> reference; CPU tensors ext -> reference. An explicit
 backend that cannot run on the device raises; an available backend that lacks one op (e.g. no Triton
 ``quantize_weight``) falls back to the reference for that op. Fallbacks are logged once each.
+
+``resolve`` runs for every op call, so the probes are cached: extension availability per device type,
+the Triton module, each backend's op lookup. ``$QVGEN_BACKEND`` and ``$TRITON_INTERPRET`` are read on
+every call (a dict lookup). ``refresh()`` drops the caches (after building the extension in-process).
 """
 
 from __future__ import annotations
@@ -55,19 +59,25 @@ def normalize(op: str, backend: str | None) -> str | None:
     return name
 
 
-def _ext_status(device: torch.device) -> str | None:
-    """None when the extension can run on ``device``, else why not."""
+@functools.cache
+def _ext_probe(device_type: str) -> str | None:
+    """None when the extension can run on ``device_type``, else why not (cached: imports the loader)."""
     try:
         from . import _extension
     except ImportError:
         return "the extension loader qvgen_kernels._extension is missing"
     if not _extension.available():
         return "the compiled extension qvgen_kernels._C is not built"
-    if device.type == "cuda" and not _extension.has_cuda():
+    if device_type == "cuda" and not _extension.has_cuda():
         return "qvgen_kernels._C was built without CUDA"
-    if device.type not in ("cpu", "cuda"):
-        return f"no extension kernels for device type {device.type!r}"
+    if device_type not in ("cpu", "cuda"):
+        return f"no extension kernels for device type {device_type!r}"
     return None
+
+
+def _ext_status(device: torch.device) -> str | None:
+    """None when the extension can run on ``device``, else why not."""
+    return _ext_probe(device.type)
 
 
 @functools.cache
@@ -98,16 +108,33 @@ def unavailable_reason(backend: str, device: torch.device) -> str | None:
     return None
 
 
+@functools.cache
+def _ext_op(op: str) -> Callable[..., Any] | None:
+    """``torch.ops.qvgen_ext.<op>`` or None (cached: a missing op costs an exception per lookup)."""
+    try:
+        return getattr(torch.ops.qvgen_ext, op)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+@functools.cache
+def _reference_module() -> Any:
+    return importlib.import_module("qvgen_kernels.reference")
+
+
 def _op_of(backend: str, op: str) -> Callable[..., Any] | None:
     """The backend's implementation of ``op``, or None when it has none."""
     if backend == "ext":
-        try:
-            return getattr(torch.ops.qvgen_ext, op)
-        except (AttributeError, RuntimeError):
-            return None
+        return _ext_op(op)
     if backend == "triton":
         return getattr(_triton_module(), op, None)
-    return getattr(importlib.import_module("qvgen_kernels.reference"), op)
+    return getattr(_reference_module(), op)
+
+
+def refresh() -> None:
+    """Forget the cached probes (extension availability, Triton module, op lookups)."""
+    for cached in (_ext_probe, _triton_module, _ext_op, _reference_module):
+        cached.cache_clear()
 
 
 def require(op: str, device: torch.device, backend: str | None = None) -> str | None:
@@ -150,5 +177,5 @@ def available_backends(device: torch.device | str) -> list[str]:
     return [b for b in BACKENDS if unavailable_reason(b, dev) is None]
 
 
-__all__ = ["BACKENDS", "ENV_VAR", "available_backends", "call", "normalize", "require", "resolve",
-           "unavailable_reason"]
+__all__ = ["BACKENDS", "ENV_VAR", "available_backends", "call", "normalize", "refresh", "require",
+           "resolve", "unavailable_reason"]

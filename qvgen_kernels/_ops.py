@@ -4,13 +4,16 @@ shapes and dtypes only, so ``torch.compile(fullgraph=True)`` traces them as opaq
 Every op takes 2-D tensors (the public wrappers in ``ops.py`` flatten leading dims) and a trailing
 ``backend: str | None``. Checks that need the data (NaN/Inf, code range, scale and clip values) live
 here, in the real impls, so they run once, on every backend, compiled or not; ``ops.py`` checks
-everything static (types, dtypes, shapes, devices) before the op is called.
+everything static (types, dtypes, shapes, devices) before the op is called. Each data check reads a
+value back to the host, a device sync on accelerators, so it runs only on CPU tensors or when
+``$QVGEN_CHECK_DATA=1`` (see ``check_data``).
 
 Notation: M tokens, K features, N output channels, G weight groups, b bits.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -21,6 +24,14 @@ from .format import fail, packed_width
 from .reference.pack import check_codes_range
 
 _NS = "qvgen"
+CHECK_DATA_ENV = "QVGEN_CHECK_DATA"
+_HOST_DEVICES = ("cpu",)  # device types where reading data back costs no sync
+
+
+def check_data(t: Tensor) -> bool:
+    """Whether the data checks run for an op on ``t``: always on CPU (cheap, no sync), elsewhere only
+    with ``$QVGEN_CHECK_DATA=1`` (each check is a device->host sync and breaks CUDA-graph capture)."""
+    return t.device.type in _HOST_DEVICES or os.environ.get(CHECK_DATA_ENV) == "1"
 
 
 def _check_finite(op: str, arg: str, t: Tensor) -> None:
@@ -55,7 +66,8 @@ def _check_weight_params(op: str, scale: Tensor, zero: Tensor) -> None:
 @torch.library.custom_op(f"{_NS}::pack", mutates_args=())
 def pack(codes: Tensor, bits: int, backend: Optional[str] = None) -> Tensor:
     """uint8 codes ``[R, K]`` -> packed ``[R, packed_width(K, bits)]``."""
-    check_codes_range("pack", "codes", codes, bits)
+    if check_data(codes):
+        check_codes_range("pack", "codes", codes, bits)
     return _dispatch.call("pack", codes.device, backend, codes, bits)
 
 
@@ -81,7 +93,8 @@ def _(packed: Tensor, bits: int, k: int, backend: Optional[str] = None) -> Tenso
 def quantize_per_token(x: Tensor, bits: int, clip_lo: Tensor, clip_hi: Tensor,
                        backend: Optional[str] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``x [M, K]``, clips fp32 ``[M]`` -> (packed uint8, scale fp32 [M], zero int32 [M], rowsum int32 [M])."""
-    _check_act("quantize_per_token", x, clip_lo, clip_hi)
+    if check_data(x):
+        _check_act("quantize_per_token", x, clip_lo, clip_hi)
     return _dispatch.call("quantize_per_token", x.device, backend, x, bits, clip_lo, clip_hi)
 
 
@@ -97,8 +110,9 @@ def _(x: Tensor, bits: int, clip_lo: Tensor, clip_hi: Tensor, backend: Optional[
 def quantize_weight(w: Tensor, scale: Tensor, zero: Tensor, bits: int,
                     backend: Optional[str] = None) -> Tensor:
     """``w [N, K]``, scale / zero fp32 ``[N]`` or ``[N, G]`` -> uint8 codes ``[N, K]``."""
-    _check_finite("quantize_weight", "w", w)
-    _check_weight_params("quantize_weight", scale, zero)
+    if check_data(w):
+        _check_finite("quantize_weight", "w", w)
+        _check_weight_params("quantize_weight", scale, zero)
     return _dispatch.call("quantize_weight", w.device, backend, w, scale, zero, bits)
 
 
@@ -130,7 +144,8 @@ def lowbit_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, w_zero: Tensor, 
                   backend: Optional[str] = None) -> Tensor:
     """``x [M, K]`` quantized per token (a_bits < 16) or kept (a_bits = 16) times packed W -> x.dtype."""
     _dispatch.require("lowbit_linear", x.device, backend)  # name this op if the backend is unavailable
-    _check_act("lowbit_linear", x, clip_lo, clip_hi)
+    if check_data(x):
+        _check_act("lowbit_linear", x, clip_lo, clip_hi)
     k = x.shape[1]
     if a_bits == 16:
         return _dispatch.call("weight_only_linear", x.device, backend, x, w_packed, w_scale, w_zero, bias,
@@ -151,8 +166,9 @@ def _(x, w_packed, w_scale, w_zero, bias, w_bits, a_bits, clip_lo, clip_hi, back
 def fake_quant_weight(w: Tensor, scale: Tensor, zero: Tensor, bits: int, grad_scale: float,
                       backend: Optional[str] = None) -> Tensor:
     """LSQ+ weight fake quant ``s * (clamp(round(w / s + z), 0, P) - z)``, ``w [N, K]`` -> w.dtype."""
-    _check_finite("fake_quant_weight", "w", w)
-    _check_weight_params("fake_quant_weight", scale, zero)
+    if check_data(w):
+        _check_finite("fake_quant_weight", "w", w)
+        _check_weight_params("fake_quant_weight", scale, zero)
     return _dispatch.call("fake_quant_weight", w.device, backend, w, scale, zero, bits, grad_scale)
 
 
@@ -194,7 +210,8 @@ fake_quant_weight.register_autograd(_fqw_backward, setup_context=_fqw_setup)
 def fake_quant_act(x: Tensor, bits: int, clip_lo: Tensor, clip_hi: Tensor,
                    backend: Optional[str] = None) -> Tensor:
     """Per-token fake quant of ``x [M, K]`` with clips ``[M]`` -> x.dtype."""
-    _check_act("fake_quant_act", x, clip_lo, clip_hi)
+    if check_data(x):
+        _check_act("fake_quant_act", x, clip_lo, clip_hi)
     return _dispatch.call("fake_quant_act", x.device, backend, x, bits, clip_lo, clip_hi)
 
 
@@ -231,6 +248,7 @@ def _fqa_backward(ctx, grad: Tensor):
 fake_quant_act.register_autograd(_fqa_backward, setup_context=_fqa_setup)
 
 __all__ = [
-    "fake_quant_act", "fake_quant_act_backward", "fake_quant_weight", "fake_quant_weight_backward",
-    "lowbit_gemm", "lowbit_linear", "pack", "quantize_per_token", "quantize_weight", "unpack",
+    "CHECK_DATA_ENV", "check_data", "fake_quant_act", "fake_quant_act_backward", "fake_quant_weight",
+    "fake_quant_weight_backward", "lowbit_gemm", "lowbit_linear", "pack", "quantize_per_token",
+    "quantize_weight", "unpack",
 ]

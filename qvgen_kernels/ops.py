@@ -2,7 +2,18 @@
 
 Every function validates its arguments statically (types, dtypes, shapes, devices: a ``TypeError`` /
 ``ValueError`` naming the op and the argument), flattens leading dims to the 2-D custom ops of
-``_ops.py`` (which check the data: NaN/Inf, code range, scale and clip values) and restores the shape.
+``_ops.py`` and restores the shape.
+
+What is checked when:
+    always                     types, dtypes, shapes, devices, bits, python-scalar clips and grad_scale
+                               (host-side metadata, no device work).
+    CPU tensors, or anywhere   the data: NaN/Inf in x / w, codes <= 2^bits - 1 (``pack``), scale finite
+    with QVGEN_CHECK_DATA=1    and > 0, zero finite, tensor clips in (0, 1]. Each of these reads a
+                               value back to the host; on an accelerator that is a device->host sync per
+                               op (a pipeline stall, and no CUDA-graph capture), so off CPU they are
+                               skipped unless ``$QVGEN_CHECK_DATA=1`` (read on every call) asks for them.
+                               Unchecked bad data there gives wrong results (NaN outputs, truncated
+                               codes), not an error.
 ``backend`` picks the implementation (see ``_dispatch.py``): None = ``$QVGEN_BACKEND`` or automatic.
 
 Notation: M tokens (product of leading dims), K features, N output channels, G weight groups, b bits.

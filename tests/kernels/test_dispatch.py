@@ -115,3 +115,28 @@ def test_every_backend_agrees_with_reference(backend: str) -> None:
 
 def test_available_backends_lists_reference() -> None:
     assert "reference" in _dispatch.available_backends("cpu")
+
+
+def test_probes_are_cached_until_refresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qvgen_kernels import _extension
+    probes: list[int] = []
+    real = _extension.available
+
+    def counting() -> bool:
+        probes.append(1)
+        return real()
+    monkeypatch.setattr(_extension, "available", counting)
+    _dispatch.refresh()
+    try:
+        for _ in range(3):
+            _dispatch.resolve("pack", CPU)
+            _dispatch.resolve("lowbit_gemm", CPU)
+        assert len(probes) == 1  # one probe per device type, not one per call
+        monkeypatch.setenv(_dispatch.ENV_VAR, "reference")  # the env var is still read on every call
+        assert _dispatch.resolve("pack", CPU)[0] == "reference"
+        _dispatch.refresh()
+        _dispatch.resolve("pack", CPU, "auto")
+        assert len(probes) == 2
+    finally:
+        monkeypatch.undo()
+        _dispatch.refresh()  # no cached result computed under the patch survives the test

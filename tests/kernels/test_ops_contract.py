@@ -113,3 +113,37 @@ def test_compile_inductor_lowbit_linear() -> None:
     fn = torch.compile(lambda x: ops.lowbit_linear(x, wp, ws, wz, None) + 1.0, fullgraph=True)
     x = torch.randn(3, K)
     assert torch.equal(fn(x), ops.lowbit_linear(x, wp, ws, wz, None) + 1.0)
+
+
+
+def _bad_data_call(op: str):
+    """A call of ``op`` whose data (not metadata) is invalid, and the argument named in the error; the
+    reference does not validate these itself, so without the check it returns garbage instead of raising."""
+    w, scale, zero = _weights()
+    x = torch.randn(M, K)
+    nan_x = x.clone().index_fill_(1, torch.tensor([3]), float("nan"))
+    wp = ops.pack(ops.quantize_weight(w, scale, zero, 4), 4)
+    return {
+        "fake_quant_act": (lambda: ops.fake_quant_act(nan_x, 4, backend="reference"), "x"),
+        "quantize_per_token": (lambda: ops.quantize_per_token(x, 4, torch.zeros(M), backend="reference"),
+                               "clip_lo"),
+        "quantize_weight": (lambda: ops.quantize_weight(w, scale, zero * float("nan"), 4, backend="reference"),
+                            "zero"),
+        "fake_quant_weight": (lambda: ops.fake_quant_weight(w, -scale, zero, 4, backend="reference"), "scale"),
+        "lowbit_linear": (lambda: ops.lowbit_linear(nan_x, wp, scale, zero, None, backend="reference"), "x"),
+    }[op]
+
+
+@pytest.mark.parametrize("op", ["fake_quant_act", "quantize_per_token", "quantize_weight", "fake_quant_weight",
+                                "lowbit_linear"])
+def test_data_checks_cpu_or_opt_in(op: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    call, arg = _bad_data_call(op)
+    monkeypatch.delenv(_ops.CHECK_DATA_ENV, raising=False)
+    with pytest.raises(ValueError, match=f"^{op}: argument '{arg}'"):  # CPU: always checked
+        call()
+    monkeypatch.setattr(_ops, "_HOST_DEVICES", ())  # CPU tensors now take the accelerator path
+    assert not _ops.check_data(torch.zeros(1))
+    call()  # no data check (no device->host sync): the bad value passes through unreported
+    monkeypatch.setenv(_ops.CHECK_DATA_ENV, "1")  # the opt-in restores every check
+    with pytest.raises(ValueError, match=f"^{op}: argument '{arg}'"):
+        call()
