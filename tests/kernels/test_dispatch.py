@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import types
 
@@ -78,6 +79,9 @@ def test_auto_on_cuda_order(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogC
 
 
 def test_explicit_unavailable_backend_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Define the Triton kernels (under the interpreter) before the variable goes: Triton reads it when a kernel
+    # is defined, and later tests in this module run those kernels.
+    importlib.import_module("qvgen_kernels.triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(RuntimeError, match=r"^pack: argument 'backend' .*TRITON_INTERPRET=1"):
         ops.pack(torch.zeros(3, dtype=torch.uint8), 4, backend="triton")
