@@ -22,11 +22,15 @@ from qvgen_kernels.format import fail
 PRESETS = ("w4a4", "w3a3", "w4a8", "w8a8", "w4a16")
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, minimum: int = 1) -> int:
     value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {text}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text}")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    return _positive_int(text, minimum=0)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -87,6 +91,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="synthetic latent frames/height/width without --data (default: 2 16 16)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
+    p.add_argument("--ckpt-every", type=_non_negative_int, default=200,
+                   help="write a resumable checkpoint every N steps, 0: only at the end (default: %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint under OUT/train (same --steps, --seed, --batch-size)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute the student's block activations in backward (less memory, slower)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
 
@@ -181,8 +191,9 @@ def _run_train(args: argparse.Namespace) -> int:
     student = quantize_model(model, QuantConfig.preset(args.preset, rank=args.rank))
     out = Path(args.out)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      out_dir=str(out / "train"), progress=not args.no_progress)
-    Distiller(student, teacher, adapter, data_fn, cfg, rank_decay=args.rank > 0).run()
+                      out_dir=str(out / "train"), progress=not args.no_progress, ckpt_every=args.ckpt_every,
+                      grad_checkpointing=args.grad_checkpointing)
+    Distiller(student, teacher, adapter, data_fn, cfg, rank_decay=args.rank > 0).run(resume=args.resume)
     to_deploy(student)
     save_quantized(student, out / "quantized")
     n = sum(1 for _ in iter_qlinears(student))

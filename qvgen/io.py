@@ -36,12 +36,15 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
-def _state_for_file(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Contiguous CPU tensors; storage shared between entries (tied weights) is cloned apart."""
+def state_for_file(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of a state dict as contiguous CPU tensors that safetensors accepts: an entry whose
+    storage an earlier entry already uses (tied weights, views of one buffer) is cloned apart."""
     out, seen = {}, set()
-    for key, t in model.state_dict().items():
+    for key, t in state.items():
+        if not isinstance(t, torch.Tensor):
+            continue
         t = t.detach().cpu().contiguous()
-        ptr = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else None
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
         if ptr is not None and ptr in seen:
             t = t.clone()
         seen.add(ptr)
@@ -76,7 +79,7 @@ def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        save_file(_state_for_file(model), str(tmp / WEIGHTS_NAME))
+        save_file(state_for_file(model.state_dict()), str(tmp / WEIGHTS_NAME))
         (tmp / META_NAME).write_text(json.dumps(_metadata(model, layers), indent=2))
         old = None
         if path.exists():

@@ -122,7 +122,7 @@ class QLinear(nn.Linear):
 
     def _row_index(self, x: torch.Tensor) -> torch.Tensor:
         state = getattr(self, STATE_ATTR)
-        return row_group_index(state.groups, x, self.cfg.clip_groups, "QLinear")
+        return row_group_index(state, x, self.cfg.clip_groups, "QLinear")
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() == 0 or x.shape[-1] != self.in_features:

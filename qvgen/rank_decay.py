@@ -26,8 +26,18 @@ _SCHEDULES = ("cosine", "linear")
 
 class RankDecay:
     """Drives gamma and the rank of Phi in every QLinear of `model`; call `step(i)` before the forward of
-    step i (0-based). Stage length T = total_steps // (log2(rank) + 1); Phi is gone from step 6T on for
-    rank 32. A model quantized with rank 0 has nothing to decay: every step is a no-op."""
+    step i (0-based) and `finish()` after the loop (it removes Phi, which `step(total_steps - 1)` does not
+    when total_steps is a multiple of the stage count). Stage length T = total_steps // (log2(rank) + 1);
+    Phi is gone from step 6T on for rank 32. A model quantized with rank 0 has nothing to decay: every step
+    is a no-op.
+
+        decay = RankDecay(model, total_steps=N, optimizer=opt)
+        for i in range(N):
+            decay.step(i)
+            ...  # forward, backward, optimizer step
+        decay.finish()
+        qvgen.to_deploy(model)
+    """
 
     def __init__(self, model: nn.Module, total_steps: int, schedule: str = "cosine",
                  optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -88,11 +98,20 @@ class RankDecay:
             return
         target = self.rank_at(i)
         gamma = self.gamma_at(i)
+        on_device: dict[torch.device, torch.Tensor] = {}  # gamma moved once per device, not once per layer
         for name, q in self.layers:
             self._shrink_to(name, q, target, i)
             if gamma is not None:
-                q.phi_gamma.copy_(gamma)
+                dev = q.phi_gamma.device
+                if dev not in on_device:
+                    on_device[dev] = gamma.to(dev)
+                q.phi_gamma.copy_(on_device[dev])
         self.last_step = i
+
+    def finish(self) -> None:
+        """Remove Phi from every layer (and the optimizer): the state after the last stage, i.e.
+        step(end_step). Call it after the training loop, before qvgen.to_deploy. Idempotent."""
+        self.step(max(self.end_step, self.last_step or 0))
 
     def _shrink_to(self, name: str, q: QLinear, target: int, i: int) -> None:
         width = q.phi_width

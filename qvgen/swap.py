@@ -106,7 +106,8 @@ def to_deploy(model: nn.Module, keep_phi: bool = False) -> nn.Module:
     if not keep_phi:
         for name, q in layers:
             if q.phi_rank > 0:
-                fail("to_deploy", "keep_phi", "True, or every Phi removed by rank decay first",
+                fail("to_deploy", "keep_phi", "True, or every Phi removed by rank decay first (call "
+                     "RankDecay.finish() after the training loop)",
                      f"False with layer '{name or type(model).__name__}' still holding Phi of rank {q.phi_rank}")
     for _, q in layers:
         q.to_deploy(keep_phi=keep_phi)

@@ -28,6 +28,8 @@ from torch import nn
 
 from qvgen_kernels.format import fail
 
+from qvgen.io import state_for_file
+
 LAST, PREV = "ckpt-last", "ckpt-prev"
 FORMAT = 1
 
@@ -81,8 +83,7 @@ def load_optimizer_state_by_name(model: nn.Module, optimizer: torch.optim.Optimi
 def _write_dir(tmp: Path, model_state: dict, state: dict, step: int) -> None:
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model_state.items() if isinstance(v, torch.Tensor)}
-    save_file(tensors, str(tmp / "model.safetensors"))
+    save_file(state_for_file(model_state), str(tmp / "model.safetensors"))
     _fsync_path(tmp / "model.safetensors")
     with open(tmp / "state.pt", "wb") as f:
         torch.save(state, f)

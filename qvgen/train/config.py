@@ -37,6 +37,8 @@ class TrainConfig:
     rank_schedule: gamma schedule of the rank decay ("cosine" or "linear").
     target: objective target ("auto": velocity for flow models, x0 for v-prediction models).
     grad_checkpointing: use the model's enable_gradient_checkpointing() when it has one.
+    caption_dropout: per-step probability of replacing the whole batch's conditioning by the null one
+        (cond["null"] from the data function, else zeros); 0 disables it (the method uses 0.05).
     autocast: "auto" (bf16 on CUDA, off on CPU), "off" or "bf16".
     log_every / ckpt_every: metric and checkpoint period in steps (0: checkpoint only at the end).
     out_dir: metrics.jsonl, metrics.png and ckpt-last/ go here. progress: show a tqdm bar on a TTY.
@@ -57,6 +59,7 @@ class TrainConfig:
     rank_schedule: str = "cosine"
     target: str = "auto"
     grad_checkpointing: bool = False
+    caption_dropout: float = 0.0
     autocast: str = "auto"
     log_every: int = 1
     ckpt_every: int = 0
@@ -79,6 +82,7 @@ class TrainConfig:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         _float("eps", self.eps, 0.0, 1.0, "a float in (0, 1]", closed_lo=False)
         _float("warmup", self.warmup, 0.0, 1.0, "a fraction in [0, 1]")
+        _float("caption_dropout", self.caption_dropout, 0.0, 1.0, "a probability in [0, 1]")
         _float("max_grad_norm", self.max_grad_norm, 0.0, float("inf"), "a float > 0", closed_lo=False)
         _pos_int("seed", self.seed, allow_zero=True)
         if self.rank_schedule not in ("cosine", "linear"):

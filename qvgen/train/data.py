@@ -40,6 +40,29 @@ def random_data_fn(adapter, model: nn.Module, batch_size: int, frames: int, heig
     return data_fn
 
 
+NULL_KEY = "null"
+
+
+def caption_dropout(step: int, cond: dict, prob: float, generator: torch.Generator) -> dict:
+    """The conditioning of one step with classifier-free-guidance dropout: with probability ``prob`` the
+    WHOLE batch's conditioning is replaced by the null conditioning, ``cond["null"]`` (a dict with the same
+    keys) when the data function provides it, else zeros of each floating tensor's shape. The ``"null"``
+    entry is always removed. The draw is taken from the step's generator only when prob > 0."""
+    null = cond.get(NULL_KEY)
+    cond = {k: v for k, v in cond.items() if k != NULL_KEY}
+    if null is not None and (not isinstance(null, dict) or set(null) != set(cond)):
+        fail("Distiller.data_fn", f"cond['null'] at step {step}", f"a dict with the keys {sorted(cond)}",
+             sorted(null) if isinstance(null, dict) else type(null).__name__, TypeError)
+    if prob <= 0.0:
+        return cond
+    if float(torch.rand((), generator=generator, device=generator.device)) >= prob:
+        return cond
+    if null is not None:
+        return dict(null)
+    return {k: torch.zeros_like(v) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+            for k, v in cond.items()}
+
+
 def check_batch(step: int, batch: object) -> tuple[torch.Tensor, dict]:
     """Validate a data function's return value: (x0 tensor [B, ...], cond dict)."""
     op = "Distiller.data_fn"

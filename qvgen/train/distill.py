@@ -1,10 +1,11 @@
 """The distillation trainer: a quantized student learns to match a frozen full-precision teacher.
 
 Each step ``i``: rank decay ``step(i)`` (before anything else), a batch from ``data_fn(i, g)`` with a
-generator ``g`` derived from (seed, i) only, noise and timesteps from the same ``g``, one teacher and one
-student forward on the same inputs, the objective's weighted MSE, backward, gradient clipping (the
-pre-clip norm is logged), AdamW and LR-scheduler steps. Nothing depends on the global RNG or on how many
-steps this process ran, so a run resumed from a checkpoint ends bit-identical to an uninterrupted one.
+generator ``g`` derived from (seed, i) only, the caption-dropout draw (when enabled), noise and
+timesteps from the same ``g``, one teacher and one student forward on the same inputs, the objective's
+weighted MSE, backward, gradient clipping (the pre-clip norm is logged), AdamW and LR-scheduler steps.
+Nothing depends on the global RNG or on how many steps this process ran, so a run resumed from a
+checkpoint ends bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from qvgen.models.adapters import ModelAdapter, adapter_for
 from qvgen.train.checkpoint import (find_checkpoint, load_checkpoint, load_optimizer_state_by_name,
                                     save_checkpoint)
 from qvgen.train.config import TrainConfig
-from qvgen.train.data import check_batch, step_generator
+from qvgen.train.data import caption_dropout, check_batch, step_generator
 from qvgen.train.metrics import MetricsLog
 from qvgen.train.objectives import objective_for
 from qvgen.train.optim import build_optimizer, build_scheduler, clip_gradients, named_trainable
@@ -50,6 +51,15 @@ def _cast_inputs(model: nn.Module, x: torch.Tensor, cond: dict) -> tuple[torch.T
     return cast(x), {k: cast(v) for k, v in cond.items()}
 
 
+def _check_fp32_trainable(student: nn.Module) -> None:
+    """AdamW on low-precision weights rounds small updates away: the trainable master weights must be fp32."""
+    for name, p in student.named_parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            fail("Distiller", "student", "fp32 trainable parameters (load the student in fp32; "
+                 "TrainConfig.autocast 'auto' or 'bf16' runs the compute in bf16)",
+                 f"parameter '{name}' of dtype {p.dtype}")
+
+
 class Distiller:
     """Distil ``teacher`` into the quantized ``student`` (see the module docstring).
 
@@ -69,6 +79,7 @@ class Distiller:
                  TypeError)
         if not isinstance(cfg, TrainConfig):
             fail("Distiller", "cfg", "a TrainConfig", type(cfg).__name__, TypeError)
+        _check_fp32_trainable(student)
         self.student, self.teacher, self.data_fn, self.cfg = student, teacher, data_fn, cfg
         self.adapter = adapter_for(student, adapter)
         self.objective = objective if objective is not None else objective_for(self.adapter.prediction, cfg.target)
@@ -142,6 +153,7 @@ class Distiller:
         """Build step ``step``'s batch and return the distillation loss (student graph attached)."""
         gen = step_generator(self.cfg.seed, step, self.rank, self.world)
         x0, cond = check_batch(step, self.data_fn(step, gen))
+        cond = caption_dropout(step, cond, self.cfg.caption_dropout, gen)  # drawn after the batch
         noisy = self.objective.make_noisy(x0.to(self.device), gen)
         student = self._wrapped()
         with self._autocast():
@@ -245,7 +257,9 @@ class Distiller:
                 self.save(done)
         bar.close()
         if self.decay is not None:
-            self.decay.step(self.cfg.steps)  # past the last stage: Phi is removed from every layer
+            # cfg.steps >= end_step: Phi is removed from every layer (RankDecay.finish() in a hand loop). Kept
+            # as step() so that wrappers exposing only step/state_dict/load_state_dict work too.
+            self.decay.step(self.cfg.steps)
         path = self.save(self.cfg.steps)
         return {"step": self.cfg.steps, "loss": None if last is None else last["loss"],
                 "rank": self.current_rank(), "checkpoint": path, "metrics": self.metrics.path}

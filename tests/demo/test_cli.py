@@ -76,11 +76,51 @@ def test_train_tiny_wan_directory(tmp_path, capsys, with_data):
     assert y.shape == x.shape and torch.isfinite(y).all()
 
 
+def test_train_checkpoints_and_resumes(tmp_path, monkeypatch):
+    """--ckpt-every writes intermediate checkpoints; after a crash, --resume (here with
+    --grad-checkpointing) runs only the remaining steps and deploys."""
+    from qvgen.train import Distiller
+
+    model_dir = tmp_path / "wan"
+    _tiny_wan().save_pretrained(model_dir)
+    out = tmp_path / "out"
+    args = ["train", "--model", str(model_dir), "--steps", "3", "--rank", "2", "--batch-size", "1",
+            "--latent-shape", "1", "4", "4", "--out", str(out), "--device", "cpu", "--no-progress",
+            "--ckpt-every", "1"]
+    real_step, steps_run = Distiller.train_step, []
+
+    def crash_at_2(self, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        steps_run.append(step)
+        return real_step(self, step)
+
+    monkeypatch.setattr(Distiller, "train_step", crash_at_2)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    meta = json.loads((out / "train" / "ckpt-last" / "meta.json").read_text())
+    assert meta["step"] == 2 and steps_run == [0, 1]
+
+    def counting(self, step):
+        steps_run.append(step)
+        return real_step(self, step)
+
+    monkeypatch.setattr(Distiller, "train_step", counting)
+    assert main(args + ["--resume", "--grad-checkpointing"]) == 0
+    assert steps_run == [0, 1, 2]  # the resumed run trained step 2 only
+    records = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert json.loads((out / "quantized" / "qvgen.json").read_text())["mode"] == "deploy"
+
+
 def test_cli_errors(tmp_path):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["demo", "--bits", "w2a2"])
     with pytest.raises(SystemExit):
         build_parser().parse_args([])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--model", "m", "--ckpt-every", "-1"])
+    assert build_parser().parse_args(["train", "--model", "m"]).ckpt_every == 200
     with pytest.raises(ValueError, match="qvgen train: argument '--model'"):
         main(["train", "--model", str(tmp_path)])
     torch.save({"latents": torch.zeros(3, 2), "encoder_hidden_states": torch.zeros(2, 4)}, tmp_path / "d.pt")

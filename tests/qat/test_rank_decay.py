@@ -113,3 +113,39 @@ def test_errors_and_rank_zero(gen):
     d = RankDecay(m, total_steps=10)
     d.step(3)
     assert d.current_rank == 0 and m[0].phi_l is None
+
+
+@pytest.mark.parametrize("rank,total", [(4, 12), (2, 7), (0, 5)])
+def test_finish_after_plain_loop_allows_deploy(gen, rank, total):
+    """With total_steps a multiple of the stage count, the last loop step still holds Phi; finish()
+    removes it (from the model and the optimizer) so to_deploy works."""
+    from qvgen import to_deploy
+
+    m = _model(gen, rank=rank)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    decay = RankDecay(m, total_steps=total, optimizer=opt)
+    for i in range(total):
+        decay.step(i)
+    if rank and total % decay.num_stages == 0:
+        assert all(q.phi_rank > 0 for _, q in iter_qlinears(m))
+        with pytest.raises(ValueError, match=r"finish\(\)"):
+            to_deploy(m)
+    decay.finish()
+    decay.finish()  # idempotent
+    assert decay.current_rank == 0
+    assert not any("phi" in n for n, _ in m.named_parameters())
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in m.parameters()}
+    to_deploy(m)
+    assert all(q.mode == "deploy" for _, q in iter_qlinears(m))
+
+
+def test_gamma_shared_per_device_copy(gen):
+    """Every layer gets the same gamma values for a step (the per-device copy is shared, not aliased)."""
+    m = _model(gen, rank=8)
+    decay = RankDecay(m, total_steps=40, schedule="linear")
+    decay.step(13)
+    want = decay.gamma_at(13)
+    gammas = [q.phi_gamma for _, q in iter_qlinears(m)]
+    for g in gammas:
+        torch.testing.assert_close(g, want, rtol=0, atol=0)  # a copy: exact
+    assert gammas[0].data_ptr() != gammas[1].data_ptr()

@@ -134,3 +134,37 @@ def test_incomplete_directory_is_not_a_checkpoint(tmp_path, toy_pair):
     with pytest.raises(ValueError, match="complete checkpoint"):
         ck.load_checkpoint(tmp_path / "ckpt-last")
     assert ck.find_checkpoint(tmp_path / "nowhere") is None
+
+
+class _Tied(torch.nn.Module):
+    """Two Linear layers sharing one weight Parameter, and a buffer that views a slice of another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(7, 7)
+        self.b = torch.nn.Linear(7, 7, bias=False)
+        self.b.weight = self.a.weight
+        self.register_buffer("table", torch.randn(3, 7))
+        self.register_buffer("row", self.table[1:])  # overlaps `table`'s storage at an offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x))) + self.row.sum()
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+def test_tied_weights_round_trip(tmp_path, quantize):
+    torch.manual_seed(11)
+    model = _Tied()
+    if quantize:
+        import qvgen
+
+        model = qvgen.quantize_model(model, qvgen.QuantConfig.preset("w4a4", rank=2, clip_groups=1))
+    assert model.a.weight is model.b.weight
+    opt = build_optimizer(model, lr=1e-2)
+    model(torch.randn(4, 7)).pow(2).mean().backward()
+    opt.step()
+    path = ck.save_checkpoint(tmp_path, model, opt, None, None, step=1)
+    loaded = ck.load_checkpoint(path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.model_state[k], v), k
+    assert torch.equal(loaded.model_state["a.weight"], loaded.model_state["b.weight"])

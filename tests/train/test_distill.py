@@ -55,10 +55,11 @@ class _Interrupt(Exception):
     """Simulates the process dying in the middle of a run."""
 
 
-def test_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_resume_is_bit_identical(tmp_path, dropout):
     # 12 steps, rank 4: stages of 4 steps (rank 4 -> 2 at step 4, 2 -> 1 at step 8, removal at the end).
     # A checkpoint at 5 and a crash at step 7 put one stage boundary before and one after the resume.
-    cfg = _cfg(tmp_path / "a", steps=12, ckpt_every=5, lr=3e-3, warmup=0.2)
+    cfg = _cfg(tmp_path / "a", steps=12, ckpt_every=5, lr=3e-3, warmup=0.2, caption_dropout=dropout)
     student, teacher = _quantized_pair()
     Distiller(student, teacher, GenericAdapter(), toy_data_fn(), cfg).run()
 
@@ -161,3 +162,55 @@ def test_bf16_autocast_on_cpu(tmp_path, toy_pair):
                         rank_decay=False).run()
     assert torch.isfinite(torch.tensor(summary["loss"]))
     assert all(p.dtype == torch.float32 for p in student.parameters())  # autocast, not a cast
+
+
+def test_low_precision_trainable_student_rejected(tmp_path, toy_pair):
+    student, teacher = toy_pair
+    student.c_emb.to(torch.bfloat16)
+    with pytest.raises(ValueError, match=r"fp32.*'c_emb.weight'.*bfloat16"):
+        Distiller(student, teacher, GenericAdapter(), toy_data_fn(), _cfg(tmp_path), rank_decay=False)
+    student.c_emb.requires_grad_(False)  # frozen low-precision parameters are not optimised: accepted
+    Distiller(student, teacher, GenericAdapter(), toy_data_fn(), _cfg(tmp_path), rank_decay=False)
+
+
+def test_caption_dropout_function():
+    from qvgen.train.data import caption_dropout
+
+    g = torch.Generator().manual_seed(0)
+    cond = {"text": torch.randn(3, 5), "ids": torch.tensor([1, 2, 3])}
+    null = {"text": torch.full((3, 5), 7.0), "ids": torch.zeros(3, dtype=torch.long)}
+    state = g.get_state()
+    kept = caption_dropout(0, {**cond, "null": null}, 0.0, g)
+    assert set(kept) == {"text", "ids"} and kept["text"] is cond["text"]
+    assert torch.equal(g.get_state(), state)  # prob 0: no draw, the step's random stream is unchanged
+    assert caption_dropout(0, {**cond, "null": null}, 1.0, g)["text"].eq(7.0).all()
+    zeroed = caption_dropout(0, cond, 1.0, g)
+    assert torch.equal(zeroed["text"], torch.zeros(3, 5)) and zeroed["ids"] is cond["ids"]  # ints kept
+    # The whole batch is dropped or kept together, at about the requested rate.
+    dropped = [bool(caption_dropout(0, cond, 0.3, g)["text"].eq(0).all()) for _ in range(2000)]
+    assert abs(sum(dropped) / 2000 - 0.3) < 0.04  # binomial sd ~0.010: 4 sd
+    with pytest.raises(TypeError, match="null"):
+        caption_dropout(0, {**cond, "null": {"text": null["text"]}}, 0.5, g)
+    with pytest.raises(ValueError, match="caption_dropout"):
+        TrainConfig(caption_dropout=1.5)
+
+
+def test_caption_dropout_in_training_is_per_step_and_reproducible(tmp_path):
+    data = toy_data_fn()
+
+    def with_null(step, g):
+        x0, cond = data(step, g)
+        return x0, {**cond, "null": {"text": torch.full_like(cond["text"], 9.0)}}
+
+    def run(out):
+        student, teacher = make_pair(seed=4)
+        seen = []
+        student.c_emb.register_forward_pre_hook(lambda m, a: seen.append(bool(a[0].eq(9.0).all())))
+        Distiller(student, teacher, GenericAdapter(), with_null, _cfg(out, steps=24, caption_dropout=0.5),
+                  rank_decay=False).run()
+        return seen, student.state_dict()
+
+    seen1, sd1 = run(tmp_path / "a")
+    seen2, sd2 = run(tmp_path / "b")
+    assert seen1 == seen2 and 0 < sum(seen1) < len(seen1)  # some steps dropped, same ones each run
+    assert all(torch.equal(sd1[k], sd2[k]) for k in sd1)
