@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..format import fail, packed_width
+from ..format import check_bits, fail, packed_width
 
 # 1.5 * 2^23: adding and subtracting it rounds an fp32 value half-to-even, valid for |x| < 2^22.
 _MAGIC = tl.constexpr(12582912.0)
@@ -174,3 +174,20 @@ def empty_out(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) 
     if interpreting() and dtype == torch.bfloat16:
         dtype = torch.float32
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_act_inputs(op: str, x: object, bits: int, clip_lo: object, clip_hi: object
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate the per-token activation inputs (x [M, K >= 1] float, clips [M]) shared by the quantize and
+    fake-quant launchers; returns (x, clip_lo fp32, clip_hi fp32). Clips are upcast like the reference does."""
+    check_bits(op, "bits", bits, (3, 4, 8))
+    check_tensor(op, "x", x, ndim=2, dtypes=FLOATS)
+    m, k = x.shape
+    if k == 0:
+        fail(op, "x", "K >= 1 columns", f"shape {tuple(x.shape)}")
+    clo = check_vector(op, "clip_lo", clip_lo, m, FLOATS, x).float()
+    chi = check_vector(op, "clip_hi", clip_hi, m, FLOATS, x).float()
+    return x, clo, chi

@@ -22,11 +22,11 @@ import triton.language as tl
 from ..format import ACT_EPS, check_bits, fail, qmax
 from ._configs import ELEMENTWISE_BLOCK_K, ELEMENTWISE_BLOCK_M, EXACT_FP
 from ._utils import (
-    act_codes, act_qparams, check_same_device, check_tensor, check_vector, empty_out, round_clamped,
+    FLOATS as _FLOATS, act_codes, act_qparams, check_act_inputs, check_same_device, check_tensor, empty_out,
+    round_clamped,
 )
 from .quantize_act import row_tiles
 
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
@@ -177,13 +177,8 @@ def fake_quant_weight_backward(grad: torch.Tensor, w: torch.Tensor, scale: torch
 
 
 def _run_act(op: str, x, bits: int, clip_lo, clip_hi, grad):
-    check_bits(op, "bits", bits, (3, 4, 8))
-    check_tensor(op, "x", x, ndim=2, dtypes=_FLOATS)
+    x, clo, chi = check_act_inputs(op, x, bits, clip_lo, clip_hi)
     m, k = x.shape
-    if k == 0:
-        fail(op, "x", "K >= 1 columns", f"shape {tuple(x.shape)}")
-    clo = check_vector(op, "clip_lo", clip_lo, m, _FLOATS, x).float()
-    chi = check_vector(op, "clip_hi", clip_hi, m, _FLOATS, x).float()
     x = x.contiguous()
     backward = grad is not None
     g = _check_grad(op, grad, x) if backward else x

@@ -12,11 +12,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..format import ACT_EPS, check_bits, fail, packed_width, padded_k, qmax
+from ..format import ACT_EPS, packed_width, padded_k, qmax
 from ._configs import ELEMENTWISE_BLOCK_K, EXACT_FP, ROW_SINGLE_PASS_MAX_K
-from ._utils import act_codes, act_qparams, check_tensor, check_vector, pack_and_store
+from ._utils import act_codes, act_qparams, check_act_inputs, pack_and_store
 
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 _TILE_ELEMS = 8192  # elements per program tile: bounds register use when a whole row is one tile
 
 
@@ -86,15 +85,8 @@ def quantize_per_token(x: torch.Tensor, bits: int, clip_lo: torch.Tensor, clip_h
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [M, K] fp32/fp16/bf16, clips [M] (fp32; fp16/bf16 are upcast) -> (packed uint8 [M, packed_width(K, bits)],
     scale fp32 [M], zero int32 [M], rowsum int32 [M]); rowsum[m] = sum_k (q_x - z_x)."""
-    op = "quantize_per_token (triton)"
-    check_bits(op, "bits", bits, (3, 4, 8))
-    check_tensor(op, "x", x, ndim=2, dtypes=_FLOATS)
+    x, clip_lo, clip_hi = check_act_inputs("quantize_per_token (triton)", x, bits, clip_lo, clip_hi)
     m, k = x.shape
-    if k == 0:
-        fail(op, "x", "K >= 1 columns", f"shape {tuple(x.shape)}")
-    # Clips are upcast like the reference does; fp32 is what callers normally pass.
-    clip_lo = check_vector(op, "clip_lo", clip_lo, m, _FLOATS, x).float()
-    clip_hi = check_vector(op, "clip_hi", clip_hi, m, _FLOATS, x).float()
     if x.stride(1) != 1:
         x = x.contiguous()
     dev = x.device
