@@ -98,7 +98,7 @@ def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int
     """Median / p10 / p90 in microseconds via the shared harness, or {"skipped": reason} when fn raises."""
     try:
         s = _harness.time_fn(fn, device, warmup, repeats)
-    except (RuntimeError, ValueError, TypeError) as e:  # NotImplementedError is a RuntimeError
+    except (RuntimeError, ValueError, TypeError) as e:  # also catches unimplemented-op errors (RuntimeError subclasses)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return {"skipped": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
