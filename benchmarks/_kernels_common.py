@@ -20,6 +20,7 @@ import torch
 from benchmarks import _harness
 from benchmarks.report_model import device_dir
 from benchmarks.shapes import FULL, get_shape
+from qvgen_kernels import _dispatch
 
 SMALL_M = (1, 4, 16, 64, 256)
 
@@ -69,7 +70,8 @@ def gemm_shapes(smoke: bool, small_m: bool = True) -> list[LayerShape]:
     return shapes
 
 
-def add_common_args(ap: argparse.ArgumentParser) -> None:
+def add_common_args(ap: argparse.ArgumentParser, backends: tuple[str, ...]) -> None:
+    ap.add_argument("--backends", default=",".join(backends), help="comma list of qvgen backends")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes (CPU-friendly smoke test)")
     ap.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu' or 'cuda'")
     ap.add_argument("--warmup", type=int, default=None, help="untimed calls (default 3 on GPU, 1 on CPU)")
@@ -189,3 +191,16 @@ def bar_plot(path: Path, title: str, groups: list[str], series: dict[str, list[f
 
 def shape_dict(sh: LayerShape) -> dict[str, Any]:
     return asdict(sh)
+
+
+def parse_run(ap: argparse.ArgumentParser, argv: list[str] | None, prog: str
+              ) -> tuple[argparse.Namespace, torch.device, torch.dtype, dict[str, Any]]:
+    """Parse the arguments, check the backend names, resolve the run and measure the in-run peaks:
+    (args with args.backends as a list, device, dtype, peaks)."""
+    args = ap.parse_args(argv)
+    args.backends = [b for b in args.backends.split(",") if b]
+    for b in args.backends:
+        _dispatch.normalize(prog, b)
+    device, dtype, args.warmup, args.repeats = resolve_run(args)
+    peaks = measure_peaks(device, args.smoke, args.warmup, args.repeats)
+    return args, device, dtype, peaks

@@ -145,14 +145,8 @@ def _plot(rows: list[dict[str, Any]], title: str) -> Callable:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_fake_quant", description=__doc__.split("\n")[0])
-    kc.add_common_args(ap)
-    ap.add_argument("--backends", default=",".join(BACKENDS), help="comma list of qvgen backends")
-    args = ap.parse_args(argv)
-    args.backends = [b for b in args.backends.split(",") if b]
-    for b in args.backends:
-        _dispatch.normalize("bench_fake_quant", b)
-    device, dtype, args.warmup, args.repeats = kc.resolve_run(args)
-    peaks = kc.measure_peaks(device, args.smoke, args.warmup, args.repeats)
+    kc.add_common_args(ap, BACKENDS)
+    args, device, dtype, peaks = kc.parse_run(ap, argv, "bench_fake_quant")
     shapes = kc.gemm_shapes(args.smoke, small_m=False)
     rows = [r for sh in shapes for r in bench_shape(sh, device, dtype, args, peaks)]
     step_shape = (kc.LayerShape("tiny", "ffn_up", 33, 64, 96) if args.smoke else

@@ -139,16 +139,10 @@ def _plot(rows: list[dict[str, Any]], title: str) -> Callable:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_gemm", description=__doc__.split("\n")[0])
-    kc.add_common_args(ap)
-    ap.add_argument("--backends", default=",".join(BACKENDS), help="comma list of qvgen backends")
+    kc.add_common_args(ap, BACKENDS)
     ap.add_argument("--entry", choices=("ops", "backend"), default="ops")
     ap.add_argument("--no-small-m", action="store_true", help="skip the M = 1..256 sweep")
-    args = ap.parse_args(argv)
-    args.backends = [b for b in args.backends.split(",") if b]
-    for b in args.backends:
-        _dispatch.normalize("bench_gemm", b)
-    device, dtype, args.warmup, args.repeats = kc.resolve_run(args)
-    peaks = kc.measure_peaks(device, args.smoke, args.warmup, args.repeats)
+    args, device, dtype, peaks = kc.parse_run(ap, argv, "bench_gemm")
     print(f"peaks: 8-bit {peaks['peak_8bit_tops']} TOPS ({peaks['peak_8bit_source']}), "
           f"bandwidth {peaks['bandwidth_gbs']} GB/s", flush=True)
     rows = []
