@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from qvgen_kernels.format import fail
 
+from . import atomic_dir
 from .config import QuantConfig
+from .integrity import (check_digests, digests, fsync_path, read_safetensors, text_digest,
+                        write_text_durably)
 from .qlinear import QLinear
 from .swap import attach, iter_qlinears, model_config, swap_linears
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: content hashes in the safetensors metadata
+READABLE_VERSIONS = (1, 2)
 WEIGHTS_NAME = "model.safetensors"
 META_NAME = "qvgen.json"
+# Keys of the safetensors metadata that tie the tensors to qvgen.json.
+META_HASH_KEY, META_TEXT_KEY, TENSOR_HASH_KEY = "qvgen.meta_sha256", "qvgen.meta", "qvgen.tensor_sha256"
+log = logging.getLogger("qvgen")
 
 
 def _json_safe(value: Any) -> Any:
@@ -70,39 +76,109 @@ def _metadata(model: nn.Module, layers: list[tuple[str, QLinear]]) -> dict[str, 
 
 
 def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write `path/model.safetensors` and `path/qvgen.json` atomically (a temporary folder renamed into
-    place; an existing folder at `path` is replaced). Returns the folder."""
+    """Write `path/model.safetensors` and `path/qvgen.json`. A complete, loadable checkpoint is at `path` at
+    every instant: the new copy is written and fsynced beside it, then swapped in atomically (see
+    `qvgen.atomic_dir`). The safetensors metadata records the sha256 of qvgen.json (and its text) and of
+    every tensor, so a config copied from another checkpoint or damaged data fails at load. Returns the folder."""
     layers = list(iter_qlinears(model))
     if not layers:
         fail("save_quantized", "model", "a model with QLinear layers", "none")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    meta_text = json.dumps(_metadata(model, layers), indent=2)
+    tensors = state_for_file(model.state_dict())
+    record = {META_HASH_KEY: text_digest(meta_text), META_TEXT_KEY: meta_text,
+              TENSOR_HASH_KEY: json.dumps(digests(tensors))}
+    tmp = atomic_dir.new_tmp(path)
     try:
-        save_file(state_for_file(model.state_dict()), str(tmp / WEIGHTS_NAME))
-        (tmp / META_NAME).write_text(json.dumps(_metadata(model, layers), indent=2))
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex}"
-            path.rename(old)
-        tmp.rename(path)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=record)
+        fsync_path(tmp / WEIGHTS_NAME)
+        # qvgen.json last, whole or absent: its presence marks a complete copy.
+        write_text_durably(tmp / (META_NAME + ".part"), meta_text)
+        os.rename(tmp / (META_NAME + ".part"), tmp / META_NAME)
+        fsync_path(tmp)
+        atomic_dir.publish(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return path
 
 
-def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    for name in (META_NAME, WEIGHTS_NAME):
-        if not (path / name).is_file():
-            fail("load_quantized", "path", f"a folder written by save_quantized (with {name})", str(path))
-    meta = json.loads((path / META_NAME).read_text())
-    if meta.get("format_version") != CHECKPOINT_VERSION:
-        fail("load_quantized", "path", f"checkpoint format_version {CHECKPOINT_VERSION}",
-             meta.get("format_version"))
-    return meta, load_file(str(path / WEIGHTS_NAME))
+def _complete(path: Path) -> bool:
+    return (path / META_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
+
+
+def _json_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Where two JSON values differ, as 'key: a vs b' strings (nested dicts by dotted key)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _json_diff(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix[:-1] or 'value'}: {a!r} (qvgen.json) vs {b!r} (model.safetensors)"]
+
+
+def _check_tied(path: Path, meta_text: str, state: dict[str, torch.Tensor], record: dict[str, str]) -> None:
+    """qvgen.json and the tensors are those written together by save_quantized."""
+    op, weights = "load_quantized", path / WEIGHTS_NAME
+    if META_HASH_KEY not in record:
+        log.warning("load_quantized: %s has no content hashes (written before format_version %d); "
+                    "qvgen.json and the tensors are not verified", weights, CHECKPOINT_VERSION)
+        return
+    if text_digest(meta_text) != record[META_HASH_KEY]:
+        try:
+            diff = _json_diff(json.loads(meta_text), json.loads(record.get(META_TEXT_KEY, "null")))
+        except json.JSONDecodeError:
+            diff = []
+        fail(op, str(path / META_NAME), f"the qvgen.json saved with {weights} (sha256 {record[META_HASH_KEY][:12]})",
+             "a different one: " + ("; ".join(diff[:4]) if diff else "same fields, different text"))
+    try:
+        recorded = json.loads(record[TENSOR_HASH_KEY])
+    except (KeyError, json.JSONDecodeError) as e:
+        fail(op, str(weights), "a tensor hash table in its metadata", f"a damaged one ({e})")
+    check_digests(op, weights, state, recorded)
+
+
+def _read(path: Path) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]]:
+    op = "load_quantized"
+    found = atomic_dir.resolve(path, _complete)
+    if found is None:
+        fail(op, "path", f"a folder written by save_quantized (with {META_NAME} and {WEIGHTS_NAME})", str(path))
+    if found != path:
+        log.warning("load_quantized: %s is incomplete (a save was interrupted); loading the newest complete "
+                    "copy %s", path, found)
+    meta_file = found / META_NAME
+    try:
+        meta_text = meta_file.read_text(encoding="utf-8")
+        meta = json.loads(meta_text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        fail(op, str(meta_file), "a readable JSON file", f"a damaged one ({e})")
+    if not isinstance(meta, dict) or meta.get("format_version") not in READABLE_VERSIONS:
+        got = meta.get("format_version") if isinstance(meta, dict) else type(meta).__name__
+        fail(op, str(meta_file), f"checkpoint format_version in {READABLE_VERSIONS}", got)
+    state, record = read_safetensors(op, found / WEIGHTS_NAME)
+    _check_tied(found, meta_text, state, record)
+    _check_meta(meta_file, meta, state)
+    return found, meta, state
+
+
+def _check_meta(meta_file: Path, meta: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    """qvgen.json's structure; Phi ranks are bounded by the tensors present (no allocation from a number)."""
+    op = "load_quantized"
+    for key, kind in (("quant_config", dict), ("modes", dict), ("modules", list), ("phi_ranks", dict)):
+        if not isinstance(meta.get(key), kind):
+            fail(op, f"{meta_file}: {key}", f"a JSON {'object' if kind is dict else 'array'}",
+                 type(meta.get(key)).__name__ if key in meta else "missing")
+    for name in meta["modules"]:
+        if not isinstance(name, str) or name not in meta["modes"] or name not in meta["phi_ranks"]:
+            fail(op, f"{meta_file}: modules", "layer names each with a mode and a phi rank", repr(name))
+        if meta["modes"][name] not in ("qat", "deploy"):
+            fail(op, f"{meta_file}: modes[{name!r}]", "'qat' or 'deploy'", repr(meta["modes"][name]))
+        phi = state.get(f"{name}.phi_l" if name else "phi_l")
+        width = 0 if phi is None or phi.dim() != 2 else phi.shape[1]
+        rank = meta["phi_ranks"][name]
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank <= width:
+            fail(op, f"{meta_file}: phi_ranks[{name!r}]", f"an int in [0, {width}] (the width of the Phi "
+                 "tensors present)", repr(rank))
 
 
 def _instantiate(model_or_class: Any, meta: dict[str, Any]) -> nn.Module:
@@ -151,9 +227,11 @@ def load_quantized(model_or_class: Any, path: str | os.PathLike) -> nn.Module:
     quantized with the same config), or a class with `from_config` (diffusers) built from the saved config.
     Layers are swapped without calibration, converted to the saved mode, Phi resized to the saved ranks,
     then the state dict is loaded strictly. Returns the model."""
-    path = Path(path)
-    meta, state = _read(path)
-    cfg = QuantConfig.from_dict(meta["quant_config"])
+    path, meta, state = _read(Path(path))
+    try:
+        cfg = QuantConfig.from_dict(meta["quant_config"])
+    except (TypeError, ValueError) as e:
+        fail("load_quantized", f"{path / META_NAME}: quant_config", "a valid QuantConfig", str(e))
     model = _instantiate(model_or_class, meta)
     _prepare(model, meta, cfg)
     try:
