@@ -33,6 +33,8 @@ class TrainConfig:
         phi_lr / quant_lr: Phi factors / weight-quantizer scale and zero (None = lr).
     weight_decay, betas, eps: AdamW; warmup: fraction of steps of linear warmup before the cosine decay;
     max_grad_norm: global gradient-norm clip.
+    max_skipped_steps: a step whose loss or gradients are not finite is skipped (logged, no weight update);
+        one more consecutive skip than this is an error.
     seed: every step draws from its own generator seeded with seed * 1_000_003 + step.
     rank_schedule: gamma schedule of the rank decay ("cosine" or "linear").
     target: objective target ("auto": velocity for flow models, x0 for v-prediction models).
@@ -55,6 +57,7 @@ class TrainConfig:
     eps: float = 1e-8
     warmup: float = 0.1
     max_grad_norm: float = 1.0
+    max_skipped_steps: int = 3
     seed: int = 0
     rank_schedule: str = "cosine"
     target: str = "auto"
@@ -85,6 +88,7 @@ class TrainConfig:
         _float("caption_dropout", self.caption_dropout, 0.0, 1.0, "a probability in [0, 1]")
         _float("max_grad_norm", self.max_grad_norm, 0.0, float("inf"), "a float > 0", closed_lo=False)
         _pos_int("seed", self.seed, allow_zero=True)
+        _pos_int("max_skipped_steps", self.max_skipped_steps, allow_zero=True)
         if self.rank_schedule not in ("cosine", "linear"):
             fail(_OP, "rank_schedule", "'cosine' or 'linear'", repr(self.rank_schedule))
         if self.target not in ("auto", "x0", "eps", "v"):

@@ -4,6 +4,9 @@ Each step ``i``: rank decay ``step(i)`` (before anything else), a batch from ``d
 generator ``g`` derived from (seed, i) only, the caption-dropout draw (when enabled), noise and
 timesteps from the same ``g``, one teacher and one student forward on the same inputs, the objective's
 weighted MSE, backward, gradient clipping (the pre-clip norm is logged), AdamW and LR-scheduler steps.
+A step whose loss or gradient norm is not finite is skipped (no optimizer step, logged; the LR schedule
+still advances); more than ``cfg.max_skipped_steps`` in a row is an error. Weights that become non-finite
+after an update stop the run before they reach a checkpoint.
 Nothing depends on the global RNG or on how many steps this process ran, so a run resumed from a
 checkpoint ends bit-identical to an uninterrupted one.
 """
@@ -11,10 +14,13 @@ checkpoint ends bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -22,6 +28,7 @@ from torch import nn
 from qvgen_kernels.format import fail
 
 from qvgen.models.adapters import ModelAdapter, adapter_for
+from qvgen.swap import model_config
 from qvgen.train.checkpoint import (find_checkpoint, load_checkpoint, load_optimizer_state_by_name,
                                     save_checkpoint)
 from qvgen.train.config import TrainConfig
@@ -29,6 +36,9 @@ from qvgen.train.data import caption_dropout, check_batch, step_generator
 from qvgen.train.metrics import MetricsLog
 from qvgen.train.objectives import objective_for
 from qvgen.train.optim import build_optimizer, build_scheduler, clip_gradients, named_trainable
+from qvgen.train.resume_check import apply_overrides, check_quant_config, check_train_config
+
+log = logging.getLogger("qvgen.train")
 
 
 def _dist_info() -> tuple[int, int]:
@@ -49,6 +59,11 @@ def _cast_inputs(model: nn.Module, x: torch.Tensor, cond: dict) -> tuple[torch.T
         return v.to(p.device, p.dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
 
     return cast(x), {k: cast(v) for k, v in cond.items()}
+
+
+def _quant_dict(model: nn.Module) -> dict | None:
+    cfg = model_config(model)
+    return None if cfg is None else cfg.to_dict()
 
 
 def _check_fp32_trainable(student: nn.Module) -> None:
@@ -97,6 +112,7 @@ class Distiller:
         self.optimizer, self.scheduler = self._build_optim()
         self.decay = self._make_decay(rank_decay)
         self.start_step = 0
+        self.skipped = 0  # consecutive skipped steps
         self._ddp: nn.Module | None = None
         self._ddp_key: tuple | None = None
 
@@ -171,16 +187,47 @@ class Distiller:
             self.decay.step(step)  # before the batch: Phi's shape and gamma for this step
         self.optimizer.zero_grad(set_to_none=True)
         loss = self._forward_pair(step)
+        params = named_trainable(self.student)
+        loss.backward()  # also for a non-finite loss: data-parallel ranks then agree on skipping via the norm
+        grad_norm = clip_gradients([p for _, p in params], self.cfg.max_grad_norm)
         if not torch.isfinite(loss):
-            value = float(loss.detach())
-            raise FloatingPointError(f"Distiller.train_step: non-finite loss {value} at step {step}")
-        loss.backward()
-        grad_norm = clip_gradients([p for _, p in named_trainable(self.student)], self.cfg.max_grad_norm)
+            grad_norm = float("nan")
         lr = float(self.optimizer.param_groups[-1]["lr"])  # the "other" group: the latent weights' lr
-        self.optimizer.step()
-        self.scheduler.step()
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+            self._check_weights(step, params)
+            self.skipped = 0
+            self.scheduler.step()
+        else:
+            self._skip(step, float(loss.detach()), params)
+            with warnings.catch_warnings():  # the schedule follows the step index, skipped or not
+                warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`")
+                self.scheduler.step()
         return {"step": step, "loss": float(loss.detach()), "grad_norm": grad_norm, "rank": self.current_rank(),
                 "lr": lr, "seconds": time.perf_counter() - t0}
+
+    def _skip(self, step: int, loss: float, params: list) -> None:
+        """Drop this step's gradients instead of stepping on them; too many in a row is an error."""
+        bad = [n for n, p in params if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        what = f"non-finite loss {loss}" if not math.isfinite(loss) else f"non-finite gradients in {bad[:3]}"
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped += 1
+        if self.skipped > self.cfg.max_skipped_steps:
+            raise FloatingPointError(
+                f"Distiller.train_step: {what} at step {step}, the {self.skipped}th step in a row (from step "
+                f"{step - self.skipped + 1}); limit cfg.max_skipped_steps={self.cfg.max_skipped_steps}. The last "
+                f"checkpoint under {self.cfg.out_dir} holds finite weights")
+        log.warning("Distiller: step %d skipped (%s); %d in a row, limit %d", step, what, self.skipped,
+                    self.cfg.max_skipped_steps)
+
+    def _check_weights(self, step: int, params: list) -> None:
+        """Finite weights after the update (one host sync); else stop before they reach a checkpoint."""
+        if not params or bool(torch.stack([torch.isfinite(p).all() for _, p in params]).all()):
+            return
+        bad = [n for n, p in params if not bool(torch.isfinite(p).all())]
+        raise FloatingPointError(f"Distiller.train_step: the update of step {step} made {bad[:3]} non-finite "
+                                 f"({len(bad)} parameters); nothing saved, the last checkpoint under "
+                                 f"{self.cfg.out_dir} is intact")
 
     # -- checkpoints --------------------------------------------------------------------------------
 
@@ -192,23 +239,26 @@ class Distiller:
             if torch.cuda.is_available() and torch.cuda.is_initialized():
                 rng["cuda"] = torch.cuda.get_rng_state_all()
             path = save_checkpoint(self.cfg.out_dir, self.student, self.optimizer, self.scheduler, self.decay,
-                                   next_step, extra={"rng": rng, "train_config": self.cfg.to_dict()})
+                                   next_step, extra={"rng": rng, "train_config": self.cfg.to_dict(),
+                                                     "quant_config": _quant_dict(self.student),
+                                                     "skipped": self.skipped})
             self.metrics.plot()
         if self.world > 1:
             torch.distributed.barrier()
         return path
 
-    def resume(self) -> int:
-        """Load the latest checkpoint under ``cfg.out_dir``; returns the step training continues from."""
+    def resume(self, override: Iterable[str] = ()) -> int:
+        """Load the latest checkpoint under ``cfg.out_dir``; returns the step training continues from.
+
+        The checkpoint's TrainConfig and QuantConfig must equal the current ones, except run-time fields and
+        the fields named in ``override`` (see ``qvgen.train.resume_check``)."""
         path = find_checkpoint(self.cfg.out_dir)
         if path is None:
             fail("Distiller.resume", "cfg.out_dir", "a directory holding a checkpoint", self.cfg.out_dir)
         ckpt = load_checkpoint(path)
-        saved_cfg = ckpt.state["extra"].get("train_config", {})
-        for key in ("steps", "seed", "batch_size"):  # these fix the schedule and the data stream
-            if key in saved_cfg and saved_cfg[key] != getattr(self.cfg, key):
-                fail("Distiller.resume", f"cfg.{key}", f"{saved_cfg[key]!r} (the checkpoint's run)",
-                     repr(getattr(self.cfg, key)))
+        extra = ckpt.state["extra"]
+        overridden = check_train_config(extra.get("train_config"), self.cfg, override)
+        check_quant_config(extra.get("quant_config", "not recorded"), self.student)
         # QLinear adopts the saved Phi width (or drops Phi) while loading; then the schedule position.
         self.student.load_state_dict(ckpt.model_state)
         if self.decay is not None and ckpt.state["rank_decay"] is not None:
@@ -219,6 +269,9 @@ class Distiller:
             self.decay.optimizer = self.optimizer
         load_optimizer_state_by_name(self.student, self.optimizer, ckpt.state["optimizer"])
         self.scheduler.load_state_dict(ckpt.state["scheduler"])
+        if overridden:
+            apply_overrides(self.optimizer, self.scheduler, self.cfg)
+        self.skipped = int(extra.get("skipped", 0))
         rng = ckpt.state["extra"].get("rng", {})
         if "cpu" in rng:
             torch.set_rng_state(rng["cpu"])
@@ -238,13 +291,14 @@ class Distiller:
         return tqdm(range(self.start_step, self.cfg.steps), initial=self.start_step, total=self.cfg.steps,
                     disable=not show, desc="distill", dynamic_ncols=True)
 
-    def run(self, resume: bool = False) -> dict:
-        """Train to ``cfg.steps`` (continuing from the latest checkpoint when ``resume`` and one exists).
+    def run(self, resume: bool = False, override: Iterable[str] = ()) -> dict:
+        """Train to ``cfg.steps`` (continuing from the latest checkpoint when ``resume`` and one exists;
+        ``override``: config fields allowed to differ from the checkpoint's, see ``resume``).
 
         Returns a summary: final step, last loss, final rank, checkpoint and metrics paths.
         """
         if resume and find_checkpoint(self.cfg.out_dir) is not None:
-            self.resume()
+            self.resume(override)
         last = None
         bar = self._progress()
         for step in bar:

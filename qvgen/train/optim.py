@@ -40,11 +40,17 @@ def named_trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
+def group_lrs(lr: float, clip_lr: float = 1e-2, phi_lr: float | None = None,
+              quant_lr: float | None = None) -> dict[str, float]:
+    """The base learning rate of each group (None: ``lr``)."""
+    return {"clip": clip_lr, "phi": lr if phi_lr is None else phi_lr,
+            "quant": lr if quant_lr is None else quant_lr, "other": lr}
+
+
 def param_groups(model: nn.Module, lr: float, clip_lr: float = 1e-2, phi_lr: float | None = None,
                  quant_lr: float | None = None, weight_decay: float = 1e-4) -> list[dict]:
     """AdamW parameter groups (see module docstring); each dict carries its ``name``."""
-    lrs = {"clip": clip_lr, "phi": lr if phi_lr is None else phi_lr,
-           "quant": lr if quant_lr is None else quant_lr, "other": lr}
+    lrs = group_lrs(lr, clip_lr, phi_lr, quant_lr)
     for g, v in lrs.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
             fail("param_groups", f"{g} learning rate", "a float >= 0", repr(v))
@@ -94,7 +100,8 @@ def clip_gradients(params: Iterable[torch.Tensor], max_norm: float) -> float:
     """Clip the global L2 grad norm to ``max_norm`` (in place); returns the pre-clip norm.
 
     The norm is accumulated in the given order (pass the model's registration order) so that it is
-    reproducible bit for bit across a resume.
+    reproducible bit for bit across a resume. A non-finite norm (NaN/Inf in a gradient, or overflow)
+    leaves the gradients untouched and is returned as is: the caller must not step on them.
     """
     if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm > 0:
         fail("clip_gradients", "max_norm", "a float > 0", repr(max_norm))
@@ -103,6 +110,8 @@ def clip_gradients(params: Iterable[torch.Tensor], max_norm: float) -> float:
         return 0.0
     norms = torch.stack([g.detach().float().norm(2).to(grads[0].device) for g in grads])
     total = norms.norm(2)
+    if not math.isfinite(float(total)):
+        return float(total)
     scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for g in grads:
         g.detach().mul_(scale.to(g.dtype))
