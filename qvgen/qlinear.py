@@ -13,6 +13,7 @@ from qvgen_kernels.format import fail
 
 from .config import QuantConfig
 from .lowrank import init_phi
+from .sharding import full_value, is_sharded, write_full_
 from .quantizers import ActQuantizer, WeightQuantizer
 from .timestep import STATE_ATTR, TimestepState, row_group_index
 
@@ -40,11 +41,18 @@ class QLinear(nn.Linear):
         self.mode = "qat"
         self.weight_quant = WeightQuantizer(self.out_features, self.in_features, cfg, device)
         self.act_quant = ActQuantizer(cfg, device) if cfg.a_bits != 16 else None
-        setattr(self, STATE_ATTR, TimestepState(cfg.clip_groups, cfg.num_train_timesteps))
+        # A standalone layer takes no timestep: clip group 0 until one is set (quantize_model replaces this
+        # state by the model's, which follows the model's `timestep` argument).
+        setattr(self, STATE_ATTR, TimestepState(cfg.clip_groups, cfg.num_train_timesteps, default_group=0))
         self._set_phi_shape(cfg.rank, device)
 
     def _set_phi_shape(self, rank: int, device: torch.device | None = None) -> None:
-        """(Re)allocate Phi with width `rank` (zeros, gamma ones); rank 0 removes it."""
+        """Allocate Phi with capacity `rank` (zeros, gamma ones, all columns active); rank 0 removes it.
+
+        New Parameter objects: only at construction, loading or after training (RankDecay.finish), never
+        while a graph, a DDP bucket or an FSDP2 shard may hold the old ones. Rank decay itself keeps these
+        shapes and masks columns (see set_phi)."""
+        self._phi_active = rank
         if rank == 0:
             self.register_parameter("phi_l", None)
             self.register_parameter("phi_r", None)
@@ -107,16 +115,38 @@ class QLinear(nn.Linear):
 
     @property
     def phi_width(self) -> int:
-        """Allocated Phi columns (0 when removed)."""
+        """Active Phi columns: the current rank-decay stage's rank (0 when removed or fully decayed)."""
+        return 0 if self.phi_l is None else self._phi_active
+
+    @property
+    def phi_capacity(self) -> int:
+        """Allocated Phi columns (fixed from quantization to removal; 0 when removed)."""
         return 0 if self.phi_l is None else self.phi_l.shape[1]
 
+    @property
+    def phi_sharded(self) -> bool:
+        """Whether Phi's factors are sharded DTensors (FSDP2): they can then not be removed, only masked."""
+        return is_sharded(self.phi_l)
+
     def remove_phi(self) -> None:
-        """Delete L, R and gamma: the layer becomes a plain quantized linear."""
+        """Delete L, R and gamma: the layer becomes a plain quantized linear. Replaces Parameters: call it
+        only when no graph, DDP wrapper or FSDP2 sharding holds them (RankDecay.finish decides)."""
         self._set_phi_shape(0)
 
     def _phi(self, x_hat: torch.Tensor) -> torch.Tensor:
-        # (L * gamma) (R x): two thin GEMMs, no N x K product materialised.
-        return F.linear(F.linear(x_hat, self.phi_r), self.phi_l * self.phi_gamma.to(self.phi_l.dtype))
+        # (L * gamma) (R x) over the active columns only: two thin GEMMs, no N x K product materialised.
+        # Slicing keeps the Parameters whole (their gradients are full-width, zero past the active columns),
+        # and a width of 0 still gives every factor a (zero) gradient, as DDP expects.
+        w = self._phi_active
+        l = self.phi_l[:, :w] * self.phi_gamma[:w].to(self.phi_l.dtype)
+        return F.linear(F.linear(x_hat, self.phi_r[:w]), l)
+
+    def phi_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The active factors as whole fp32 tensors, L [N, w] and R [w, K] (gathered when sharded)."""
+        if self.phi_l is None:
+            fail("QLinear.phi_factors", "self", "a layer with Phi", "Phi removed")
+        w = self._phi_active
+        return full_value(self.phi_l)[:, :w].float(), full_value(self.phi_r)[:w].float()
 
     # --- forward -------------------------------------------------------------------------------------------
 
@@ -204,41 +234,69 @@ class QLinear(nn.Linear):
 
     @torch.no_grad()
     def set_phi(self, l: torch.Tensor, r: torch.Tensor) -> None:
-        """Replace Phi's factors by l [N, r'] and r [r', K] in place (the Parameter objects are kept, so an
-        optimizer still refers to them); gamma is reset to ones of width r'."""
+        """Make Phi = l @ r with l [N, w], r [w, K], w <= phi_capacity (w = 0: Phi contributes nothing).
+
+        Written into the existing storage (copy_; through distribute_tensor when sharded): the columns past
+        w are zeroed and masked (gamma 0), the first w get gamma 1. Parameter objects and shapes never
+        change, so a live graph, an optimizer, DDP and FSDP2 all keep working."""
+        op = "QLinear.set_phi"
         if self.phi_l is None:
-            fail("QLinear.set_phi", "self", "a layer with Phi", "Phi removed")
-        if l.shape[0] != self.out_features or r.shape[1] != self.in_features or l.shape[1] != r.shape[0]:
-            fail("QLinear.set_phi", "l, r", f"[{self.out_features}, r] and [r, {self.in_features}]",
+            fail(op, "self", "a layer with Phi", "Phi removed")
+        cap = self.phi_capacity
+        if (l.dim() != 2 or r.dim() != 2 or l.shape[0] != self.out_features or r.shape[1] != self.in_features
+                or l.shape[1] != r.shape[0] or l.shape[1] > cap):
+            fail(op, "l, r", f"[{self.out_features}, w] and [w, {self.in_features}] with w <= {cap}",
                  (tuple(l.shape), tuple(r.shape)))
-        for p, new in ((self.phi_l, l), (self.phi_r, r)):
-            p.data = new.to(p.dtype).contiguous()
-            p.grad = None  # a stale gradient would have the old shape
-        self.register_buffer("phi_gamma", torch.ones(l.shape[1], device=self.phi_l.device,
-                                                   dtype=torch.float32))
+        w = l.shape[1]
+        l, r = full_value(l), full_value(r)
+        full_l = torch.zeros(self.out_features, cap, dtype=torch.float32, device=l.device)
+        full_r = torch.zeros(cap, self.in_features, dtype=torch.float32, device=r.device)
+        full_l[:, :w], full_r[:w] = l, r
+        write_full_(self.phi_l, full_l)
+        write_full_(self.phi_r, full_r)
+        gamma = torch.zeros(cap, dtype=torch.float32, device=self.phi_gamma.device)
+        gamma[:w] = 1.0
+        self.phi_gamma.copy_(gamma)
+        self._phi_active = w
 
     def set_phi_width(self, rank: int) -> None:
-        """Resize Phi to `rank` columns (contents then come from a state dict); 0 removes it."""
-        if rank != self.phi_width:
+        """Prepare Phi for a state dict of `rank` active columns (contents come from the state dict): within
+        the capacity only the active width changes; wider reallocates; 0 removes Phi (load time only)."""
+        if rank == 0:
+            if self.phi_l is not None:
+                self.remove_phi()
+        elif self.phi_l is None or rank > self.phi_capacity:
             self._set_phi_shape(rank)
+        else:
+            self._phi_active = rank
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
-        # Rank decay shrinks Phi in place and finally deletes it, so a checkpoint may hold a narrower Phi
-        # than this module (or none): adopt the checkpoint's width before the regular loading.
-        key_l = prefix + "phi_l"
+        # Phi keeps its capacity during rank decay (masked columns are zero, gamma 0), and checkpoints of
+        # older versions hold a narrower Phi (or none once decayed): zero-pad a narrower one to this
+        # module's capacity (Parameters kept), reallocate only for a wider one, drop Phi when the layer's
+        # entry has none. The active width is the number of nonzero gamma entries.
+        keys = {k: prefix + k for k in ("phi_l", "phi_r", "phi_gamma")}
         layer_present = any(prefix + k in state_dict for k in ("weight", "weight_quant.scale", "w_packed"))
-        if key_l in state_dict:
-            width = state_dict[key_l].shape[1]
-            if self.phi_l is None or self.phi_l.shape[1] != width:
-                shrink = self.phi_l is not None
-                old = (self.phi_l, self.phi_r) if shrink else None
+        if keys["phi_l"] in state_dict:
+            width = state_dict[keys["phi_l"]].shape[1]
+            if self.phi_l is None or width > self.phi_capacity:
                 self._set_phi_shape(width)
-                if old is not None:  # keep Parameter identity (optimizers hold references)
-                    old[0].data, old[1].data = self.phi_l.data, self.phi_r.data
-                    self.phi_l, self.phi_r = old
+            elif width < self.phi_capacity:
+                self._pad_phi_entries(state_dict, keys, width)
+            gamma = state_dict.get(keys["phi_gamma"])
+            self._phi_active = width if gamma is None else int((gamma != 0).sum())
         elif layer_present and self.phi_l is not None:
             self.remove_phi()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _pad_phi_entries(self, state_dict: dict, keys: dict[str, str], width: int) -> None:
+        pad = self.phi_capacity - width
+        for name, dim in (("phi_l", 1), ("phi_r", 0), ("phi_gamma", 0)):
+            t = state_dict.get(keys[name])
+            if t is not None:
+                shape = list(t.shape)
+                shape[dim] = pad
+                state_dict[keys[name]] = torch.cat([t, t.new_zeros(shape)], dim)
 
     def extra_repr(self) -> str:
         group = "per-channel" if self.cfg.w_group_size == -1 else f"group={self.cfg.w_group_size}"

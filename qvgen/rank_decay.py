@@ -2,9 +2,13 @@
 
 Within stage k (rank r_k) the upper half of Phi's columns keeps gamma = 1 and the lower half fades with
 u(tau) (cosine or linear, 1 -> ~0). At each stage boundary the faded half is dropped, the kept product is
-re-decomposed by SVD (so the next half to fade is again the one with the smallest singular values), the
-Parameters shrink in place and their optimizer state is discarded. After the last stage Phi is deleted
-from every layer and from the optimizer.
+re-decomposed by SVD (so the next half to fade is again the one with the smallest singular values) and
+written into the same Parameters (fixed shapes: the columns past the new rank are zero and masked by
+gamma = 0), and their optimizer moments are discarded. No Parameter changes shape or identity while
+training, so a loop that keeps the previous loss alive, DDP and FSDP2 (re-SVD through full_tensor() and
+distribute_tensor) all work. After the last stage Phi contributes nothing; it is deleted from the layers
+and the optimizer when nothing can hold it: in a single process at the end step, otherwise by finish()
+(under FSDP2 it stays masked until the model is gathered for deployment, where to_deploy drops it).
 """
 
 from __future__ import annotations
@@ -73,7 +77,8 @@ class RankDecay:
         return 0 if k >= self.num_stages else self.rank0 >> k
 
     def gamma_at(self, i: int) -> torch.Tensor | None:
-        """gamma [rank_at(i)] during step i (None once Phi is gone)."""
+        """gamma [rank_at(i)] during step i (None once Phi is gone); the layers' gamma buffers hold it
+        zero-padded to their capacity."""
         r = self.rank_at(i)
         if r == 0:
             return None
@@ -98,20 +103,36 @@ class RankDecay:
             return
         target = self.rank_at(i)
         gamma = self.gamma_at(i)
-        on_device: dict[torch.device, torch.Tensor] = {}  # gamma moved once per device, not once per layer
+        # gamma zero-padded to each capacity and moved once per (device, capacity), not once per layer.
+        padded: dict[tuple[torch.device, int], torch.Tensor] = {}
         for name, q in self.layers:
             self._shrink_to(name, q, target, i)
             if gamma is not None:
-                dev = q.phi_gamma.device
-                if dev not in on_device:
-                    on_device[dev] = gamma.to(dev)
-                q.phi_gamma.copy_(on_device[dev])
+                key = (q.phi_gamma.device, q.phi_capacity)
+                if key not in padded:
+                    padded[key] = torch.cat([gamma, gamma.new_zeros(key[1] - gamma.numel())]).to(key[0])
+                q.phi_gamma.copy_(padded[key])
         self.last_step = i
 
     def finish(self) -> None:
-        """Remove Phi from every layer (and the optimizer): the state after the last stage, i.e.
-        step(end_step). Call it after the training loop, before qvgen.to_deploy. Idempotent."""
+        """The state after the last stage, i.e. step(end_step), then Phi removed from every layer (and
+        the optimizer) unless it is sharded (FSDP2: it stays masked, rank 0, and to_deploy drops it). Call
+        it after the training loop, before qvgen.to_deploy. Idempotent."""
         self.step(max(self.end_step, self.last_step or 0))
+        for _, q in self.layers:
+            if q.phi_l is not None and q.phi_width == 0 and not q.phi_sharded:
+                self._remove(q)
+
+    @staticmethod
+    def _may_remove(q: QLinear) -> bool:
+        # Under torch.distributed a wrapper (DDP's buckets, FSDP2's groups) holds Phi: mask it until finish.
+        dist = torch.distributed
+        return not q.phi_sharded and not (dist.is_available() and dist.is_initialized())
+
+    def _remove(self, q: QLinear) -> None:
+        params = [q.phi_l, q.phi_r]
+        q.remove_phi()
+        self._forget(params, remove=True)
 
     def _shrink_to(self, name: str, q: QLinear, target: int, i: int) -> None:
         width = q.phi_width
@@ -120,13 +141,14 @@ class RankDecay:
                  f"{width}, step {i} needs {target})", i)
         while width > target:
             width //= 2
-            params = [q.phi_l, q.phi_r]
+            if width == 0 and self._may_remove(q):
+                self._remove(q)
+                continue
             if width == 0:
-                q.remove_phi()
-                self._forget(params, remove=True)
+                q.set_phi(torch.zeros(q.out_features, 0), torch.zeros(0, q.in_features))
             else:
-                q.set_phi(*resvd(q.phi_l, q.phi_r, width))
-                self._forget(params, remove=False)
+                q.set_phi(*resvd(*q.phi_factors(), width))
+            self._forget([q.phi_l, q.phi_r], remove=False)
 
     def _forget(self, params: list[nn.Parameter], remove: bool) -> None:
         """Drop the optimizer state of params (moments are meaningless after a re-SVD); with remove, also

@@ -5,6 +5,10 @@ so setting the timesteps is O(1) regardless of the number of layers. A forward p
 (installed by `quantize_model`) fills it from the model's `timestep` argument (keyword or positional). The
 state keeps one copy of the groups per device and whether they are all equal, both found once per set, so
 the layers do no host-device transfer or synchronisation of their own.
+
+Models without a diffusion timestep (an nn.Sequential, an MLP, a standalone QLinear: a forward that takes no
+`timestep`) use clip group 0 for every row while no timestep is set, i.e. one clip group. A model whose
+forward takes `timestep` (a DiT) must get one: a missing timestep there is an error, not a silent default.
 """
 
 from __future__ import annotations
@@ -57,9 +61,10 @@ class TimestepState:
     equal (None when unknown: timesteps set inside a torch.compile region); `on(device)` is the per-device copy.
     """
 
-    def __init__(self, num_groups: int, num_train_timesteps: int) -> None:
+    def __init__(self, num_groups: int, num_train_timesteps: int, default_group: int | None = None) -> None:
         self.num_groups = num_groups
         self.num_train_timesteps = num_train_timesteps
+        self.default_group = default_group  # used while no timestep is set (models without a timestep)
         self.groups: torch.Tensor | None = None
         self.uniform: bool | None = None
         self._copies: dict[torch.device, torch.Tensor] = {}
@@ -136,8 +141,10 @@ def attach_state(model: nn.Module, num_groups: int, num_train_timesteps: int) ->
             and state.num_train_timesteps == num_train_timesteps):
         state = TimestepState(num_groups, num_train_timesteps)
         setattr(model, STATE_ATTR, state)
+    position, by_keyword = _timestep_position(model.forward)
+    state.default_group = 0 if position is None and not by_keyword else None
     if getattr(model, "_qvgen_hook_handle", None) is None:
-        hook = functools.partial(_timestep_pre_hook, *_timestep_position(model.forward))
+        hook = functools.partial(_timestep_pre_hook, position, by_keyword)
         model._qvgen_hook_handle = model.register_forward_pre_hook(hook, with_kwargs=True)
     return state
 
@@ -154,6 +161,8 @@ def row_group_index(groups: TimestepState | torch.Tensor | None, x: torch.Tensor
     if num_groups == 1:
         return torch.zeros((), dtype=torch.long, device=x.device)
     if isinstance(groups, TimestepState):
+        if groups.groups is None and groups.default_group is not None:
+            return torch.full((), groups.default_group, dtype=torch.long, device=x.device)
         uniform, groups = groups.uniform, groups.on(x.device)
     else:
         uniform = None
