@@ -19,6 +19,9 @@ import torch
 
 from qvgen_kernels.format import fail
 
+from qvgen.paths import inside, read_json
+from qvgen.train.resume_check import OVERRIDABLE
+
 PRESETS = ("w4a4", "w3a3", "w4a8", "w8a8", "w4a16")
 
 
@@ -94,7 +97,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt-every", type=_non_negative_int, default=200,
                    help="write a resumable checkpoint every N steps, 0: only at the end (default: %(default)s)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint under OUT/train (same --steps, --seed, --batch-size)")
+                   help="continue from the latest checkpoint under OUT/train (same settings, see --resume-override)")
+    p.add_argument("--resume-override", action="append", default=[], choices=OVERRIDABLE, metavar="FIELD",
+                   help="with --resume: let FIELD (lr, weight_decay, ...) differ from the checkpoint's, from then on")
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute the student's block activations in backward (less memory, slower)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -105,7 +110,10 @@ def _weight_files(path: Path) -> list[Path]:
     """The model's weight files: one safetensors file, a sharded safetensors index, or a torch .bin file."""
     index = path / "diffusion_pytorch_model.safetensors.index.json"
     if index.is_file():
-        return sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
+        weight_map = read_json(index, "qvgen train").get("weight_map")
+        if not isinstance(weight_map, dict):
+            fail("qvgen train", str(index), "a 'weight_map' object", type(weight_map).__name__)
+        return sorted({inside(path, f, f"{index}: weight_map") for f in weight_map.values()})
     for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
         if (path / name).is_file():
             return [path / name]
@@ -123,7 +131,7 @@ def load_diffusers_model(path: str | Path) -> torch.nn.Module:
     config = path / "config.json"
     if not config.is_file():
         fail("qvgen train", "--model", "a diffusers model directory with a config.json", str(path))
-    name = json.loads(config.read_text()).get("_class_name")
+    name = read_json(config, "qvgen train").get("_class_name")
     import diffusers
 
     cls = getattr(diffusers, str(name), None)
@@ -145,12 +153,16 @@ def load_diffusers_model(path: str | Path) -> torch.nn.Module:
 def load_data_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors or torch .pt file: 'latents' [N, ...] plus conditioning tensors [N, ...]."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        tensors = load_file(str(path))
-    else:
-        tensors = torch.load(path, map_location="cpu", weights_only=True)
+            tensors = load_file(str(path))
+        else:
+            tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # text, truncated or foreign files raise anything from KeyError to UnpicklingError
+        fail("qvgen train", "--data", "a readable .pt or .safetensors file of tensors",
+             f"{path} ({type(e).__name__}: {e})")
     if not isinstance(tensors, dict) or "latents" not in tensors:
         fail("qvgen train", "--data", "a dict of tensors with a 'latents' entry", type(tensors).__name__)
     n = tensors["latents"].shape[0]
@@ -182,6 +194,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from qvgen.models.adapters import adapter_for
     from qvgen.train import Distiller, TrainConfig
 
+    if args.resume_override and not args.resume:
+        fail("qvgen train", "--resume-override", "to be used with --resume", args.resume_override)
     device = resolve_device(args.device)
     model = load_diffusers_model(args.model).to(device)
     adapter = adapter_for(model)
@@ -193,7 +207,8 @@ def _run_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       out_dir=str(out / "train"), progress=not args.no_progress, ckpt_every=args.ckpt_every,
                       grad_checkpointing=args.grad_checkpointing)
-    Distiller(student, teacher, adapter, data_fn, cfg, rank_decay=args.rank > 0).run(resume=args.resume)
+    Distiller(student, teacher, adapter, data_fn, cfg, rank_decay=args.rank > 0).run(
+        resume=args.resume, override=args.resume_override)
     to_deploy(student)
     save_quantized(student, out / "quantized")
     n = sum(1 for _ in iter_qlinears(student))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from qvgen_kernels.format import ACT_BITS, WEIGHT_BITS, fail
 
@@ -40,8 +40,9 @@ _PRESETS: dict[str, dict[str, int]] = {
 }
 
 
-def _check_int(name: str, value: Any, ok: bool, expected: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not ok:
+def _check_int(name: str, value: Any, ok: Callable[[int], bool], expected: str) -> None:
+    # `ok` is called only on an int: None or a string must not reach a comparison (a raw TypeError).
+    if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
         fail(_OP, name, expected, repr(value))
 
 
@@ -84,9 +85,9 @@ class QuantConfig:
     arch: str | None = None
 
     def __post_init__(self) -> None:
-        _check_int("w_bits", self.w_bits, self.w_bits in WEIGHT_BITS, f"one of {WEIGHT_BITS}")
-        _check_int("a_bits", self.a_bits, self.a_bits in ACT_BITS, f"one of {ACT_BITS}")
-        _check_int("w_group_size", self.w_group_size, self.w_group_size == -1 or self.w_group_size > 0,
+        _check_int("w_bits", self.w_bits, lambda v: v in WEIGHT_BITS, f"one of {WEIGHT_BITS}")
+        _check_int("a_bits", self.a_bits, lambda v: v in ACT_BITS, f"one of {ACT_BITS}")
+        _check_int("w_group_size", self.w_group_size, lambda v: v == -1 or v > 0,
                    "-1 (per channel) or a positive int")
         if self.w_init not in ("mse", "minmax"):
             fail(_OP, "w_init", "'mse' or 'minmax'", repr(self.w_init))
@@ -98,14 +99,13 @@ class QuantConfig:
         if not (isinstance(self.a_clip_init, (int, float)) and not isinstance(self.a_clip_init, bool)
                 and 0.0 < self.a_clip_init < self.a_clip_max):
             fail(_OP, "a_clip_init", f"a float in (0, a_clip_max={self.a_clip_max})", repr(self.a_clip_init))
-        _check_int("clip_groups", self.clip_groups, self.clip_groups >= 1, "a positive int")
-        _check_int("num_train_timesteps", self.num_train_timesteps, self.num_train_timesteps >= 1,
-                   "a positive int")
-        _check_int("rank", self.rank, self.rank >= 0, "a non-negative int")
+        _check_int("clip_groups", self.clip_groups, lambda v: v >= 1, "a positive int")
+        _check_int("num_train_timesteps", self.num_train_timesteps, lambda v: v >= 1, "a positive int")
+        _check_int("rank", self.rank, lambda v: v >= 0, "a non-negative int")
         if self.svd not in ("auto", "exact", "randomized"):
             fail(_OP, "svd", "'auto', 'exact' or 'randomized'", repr(self.svd))
         skip = self.skip
-        if isinstance(skip, str) or not all(isinstance(p, str) for p in (skip or ())):
+        if not isinstance(skip, (tuple, list)) or not all(isinstance(p, str) for p in skip):
             fail(_OP, "skip", "a tuple of fnmatch pattern strings", repr(skip))
         object.__setattr__(self, "skip", tuple(skip))
         if self.arch is not None and self.arch not in ARCH_SKIP_PRESETS:
