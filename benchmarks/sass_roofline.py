@@ -1,0 +1,331 @@
+"""Static roofline of the packed GEMMs, on CPU: compile, disassemble, count, bound.
+
+    python -m benchmarks.sass_roofline [--json FILE] [--arch sm_90a sm_80] [--only SUBSTRING] [--no-cuda]
+
+Compiles every GEMM variant (W4A4, W3A3, W4A8, W8A8; per channel and per group of 128; every Triton GPU
+autotune config, from ``qvgen_kernels.triton._specs``) and the CUDA extension's GEMM kernels
+(``csrc/cuda/gemm.cu`` through nvcc) for each architecture, disassembles the cubins (nvdisasm) and reports,
+per K tile of the main loop: tensor-core instructions, the other instructions by class, registers, spill
+bytes, shared memory, pipeline stages, how many wgmma groups stay in flight, and the issue-bound ceiling.
+
+Model of the issue bound (an upper bound on speed, not a prediction):
+- The main loop is the innermost loop (backward branch) that holds the tensor-core (or dp4a) instructions.
+  With weight groups, the work of the enclosing group loop (promotion of the int32 partial sums) is spread
+  over the K tiles of a group. One loop iteration is one K tile for the Triton kernels.
+- Every SASS instruction of a warp costs one issue slot; an SM has 4 schedulers issuing one warp
+  instruction per clock each (H100/H200 and A100). Warps are symmetric, so per warp and K tile:
+      issue clocks (SM share)   = instructions / 4
+      tensor clocks (SM share)  = MACs of the warp's MMA instructions / (8-bit MACs per SM per clock)
+      dp4a clocks (SM share)    = IDP.4A instructions / 2   (64 lanes per SM per clock)
+  where a warpgroup MMA (IGMMA MxNxK, issued by each of its 4 warps) counts M*N*K/4 MACs per warp and a
+  warp MMA (IMMA) M*N*K. 8-bit MACs per SM per clock: 4096 on sm_90 (1978.9 dense INT8 TOPS = 2 x BF16's
+  989.4 over 132 SMs at 1.83 GHz, KERNELS.md 2.1) and 2048 on sm_80 (624 TOPS, 108 SMs, 1.41 GHz).
+- ceiling (fraction of the INT8 peak) = tensor clocks / max(issue, tensor, dp4a clocks); the multiple of
+  BF16 is twice that (8-bit tensor cores run at 2x BF16 on both architectures).
+Not modelled (each can only lower the real figure): memory bandwidth and latency (large-M shapes are
+compute bound: KERNELS.md 2.3), dependency stalls, shared-memory bank conflicts, the epilogue, dual issue.
+Spill bytes are the stack frame of the function (cuobjdump -res-usage STACK; Triton kernels use local
+memory only for spills) and LDL/STL counts the spill traffic in the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# 8-bit MACs per SM per clock and schedulers per SM, per architecture.
+ARCHS = {
+    "sm_90a": dict(capability=90, int8_macs_per_clk=4096, schedulers=4, dp4a_per_clk=2),
+    "sm_80": dict(capability=80, int8_macs_per_clk=2048, schedulers=4, dp4a_per_clk=2),
+}
+
+# Opcode (text before the first '.') -> class. Anything else is "other".
+CLASSES = {
+    "tensor": ("IGMMA", "HGMMA", "QGMMA", "IMMA", "HMMA"),
+    "dp4a": ("IDP",),
+    "wgmma_sync": ("WARPGROUP", "WARPSYNC"),
+    "global_mem": ("LDG", "STG", "LDGSTS", "LDGDEPBAR", "UTMALDG", "UTMASTG", "UBLKCP", "UTMAPF", "RED", "ATOMG"),
+    "shared_mem": ("LDS", "STS", "LDSM", "STSM", "ATOMS"),
+    "local_mem (spills)": ("LDL", "STL"),
+    "barrier": ("BAR", "SYNCS", "DEPBAR", "MEMBAR", "FENCE", "ELECT", "ERRBAR", "CCTL"),
+    "int_alu": ("IADD3", "IMAD", "LOP3", "SHF", "PRMT", "ISETP", "LEA", "SEL", "IABS", "IMNMX", "VIADD",
+                "VIMNMX", "IADD", "BMSK", "SGXT", "POPC", "FLO", "BREV", "ISCADD", "IMUL", "LOP", "PLOP3"),
+    "fp_alu": ("FADD", "FMUL", "FFMA", "FSETP", "FMNMX", "FSEL", "FCHK", "MUFU", "HADD2", "HMUL2", "HFMA2"),
+    "convert": ("I2F", "F2I", "F2F", "I2FP", "F2FP", "I2I", "F2IP"),
+    "move": ("MOV", "S2R", "S2UR", "CS2R", "R2UR", "SHFL", "R2P", "P2R", "VOTE", "VOTEU", "LDC", "ULDC"),
+    "control": ("BRA", "BSYNC", "BSSY", "EXIT", "NOP", "RET", "CALL", "YIELD", "WARPSYNC", "ACQBULK"),
+}
+_CLASS_OF = {op: cls for cls, ops in CLASSES.items() for op in ops}
+# mma.sync shapes as SASS spells them.
+_IMMA_SHAPES = {"16832": (16, 8, 32), "16816": (16, 8, 16), "1688": (16, 8, 8), "8816": (8, 8, 16),
+                "16864": (16, 8, 64), "8832": (8, 8, 32)}
+_INSTR = re.compile(r"/\*([0-9a-f]+)\*/\s+(?:@!?U?P[T\d]+\s+)?([A-Z][A-Za-z0-9_.]*)([^;]*);")
+_LABEL = re.compile(r"^\s*(\.L_x_\d+):")
+_FUNC = re.compile(r"^\s*\.text\.(\S+):")
+_BRANCH_TARGET = re.compile(r"\(?(\.L_x_\d+)\)?")
+
+# CUDA extension kernels: output tile of one block (csrc/cuda/gemm.cu: kBM, kBN).
+CUDA_GEMM_TILE = (64, 64)
+
+
+def _tool(name: str) -> str:
+    """nvdisasm / cuobjdump: Triton's bundled copies first (they know every sm Triton targets)."""
+    try:
+        import triton
+        path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    return name
+
+
+def _run(cmd: list[str], **kw) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed:\n{proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def _opclass(opcode: str) -> str:
+    base = opcode.split(".")[0]
+    if base.startswith("U") and base not in _CLASS_OF and base[1:] in _CLASS_OF:
+        return "uniform"
+    return _CLASS_OF.get(base, "other")
+
+
+def disassemble(cubin: bytes) -> dict[str, list[tuple[int, str, str]]]:
+    """{function: [(address, opcode, operands)]} with branch labels kept as ('label', name) pseudo rows."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = _run([_tool("nvdisasm"), "-c", f.name])
+    funcs: dict[str, list] = {}
+    cur = None
+    for line in text.splitlines():
+        if m := _FUNC.match(line):
+            cur = funcs.setdefault(m.group(1), [])
+        elif cur is None:
+            continue
+        elif m := _LABEL.match(line):
+            cur.append((-1, "LABEL", m.group(1)))
+        elif m := _INSTR.search(line):
+            cur.append((int(m.group(1), 16), m.group(2), m.group(3).strip()))
+    return funcs
+
+
+def resource_usage(cubin: bytes) -> dict[str, dict[str, int]]:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = _run([_tool("cuobjdump"), "-res-usage", f.name])
+    out, cur = {}, None
+    for line in text.splitlines():
+        if m := re.match(r"\s*Function (\S+):", line):
+            cur = m.group(1)
+        elif cur and "REG:" in line:
+            out[cur] = {k: int(v) for k, v in re.findall(r"(\w+):(\d+)", line)}
+    return out
+
+
+def _loops(rows: list) -> list[tuple[int, int]]:
+    """(first, last) row indices of every loop: a branch back to an earlier label."""
+    label_at = {}
+    for i, (_, op, arg) in enumerate(rows):
+        if op == "LABEL":
+            label_at[arg] = i
+    loops = []
+    for i, (_, op, arg) in enumerate(rows):
+        if op.startswith("BRA") and (m := _BRANCH_TARGET.search(arg)) and label_at.get(m.group(1), i) < i:
+            loops.append((label_at[m.group(1)], i))
+    return loops
+
+
+def _macs_per_warp(opcode: str) -> int:
+    parts = opcode.split(".")
+    if parts[0].endswith("GMMA"):  # warpgroup MMA MxNxK: each of the 4 warps issues it
+        m, n, k = (int(v) for v in parts[1].split("x"))
+        return m * n * k // 4
+    if parts[0] in ("IMMA", "HMMA"):
+        m, n, k = _IMMA_SHAPES[parts[1]]
+        return m * n * k
+    return 0
+
+
+def _instrs(rows: list, first: int, last: int) -> list[tuple[int, str, str]]:
+    return [r for r in rows[first:last + 1] if r[1] != "LABEL"]
+
+
+def main_loop_profile(rows: list, tiles_per_group: int | None = None) -> dict | None:
+    """Instruction profile of one K tile of the main loop (module docstring); None without a main loop."""
+    compute = [(f, l) for f, l in _loops(rows)
+               if any(_opclass(op) in ("tensor", "dp4a") for _, op, _ in _instrs(rows, f, l))]
+    if not compute:
+        return None
+    inner = min(compute, key=lambda fl: fl[1] - fl[0])
+    body = _instrs(rows, *inner)
+    weight = {id(r): 1.0 for r in body}
+    outer = [fl for fl in _loops(rows) if fl[0] < inner[0] and fl[1] > inner[1]]
+    if outer and tiles_per_group:  # weight groups: the group loop's own work, shared by its K tiles
+        extra = [r for r in _instrs(rows, *min(outer, key=lambda fl: fl[1] - fl[0])) if id(r) not in weight]
+        body = body + extra
+        weight.update({id(r): 1.0 / tiles_per_group for r in extra})
+    classes: Counter = Counter()
+    macs = dp4a = 0.0
+    for r in body:
+        w = weight[id(r)]
+        cls = _opclass(r[1])
+        classes[cls] += w
+        macs += w * _macs_per_warp(r[1])
+        if cls == "dp4a":
+            dp4a += w * 4 * 32
+    pend = [int(m.group(1), 16) for _, op, arg in body if op.startswith("WARPGROUP.DEPBAR")
+            for m in [re.search(r"0x([0-9a-f]+)", arg)] if m]
+    return dict(instructions=round(sum(classes.values()), 1),
+                by_class={k: round(v, 1) for k, v in sorted(classes.items(), key=lambda kv: -kv[1])},
+                tensor_opcodes=dict(Counter(op for _, op, _ in body if _opclass(op) == "tensor")),
+                macs_per_warp=macs + dp4a,
+                wgmma_wait_pending_min=min(pend) if pend else None,
+                wgmma_waits=len(pend))
+
+
+def bound(profile: dict, arch: str) -> dict:
+    """Issue-bound ceiling of one K tile (module docstring)."""
+    a = ARCHS[arch]
+    instrs = profile["instructions"]
+    tensor_clk = profile["macs_per_warp"] / a["int8_macs_per_clk"]
+    issue_clk = instrs / a["schedulers"]
+    dp4a_clk = profile["by_class"].get("dp4a", 0.0) / a["dp4a_per_clk"]
+    frac = tensor_clk / max(issue_clk, tensor_clk, dp4a_clk) if tensor_clk else 0.0
+    return dict(int8_peak_fraction=round(frac, 4), x_bf16=round(2 * frac, 3),
+                issue_clk=round(issue_clk, 1), tensor_clk=round(tensor_clk, 1), dp4a_clk=round(dp4a_clk, 1))
+
+
+# ------------------------------------------------------------------------------------------ compilers
+
+
+def compile_triton(spec, arch: str) -> dict:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = spec.kernel.arg_names
+    src = ASTSource(fn=spec.kernel, signature=spec.signature,
+                    constexprs={(names.index(k),): v for k, v in spec.constexprs.items()},
+                    attrs=getattr(spec, "attrs", None))
+    k = triton.compile(src, target=GPUTarget("cuda", ARCHS[arch]["capability"], 32),
+                       options=dict(num_warps=spec.num_warps, num_stages=spec.num_stages))
+    ttgir = k.asm["ttgir"]
+    return dict(cubin=k.asm["cubin"], name=k.metadata.name, shared=k.metadata.shared,
+                ttgir_dot_wait_pendings=sorted({int(p) for p in re.findall(r"pendings = (\d+)", ttgir)}),
+                ttgir_async_copies=len(re.findall(r"async_(?:tma_)?copy_global_to_local", ttgir)))
+
+
+def triton_records(arch: str, only: str | None) -> list[dict]:
+    os.environ.pop("TRITON_INTERPRET", None)
+    from qvgen_kernels.triton._specs import gemm_compile_specs
+
+    out = []
+    for spec in gemm_compile_specs():
+        if only and only not in spec.name:
+            continue
+        rec = dict(kernel="triton", name=spec.name, arch=arch, num_warps=spec.num_warps,
+                   pipeline_stages=spec.num_stages, block=list(spec.block), **spec.meta)
+        try:
+            c = compile_triton(spec, arch)
+        except Exception as e:  # a config that does not compile is a finding, not a crash of the tool
+            out.append(dict(rec, error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"))
+            continue
+        rows = disassemble(c["cubin"])[c["name"]]
+        res = resource_usage(c["cubin"]).get(c["name"], {})
+        gs = spec.meta.get("group_size", -1)
+        prof = main_loop_profile(rows, max(1, gs // spec.block[2]) if gs > 0 else None)
+        rec.update(registers=res.get("REG"), spill_bytes=res.get("STACK"), shared_bytes=c["shared"],
+                   ttgir_dot_wait_pendings=c["ttgir_dot_wait_pendings"],
+                   ttgir_async_copies=c["ttgir_async_copies"], k_tile=prof and _k_tile(prof, spec), loop=prof)
+        if prof:
+            rec["bound"] = bound(prof, arch)
+        out.append(rec)
+    return out
+
+
+def _k_tile(prof: dict, spec) -> float:
+    bm, bn, _ = spec.block
+    return round(prof["macs_per_warp"] * spec.num_warps / (bm * bn), 2)
+
+
+def cuda_records(arch: str, only: str | None) -> list[dict]:
+    src = ROOT / "csrc" / "cuda" / "gemm.cu"
+    with tempfile.TemporaryDirectory() as d:
+        cubin_path = Path(d) / "gemm.cubin"
+        _run(["nvcc", "-cubin", f"-arch={arch}", "-O3", "-std=c++17", "--fmad=false", "-DQVGEN_WITH_CUDA",
+              "-I", str(ROOT / "csrc" / "include"), str(src), "-o", str(cubin_path)])
+        cubin = cubin_path.read_bytes()
+    res = resource_usage(cubin)
+    out = []
+    for fn, rows in disassemble(cubin).items():
+        pretty = _run(["c++filt", fn]).strip()
+        if "gemm" not in pretty or (only and only not in pretty):
+            continue
+        prof = main_loop_profile(rows)
+        rec = dict(kernel="cuda", name=pretty, arch=arch, registers=res.get(fn, {}).get("REG"),
+                   spill_bytes=res.get(fn, {}).get("STACK"), shared_bytes=res.get(fn, {}).get("SHARED"),
+                   pipeline_stages=1, loop=prof, variant="any (bits at run time)")
+        if prof:
+            rec["k_tile"] = round(prof["macs_per_warp"] * 8 / (CUDA_GEMM_TILE[0] * CUDA_GEMM_TILE[1]), 2)
+            rec["bound"] = bound(prof, arch)
+        out.append(rec)
+    return out
+
+
+def _row(r: dict) -> str:
+    if "error" in r:
+        return f"{r['arch']:7} {r['name']:44} ERROR {r['error'][:90]}"
+    b, lp = r.get("bound", {}), r.get("loop") or {}
+    tc = sum((lp.get("tensor_opcodes") or {}).values())
+    return (f"{r['arch']:7} {r['name'][:44]:44} instr/tile {lp.get('instructions', 0):7.1f} tc {tc:3d} "
+            f"regs {r.get('registers')!s:>3} spill {r.get('spill_bytes')!s:>5} smem {r.get('shared_bytes')!s:>6} "
+            f"st {r.get('pipeline_stages')} wait>= {lp.get('wgmma_wait_pending_min')!s:4} "
+            f"-> {100 * b.get('int8_peak_fraction', 0):5.1f}% INT8 = {b.get('x_bf16', 0):.2f}x BF16")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", type=Path, help="write the records here")
+    p.add_argument("--arch", nargs="+", default=list(ARCHS), choices=list(ARCHS))
+    p.add_argument("--only", help="keep variants whose name contains this")
+    p.add_argument("--no-cuda", action="store_true", help="skip the CUDA extension's kernels (no nvcc)")
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    import triton
+
+    records = []
+    for arch in args.arch:
+        records += triton_records(arch, args.only)
+        if not args.no_cuda:
+            records += cuda_records(arch, args.only)
+    for r in records:
+        print(_row(r))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip()
+        doc = dict(tool="benchmarks.sass_roofline", triton=triton.__version__, commit=commit,
+                   command=" ".join(["python -m benchmarks.sass_roofline", *(argv or sys.argv[1:])]),
+                   model=__doc__.split("Model of the issue bound")[1].split("Not modelled")[0].strip(),
+                   records=records)
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
