@@ -6,8 +6,14 @@ the benchmarks and the tests can treat every family the same way:
 - ``layout``: the latent layout, ``"BCFHW"`` (Wan, HunyuanVideo) or ``"BFCHW"`` (CogVideoX);
 - ``prediction``: what the model predicts, ``"flow"`` (rectified-flow velocity eps - x0) or ``"v"``
   (DDPM v-prediction), which picks the distillation objective;
-- ``forward(model, latents, t, cond)``: one denoiser call returning the prediction tensor;
+- ``forward(model, latents, t, cond)``: one denoiser call returning the prediction tensor; every
+  conditioning key the adapter does not handle itself is passed through to the model as a keyword
+  (VACE's ``control_hidden_states``, SkyReels' ``fps``, ...), never dropped;
 - ``random_cond(model, batch, generator)``: random conditioning of the right shapes.
+
+Adapters are chosen by the model's class (``adapter_for``) or by name (``arch=``, the CLI's ``--arch``);
+``"diffusers"`` is the generic one for any diffusers video transformer called as
+``model(hidden_states=[B, C, F, H, W], timestep=[B], **cond)`` that predicts a flow velocity.
 """
 
 from __future__ import annotations
@@ -71,6 +77,31 @@ def _need(op: str, cond: object, key: str) -> torch.Tensor:
     return cond[key]
 
 
+def _extra(cond: dict, handled: tuple[str, ...]) -> dict:
+    """The conditioning entries an adapter does not handle itself: passed through to the model."""
+    return {k: v for k, v in cond.items() if k not in handled}
+
+
+def _text_dim(model: nn.Module) -> int | None:
+    """The text-embedding width of a diffusers model's config (the names differ per family)."""
+    cfg = _config(model)
+    for key in ("text_dim", "text_embed_dim", "caption_channels", "cross_attention_dim", "joint_attention_dim"):
+        v = getattr(cfg, key, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def _takes(model: nn.Module, name: str) -> bool:
+    import inspect
+
+    inner = getattr(model, "module", model)
+    try:
+        return name in inspect.signature(inner.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _text_len(op: str, text_len: object, default: int) -> int:
     n = default if text_len is None else text_len
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -118,17 +149,22 @@ class ModelAdapter(ABC):
 
 
 class WanAdapter(ModelAdapter):
-    """``WanTransformer3DModel``: (B, C, F, H, W) latents, flow-matching velocity."""
+    """``WanTransformer3DModel`` and its relatives (SkyReels-V2, ChronoEdit): (B, C, F, H, W) latents,
+    flow-matching velocity; every conditioning key goes to the model."""
 
     name, layout, prediction = "wan", "BCFHW", "flow"
 
     def forward(self, model, latents, t, cond):
-        latents = _check_latents("WanAdapter.forward", latents)
-        t = _timesteps("WanAdapter.forward", t, latents.shape[0], latents.device)
-        text = _need("WanAdapter.forward", cond, "encoder_hidden_states")
-        out = model(hidden_states=latents, timestep=t, encoder_hidden_states=text,
-                    encoder_hidden_states_image=cond.get("encoder_hidden_states_image"), return_dict=False)
+        op = f"{type(self).__name__}.forward"
+        latents = _check_latents(op, latents)
+        t = _timesteps(op, t, latents.shape[0], latents.device)
+        _need(op, cond, "encoder_hidden_states")
+        out = model(hidden_states=latents, timestep=t, **self.complete(model, latents, cond), return_dict=False)
         return self._output(out)
+
+    def complete(self, model: nn.Module, latents: torch.Tensor, cond: dict) -> dict:
+        """The keyword conditioning of one call (subclasses fill family-specific defaults)."""
+        return dict(cond)
 
     def random_cond(self, model, batch, generator=None, text_len=None):
         cfg = _config(model)
@@ -155,8 +191,9 @@ class HunyuanVideoAdapter(ModelAdapter):
         if guidance is None and getattr(_config(model), "guidance_embeds", False):
             # The pipeline passes guidance_scale * 1000; 6.0 is its default scale.
             guidance = torch.full((b,), 6000.0, device=latents.device, dtype=text.dtype)
+        extra = _extra(cond, ("encoder_hidden_states", "pooled_projections", "encoder_attention_mask", "guidance"))
         out = model(hidden_states=latents, timestep=t, encoder_hidden_states=text, encoder_attention_mask=mask,
-                    pooled_projections=pooled, guidance=guidance, return_dict=False)
+                    pooled_projections=pooled, guidance=guidance, return_dict=False, **extra)
         return self._output(out)
 
     def random_cond(self, model, batch, generator=None, text_len=None):
@@ -212,8 +249,9 @@ class CogVideoXAdapter(ModelAdapter):
         rotary = cond.get("image_rotary_emb")
         if rotary is None:
             rotary = self.rotary_emb(model, latents)
+        extra = _extra(cond, ("encoder_hidden_states", "image_rotary_emb"))
         out = model(hidden_states=latents, encoder_hidden_states=text, timestep=t,
-                    image_rotary_emb=rotary, ofs=cond.get("ofs"), return_dict=False)
+                    image_rotary_emb=rotary, return_dict=False, **extra)
         return self._output(out)
 
     def random_cond(self, model, batch, generator=None, text_len=None):
@@ -259,12 +297,80 @@ class GenericAdapter(ModelAdapter):
         return {k: _randn((batch, *s), generator, device, dtype) for k, s in self.cond_shapes.items()}
 
 
+class WanVACEAdapter(WanAdapter):
+    """``WanVACETransformer3DModel``: Wan plus ``control_hidden_states`` [B, vace_in_channels, F, H, W];
+    without one in the conditioning, zeros (no control signal) of the latents' grid."""
+
+    name = "wan-vace"
+
+    def complete(self, model, latents, cond):
+        cond = dict(cond)
+        if cond.get("control_hidden_states") is None:
+            b, _, f, h, w = latents.shape
+            c = int(_config(model).vace_in_channels)
+            cond["control_hidden_states"] = latents.new_zeros(b, c, f, h, w)
+        return cond
+
+
+class DiffusersAdapter(WanAdapter):
+    """Any diffusers video transformer called as ``model(hidden_states=[B, C, F, H, W], timestep=[B],
+    **cond)`` and predicting a flow velocity (Mochi, Allegro, Latte, SanaVideo, ...). An
+    ``encoder_attention_mask`` the model takes is filled with ones when the conditioning has none."""
+
+    name = "diffusers"
+
+    def complete(self, model, latents, cond):
+        cond = dict(cond)
+        text = cond.get("encoder_hidden_states")
+        if text is not None and cond.get("encoder_attention_mask") is None and _takes(model, "encoder_attention_mask"):
+            cond["encoder_attention_mask"] = torch.ones(text.shape[:2], device=text.device, dtype=text.dtype)
+        return cond
+
+    def random_cond(self, model, batch, generator=None, text_len=None):
+        dim = _text_dim(model)
+        if dim is None:
+            fail("DiffusersAdapter.random_cond", "model", "a config with text_dim / text_embed_dim / "
+                 "caption_channels / cross_attention_dim (or give real conditioning with --data)",
+                 type(getattr(model, "module", model)).__name__)
+        device, dtype = _model_place(model)
+        n = _text_len("DiffusersAdapter.random_cond", text_len, 12)
+        return {"encoder_hidden_states": _randn((batch, n, dim), generator, device, dtype)}
+
+
+class LTXVideoAdapter(DiffusersAdapter):
+    """``LTXVideoTransformer3DModel``: (B, C, F, H, W) latents packed into tokens [B, F*H*W, C] (the
+    pipeline's patchify) with the grid passed as num_frames/height/width; the output is unpacked back."""
+
+    name = "ltx"
+
+    def forward(self, model, latents, t, cond):
+        op = "LTXVideoAdapter.forward"
+        latents = _check_latents(op, latents)
+        b, c, f, h, w = latents.shape
+        t = _timesteps(op, t, b, latents.device)
+        _need(op, cond, "encoder_hidden_states")
+        cfg = _config(model)
+        p, pt = int(cfg.patch_size), int(cfg.patch_size_t)
+        tokens = (latents.reshape(b, c, f // pt, pt, h // p, p, w // p, p)
+                  .permute(0, 2, 4, 6, 1, 3, 5, 7).flatten(4, 7).flatten(1, 3))
+        grid = (f // pt, h // p, w // p)
+        out = self._output(model(hidden_states=tokens, timestep=t, num_frames=grid[0], height=grid[1],
+                                 width=grid[2], **self.complete(model, latents, cond), return_dict=False))
+        out = out.reshape(b, *grid, -1, pt, p, p)
+        return out.permute(0, 4, 1, 5, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+# Registry: adapter name -> class, and diffusers class name -> adapter name. A new family is one entry.
 ADAPTERS: dict[str, type[ModelAdapter]] = {
-    "wan": WanAdapter, "cogvideox": CogVideoXAdapter, "hunyuan": HunyuanVideoAdapter,
+    "wan": WanAdapter, "wan-vace": WanVACEAdapter, "cogvideox": CogVideoXAdapter,
+    "hunyuan": HunyuanVideoAdapter, "ltx": LTXVideoAdapter, "diffusers": DiffusersAdapter,
 }
 _BY_CLASS = {
-    "WanTransformer3DModel": "wan", "CogVideoXTransformer3DModel": "cogvideox",
-    "HunyuanVideoTransformer3DModel": "hunyuan",
+    "WanTransformer3DModel": "wan", "SkyReelsV2Transformer3DModel": "wan", "ChronoEditTransformer3DModel": "wan",
+    "WanVACETransformer3DModel": "wan-vace", "CogVideoXTransformer3DModel": "cogvideox",
+    "HunyuanVideoTransformer3DModel": "hunyuan", "LTXVideoTransformer3DModel": "ltx",
+    "MochiTransformer3DModel": "diffusers", "AllegroTransformer3DModel": "diffusers",
+    "LatteTransformer3DModel": "diffusers", "SanaVideoTransformer3DModel": "diffusers",
 }
 
 
@@ -277,8 +383,10 @@ def adapter_for(model: nn.Module, arch: str | ModelAdapter | None = None) -> Mod
         for cls in type(inner).__mro__:
             if cls.__name__ in _BY_CLASS:
                 return ADAPTERS[_BY_CLASS[cls.__name__]]()
-        fail("adapter_for", "model", f"one of {sorted(_BY_CLASS)} (or pass arch=)", type(inner).__name__,
-             TypeError)
+        fail("adapter_for", "model", f"a model class with a registered adapter ({', '.join(sorted(_BY_CLASS))}), "
+             f"or arch= (CLI: --arch) one of {sorted(ADAPTERS)}: 'diffusers' calls any diffusers video "
+             "transformer as model(hidden_states=[B, C, F, H, W], timestep=[B], **cond) predicting a flow "
+             "velocity; a ModelAdapter subclass covers other calling conventions", type(inner).__name__, TypeError)
     if arch not in ADAPTERS:
         fail("adapter_for", "arch", f"one of {sorted(ADAPTERS)} or a ModelAdapter", repr(arch))
     return ADAPTERS[arch]()
