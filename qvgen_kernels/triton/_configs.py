@@ -1,32 +1,111 @@
 """Launch configurations of the Triton kernels.
 
-GEMM: autotuned on GPU over Hopper-oriented tiles (int8 wgmma wants BLOCK_M % 64 == 0, 8 warps =
-two warpgroups, 3-4 stages); the autotune key buckets M (next power of two) so decode-like and
-prefill-like shapes get their own winners. Under TRITON_INTERPRET=1 a single small config runs
-(no benchmarking; programs execute sequentially through numpy).
+GEMM (``gemm_tc.py``): a program computes 128 weight rows x BLOCK_M tokens. Autotuned on GPU over
+BLOCK_M (the MMA's N: 16..256 tokens, so decode-like M keeps the full 64-row MMA), warps (4 = one
+warpgroup, 8 = two splitting the tokens), pipeline stages (>= 3) and the L2 swizzle; configs whose
+shared memory exceeds the device's limit are pruned before benchmarking. The autotune key buckets M (next
+power of two) so decode-like and prefill-like shapes get their own winners. Under TRITON_INTERPRET=1 a
+single small config runs (no benchmarking; programs execute sequentially through numpy).
 
-BLOCK_K of the GEMM is not tuned: the host picks it so a K tile never straddles a weight group.
+BLOCK_K of the GEMM is not tuned: the host picks it (``gemm_block_k``) so a K tile never straddles a
+weight group; 8-bit ``tl.dot`` needs K >= 32, so group sizes must be multiples of 32.
 """
 
 from __future__ import annotations
+
+import os
 
 import triton
 
 from ._utils import interpreting
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages)
-HOPPER_GEMM_TILES = (
-    (128, 128, 8, 3),
-    (128, 128, 8, 4),
-    (128, 256, 8, 3),
-    (64, 128, 4, 4),
-    (64, 64, 4, 4),    # small M (decode-like); wgmma still needs BLOCK_M % 64 == 0
+# (BLOCK_M, num_warps, num_stages, SWIZZLE): every one compiles without spills for sm_80, sm_89 and
+# sm_90 (tests/kernels/test_triton_configs.py); shared memory decides which ones a device keeps.
+GPU_GEMM_TILES = (
+    (256, 8, 3, 8),
+    (256, 8, 4, 8),
+    (128, 8, 4, 8),
+    (64, 4, 4, 8),
+    (32, 4, 4, 8),
+    (16, 4, 3, 8),
 )
-INTERPRETER_GEMM_TILE = (32, 32, 4, 1)
+INTERPRETER_GEMM_TILE = (32, 4, 1, 2)
+# With an 8-bit operand the epilogue's corrections need more registers than 256 tokens x 8 warps leave.
+GEMM_MAX_BLOCK_M_8BIT = 128
+# Weight groups keep an fp32 sum next to the two int32 accumulators: 32 tokens per warpgroup at most
+# (64 spills on sm_80, and with 8-bit activations on sm_90).
+GROUPED_GEMM_TILES = (
+    (32, 4, 4, 8),
+    (32, 4, 3, 8),
+    (16, 4, 3, 8),
+)
+GEMM_WEIGHT_ROWS = 128          # weight rows per program (layout.ROW_BLOCK)
 
-GEMM_BLOCK_K_MAX = 128          # largest K tile on GPU (two k64 int8 wgmma steps)
-GEMM_BLOCK_K_MAX_INTERP = 64    # small tiles keep the interpreter fast on tiny shapes
-GEMM_BLOCK_K_MIN = 16           # tl.dot's minimum K
+GEMM_BLOCK_K_MAX = 128          # largest K tile (four k32 int8 MMA steps per weight half)
+GEMM_BLOCK_K_MIN = 32           # 8-bit tl.dot's minimum K on sm_80 / sm_90
+
+
+def gemm_tiles(w_bits: int, a_bits: int, grouped: bool) -> tuple[tuple[int, int, int, int], ...]:
+    """The GPU tiles a variant may run."""
+    if grouped:
+        return GROUPED_GEMM_TILES
+    if 8 in (w_bits, a_bits):
+        return tuple(t for t in GPU_GEMM_TILES if t[0] <= GEMM_MAX_BLOCK_M_8BIT)
+    return GPU_GEMM_TILES
+
+
+def gemm_configs() -> list[triton.Config]:
+    tiles = (INTERPRETER_GEMM_TILE,) if interpreting() else tuple(dict.fromkeys(GPU_GEMM_TILES + GROUPED_GEMM_TILES))
+    return [triton.Config({"BLOCK_M": bm, "SWIZZLE": sw}, num_warps=w, num_stages=s)
+            for bm, w, s, sw in tiles]
+
+
+def gemm_shared_bytes(block_m: int, block_k: int, num_stages: int, w_bits: int) -> int:
+    """Operand buffers of one program: stages x (activation tile + weight tile(s))."""
+    w_tile = GEMM_WEIGHT_ROWS * block_k if w_bits == 8 else GEMM_WEIGHT_ROWS // 2 * block_k
+    return num_stages * (block_m * block_k + w_tile)
+
+
+def _device_shared_limit() -> int | None:
+    import torch
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return getattr(props, "shared_memory_per_block_optin", None)
+
+
+def prune_gemm_configs(configs: list, named_args: dict, **kwargs) -> list:
+    """Keep the variant's tiles (``gemm_tiles``) whose operand buffers fit the device's shared memory
+    (sm_89: 99 KiB). ``QVGEN_TRITON_TUNE=0`` keeps the first of them only (no autotuning, one compile per
+    kernel variant: what a time-boxed test run on a GPU wants)."""
+    if interpreting():
+        return configs
+    args = {**named_args, **kwargs}
+    bk, wb, ab = args["BLOCK_K"], args["W_BITS"], args["A_BITS"]
+    tiles = gemm_tiles(wb, ab, args["GROUPED"])
+    limit = _device_shared_limit() or float("inf")
+    kept = [c for c in configs if (c.kwargs["BLOCK_M"], c.num_warps, c.num_stages, c.kwargs["SWIZZLE"]) in tiles
+            and gemm_shared_bytes(c.kwargs["BLOCK_M"], bk, c.num_stages, wb) <= limit] or configs[-1:]
+    if os.environ.get("QVGEN_TRITON_TUNE", "1") == "0":  # no benchmarking: compile one config (GPU tests)
+        kept = kept[:1]
+    return kept
+
+
+def gemm_block_k(k: int, group_size: int) -> int:
+    """K tile: per channel (group_size -1) the largest tile; with groups the largest of 128, 64, 32
+    dividing group_size (0 when none does: the caller rejects the group size)."""
+    if group_size == -1:
+        return GEMM_BLOCK_K_MAX
+    for bk in (128, 64, 32):
+        if bk <= GEMM_BLOCK_K_MAX and group_size % bk == 0:
+            return bk
+    return 0
+
+
+def m_bucket(m: int) -> int:
+    """Autotune key for M: next power of two, capped (large M all share one winner)."""
+    return min(triton.next_power_of_2(max(1, m)), 8192)
+
 
 # Row-block x column-chunk tiles of the elementwise / per-row kernels (pack, quantize, fake quant).
 # BLOCK_K is a multiple of 8 so 3-bit bytes never straddle two tiles.
@@ -35,25 +114,6 @@ ELEMENTWISE_BLOCK_K = 128
 # Per-token kernels read a whole row in one pass when K fits in this many columns (else two passes).
 ROW_SINGLE_PASS_MAX_K = 4096
 
-
-def gemm_configs() -> list[triton.Config]:
-    tiles = (INTERPRETER_GEMM_TILE,) if interpreting() else HOPPER_GEMM_TILES
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-            for bm, bn, w, s in tiles]
-
-
-def gemm_block_k(k: int, group_size: int) -> int:
-    """K tile: per channel (group_size -1) the power of two covering K, capped; with groups the
-    largest power of two dividing group_size, capped, so a tile never straddles two groups."""
-    cap = GEMM_BLOCK_K_MAX_INTERP if interpreting() else GEMM_BLOCK_K_MAX
-    if group_size == -1:
-        return max(GEMM_BLOCK_K_MIN, min(cap, triton.next_power_of_2(k)))
-    return min(cap, group_size & -group_size)
-
-
-def m_bucket(m: int) -> int:
-    """Autotune key for M: next power of two, capped (large M all share one winner)."""
-    return min(triton.next_power_of_2(max(1, m)), 8192)
 
 # Launch option of the kernels whose float results must match the reference bit for bit
 # (quantization, fake quant): no FMA contraction, so `c * m - lo` rounds the product first, as torch

@@ -83,7 +83,7 @@ def test_gemm_integer_core_exact(tk, w_bits, a_bits, mnk):
 
 
 @pytest.mark.parametrize("w_bits,a_bits", ((4, 4), (3, 3), (8, 4), (4, 8), (8, 8)))
-@pytest.mark.parametrize("k,groups", ((128, 2), (96, 3), (64, 4)))
+@pytest.mark.parametrize("k,groups", ((128, 2), (96, 3), (192, 2)))
 def test_gemm_per_group(tk, w_bits, a_bits, k, groups):
     mod, dev = tk
     ops = _operands(37, 19, k, w_bits, a_bits, groups, seed=k + groups + w_bits, zero_rows=True)
@@ -115,8 +115,8 @@ def test_gemm_errors(tk):
         _run(mod.lowbit_gemm, ops, None, 4, 4, 43, torch.float32, dev)
     with pytest.raises(ValueError, match="lowbit_gemm.*a_scale.*\\(4,\\)"):
         _run(mod.lowbit_gemm, {**ops, "a_scale": torch.ones(5)}, None, 4, 4, 40, torch.float32, dev)
-    with pytest.raises(ValueError, match="lowbit_gemm.*w_scale.*multiple of 16"):
-        grouped = _operands(4, 3, 40, 4, 4, 5, seed=0)  # groups of 8 columns
-        _run(mod.lowbit_gemm, grouped, None, 4, 4, 40, torch.float32, dev)
+    with pytest.raises(ValueError, match="lowbit_gemm.*w_scale.*multiple of 32"):
+        grouped = _operands(4, 3, 48, 4, 4, 3, seed=0)  # groups of 16 columns: no 8-bit MMA K tile
+        _run(mod.lowbit_gemm, grouped, None, 4, 4, 48, torch.float32, dev)
     with pytest.raises(ValueError, match="lowbit_gemm.*bias"):
         _run(mod.lowbit_gemm, ops, torch.ones(4), 4, 4, 40, torch.float32, dev)

@@ -1,0 +1,63 @@
+"""Compile specifications of the Triton GEMM kernel: every (bit widths, weight grouping, autotune config)
+variant that can launch on a GPU, as the inputs of ``triton.compile`` (no device needed).
+
+One table for the two consumers: the static roofline (``benchmarks.sass_roofline``) and the test that
+compiles every autotune config for sm_80, sm_89 and sm_90 (``tests/kernels/test_triton_configs.py``).
+Integer arguments that are multiples of 16 at every real shape (KP, the output stride) and the pointers
+(torch allocations) carry Triton's divisibility-16 specialization, as they do at launch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# The GEMM variants the library ships: (name, weight bits, activation bits).
+BIT_VARIANTS = (("W4A4", 4, 4), ("W3A3", 3, 3), ("W4A8", 4, 8), ("W8A8", 8, 8))
+# Weight groupings compiled: per channel for every variant, groups of 128 columns for the 3/4-bit ones.
+GROUPINGS = (("per_channel", -1), ("g128", 128))
+
+_TYPES = dict(w_ptr="*u8", a_ptr="*i8", sx_ptr="*fp32", zx_ptr="*i32", s_ptr="*i32", sw_ptr="*fp32",
+              zw_ptr="*fp32", cs_ptr="*i32", bias_ptr="*fp32", out_ptr="*bf16")
+_DIVISIBLE = ("KP", "stride_o")
+
+
+@dataclass(frozen=True)
+class CompileSpec:
+    name: str                      # e.g. "W4A4/per_channel/128x256x128/w8s3"
+    kernel: object                 # the @triton.jit function (autotuner unwrapped)
+    signature: dict                # argument name -> Triton type ("*u8", "i32", "constexpr")
+    constexprs: dict               # constexpr argument name -> value
+    attrs: dict                    # (arg index,) -> [["tt.divisibility", 16]]
+    num_warps: int
+    num_stages: int
+    block: tuple[int, int, int]    # (tokens, weight rows, K) of one program's tile and K step
+    meta: dict = field(default_factory=dict)   # variant facts for reports (bits, group size, ...)
+
+
+def gemm_compile_specs() -> list[CompileSpec]:
+    """Every GEMM variant x GPU autotune config."""
+    from . import gemm_tc  # late: the kernels are defined on import
+    from ._configs import GEMM_WEIGHT_ROWS, gemm_block_k, gemm_shared_bytes, gemm_tiles
+
+    fn = gemm_tc._tc_gemm_kernel.fn
+    names = fn.arg_names
+    specs = []
+    for vname, wb, ab in BIT_VARIANTS:
+        for gname, gs in GROUPINGS:
+            if gs != -1 and wb == 8:
+                continue
+            bk = gemm_block_k(4096, gs)
+            for bm, warps, stages, swizzle in gemm_tiles(wb, ab, gs != -1):
+                consts = dict(W_BITS=wb, A_BITS=ab, GROUPED=gs != -1, HAS_BIAS=True, BLOCK_K=bk, GROUP_SIZE=max(gs, 0),
+                              BLOCK_M=bm, SWIZZLE=swizzle, HALF_=GEMM_WEIGHT_ROWS // 2)
+                sig = {a: _TYPES.get(a, "i32") for a in names}
+                sig["w_ptr"] = "*i8" if wb == 8 else "*u8"
+                sig.update({k: "constexpr" for k in consts})
+                attrs = {(names.index(a),): [["tt.divisibility", 16]]
+                         for a in names if sig[a].startswith("*") or a in _DIVISIBLE}
+                specs.append(CompileSpec(
+                    f"{vname}/{gname}/{bm}x{GEMM_WEIGHT_ROWS}x{bk}/w{warps}s{stages}", fn, sig, consts, attrs,
+                    warps, stages, (bm, GEMM_WEIGHT_ROWS, bk),
+                    dict(variant=vname, w_bits=wb, a_bits=ab, group_size=gs,
+                         shared_estimate=gemm_shared_bytes(bm, bk, stages, wb))))
+    return specs

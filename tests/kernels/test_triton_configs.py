@@ -1,0 +1,75 @@
+"""Every autotune config of the Triton GEMM compiles for sm_80 and sm_90 without a GPU, with no register
+spills, K tiles >= 32, >= 3 pipeline stages and shared memory within the pruner's estimate (so the sm_89 /
+sm_80 / sm_90 limits the pruner applies are safe); on sm_90 the main loop runs on wgmma.
+
+Compiles in a subprocess without TRITON_INTERPRET (kernels defined in interpreter mode cannot compile).
+Every config is compiled for each architecture with one bit-width variant, the variants taken in turn so
+each appears; ``QVGEN_COMPILE_ALL=1`` compiles the full variant x config matrix (also for sm_89), as
+``benchmarks.sass_roofline`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+_SCRIPT = r"""
+import itertools, json, os, sys
+from benchmarks import sass_roofline as sr
+from qvgen_kernels.triton._specs import gemm_compile_specs
+
+specs = gemm_compile_specs()
+archs = [("sm_80", 80), ("sm_90a", 90)] + ([("sm_89", 89)] if os.environ.get("QVGEN_COMPILE_ALL") else [])
+if os.environ.get("QVGEN_COMPILE_ALL"):
+    chosen = specs
+else:  # each config once, the variants (bits x grouping) taken in turn
+    variants = sorted({s.name.rsplit("/", 2)[0] for s in specs})
+    by_config, seen = {}, set()
+    turn = itertools.cycle(variants)
+    for s in specs:
+        by_config.setdefault(s.name.split("/", 2)[2], []).append(s)
+    chosen = []
+    for cfg, group in by_config.items():
+        names = {s.name.rsplit("/", 2)[0]: s for s in group}
+        for _ in range(len(variants)):
+            v = next(turn)
+            if v in names:
+                chosen.append(names[v])
+                break
+    missing = set(variants) - {s.name.rsplit("/", 2)[0] for s in chosen}
+    chosen += [next(s for s in specs if s.name.startswith(v + "/")) for v in sorted(missing)]
+out = []
+for (arch, cap), spec in itertools.product(archs, chosen):
+    sr.ARCHS.setdefault(arch, dict(sr.ARCHS["sm_80"], capability=cap))
+    c = sr.compile_triton(spec, arch)
+    rows = sr.disassemble(c["cubin"])[c["name"]]
+    res = sr.resource_usage(c["cubin"])[c["name"]]
+    prof = sr.main_loop_profile(rows) or {}
+    out.append(dict(name=spec.name, arch=arch, spills=res["STACK"], regs=res["REG"], shared=c["shared"],
+                    estimate=spec.meta["shared_estimate"], block_k=spec.block[2], stages=spec.num_stages,
+                    tensor=prof.get("tensor_opcodes", {})))
+print(json.dumps(out))
+"""
+
+
+def test_every_gemm_config_compiles_for_sm80_and_sm90():
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[2]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=1800, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {r["arch"] for r in records} >= {"sm_80", "sm_90a"}
+    for r in records:
+        assert r["spills"] == 0, r
+        assert r["block_k"] >= 32 and r["stages"] >= 3, r
+        assert r["shared"] <= r["estimate"], r
+        ops = " ".join(r["tensor"])
+        assert ("IGMMA" in ops) if r["arch"] == "sm_90a" else ("IMMA" in ops), r
