@@ -11,6 +11,9 @@ Providers (one row each per shape; a provider that cannot run is recorded with `
     int8          torch._int_mm (int8 in, int32 out; no scales)
     <backend>:gemm:wXaY     ops.lowbit_gemm on codes quantized beforehand (ops.quantize_per_token)
     <backend>:linear:wXaY   ops.lowbit_linear: the per-token activation quantize included
+    triton:deployed_gemm:wXaY    the Triton tensor-core GEMM alone on its load-time weight layout and the int8
+                                 activation operand (both made outside the timing)
+    triton:deployed_linear:wXaY  qvgen_kernels.triton.prepacked_linear (fused quantize + GEMM; weights prepacked once)
 with backend in reference / triton / ext. ``--entry backend`` calls the backend's 2-D implementation directly
 (no argument validation, no data checks of the custom op) instead of the public ``ops`` function.
 
@@ -36,6 +39,10 @@ from qvgen_kernels.format import packed_width, qmax
 BITS = ((4, 4), (3, 3), (4, 8), (8, 8))
 BACKENDS = ("reference", "triton", "ext")
 MODES = ("gemm", "linear")
+DEPLOYED_MODES = ("deployed_gemm", "deployed_linear")  # Triton on CUDA: weights prepacked once, as at load
+# --shapes check: the GPU check's three large linears and the small-M rows (model, layer, m or None).
+CHECK_SHAPES = (("wan-1.3b", "attn_qkvo", None), ("wan-14b", "ffn_up", None), ("wan-14b", "ffn_down", None),
+                ("wan-14b", "ffn_up", 16), ("wan-14b", "ffn_up", 256))
 
 
 def _baselines(x: torch.Tensor, w: torch.Tensor) -> dict[str, tuple[Callable[[], Any], int]]:
@@ -86,6 +93,29 @@ def _lowbit(x: torch.Tensor, n: int, wb: int, ab: int, backend: str, mode: str, 
     return (lambda: gemm(*quant(x, ab, ones, ones), w_packed, w_scale, w_zero, None, wb, ab, k, x.dtype)), nbytes
 
 
+def _triton_deployed(x: torch.Tensor, n: int, wb: int, ab: int, mode: str, gen: torch.Generator
+                     ) -> tuple[Callable[[], Any], int]:
+    """(callable, bytes) of the deployed Triton path: weights prepacked once (as at load), per call either the
+    GEMM on a pre-made int8 activation operand or the fused quantize + GEMM."""
+    from qvgen_kernels import triton as tk
+
+    m, k = x.shape
+    dev = x.device
+    codes = torch.randint(0, qmax(wb) + 1, (n, k), generator=gen, dtype=torch.uint8).to(dev)
+    w_scale = (torch.rand(n, generator=gen) * 0.02 + 0.001).to(dev)
+    w_zero = (torch.rand(n, generator=gen) * qmax(wb)).to(dev)
+    weights = tk.prepack_weight(ops.pack(codes, wb, backend="reference"), w_scale, w_zero, wb, ab, k)
+    ones = torch.ones(m, device=dev)
+    e = x.element_size()
+    wbytes = sum(t.numel() * t.element_size() for t in weights)
+    if mode == "deployed_gemm":
+        a8, sx, zx, rs, _ = tk.quantize_i8.quantize_act_i8(x, ab, ones, ones, False)
+        return (lambda: tk.gemm_tc.tc_gemm(a8, sx, zx, rs, *weights, None, wb, ab, k, n, x.dtype),
+                a8.numel() + 12 * m + wbytes + m * n * e)
+    return (lambda: tk.prepacked_linear(x, weights, None, wb, ab, k, n, ones, ones),
+            m * k * e + 8 * m + wbytes + m * n * e)
+
+
 def bench_shape(sh: kc.LayerShape, device: torch.device, dtype: torch.dtype, args: argparse.Namespace,
                 peaks: dict[str, Any]) -> list[dict[str, Any]]:
     """Every provider on one shape; rows carry timings, roofline numbers and speed-ups vs bf16 and fp8."""
@@ -108,6 +138,13 @@ def bench_shape(sh: kc.LayerShape, device: torch.device, dtype: torch.dtype, arg
                 fn, nbytes = _lowbit(x, sh.n, wb, ab, backend, mode, args.entry, gen)
                 rows.append({**row, **kc.timed(fn, device, args.warmup, args.repeats), "_bytes": nbytes})
                 del fn
+            if backend == "triton" and reason is None and device.type == "cuda":
+                for mode in DEPLOYED_MODES:
+                    fn, nbytes = _triton_deployed(x, sh.n, wb, ab, mode, gen)
+                    rows.append({"provider": f"triton:{mode}:w{wb}a{ab}", "family": "qvgen", "backend": backend,
+                                 "mode": mode, "w_bits": wb, "a_bits": ab,
+                                 **kc.timed(fn, device, args.warmup, args.repeats), "_bytes": nbytes})
+                    del fn
     ref = {r["provider"]: r.get("us") for r in rows}
     for r in rows:
         kc.roofline(r, sh.flops, r.pop("_bytes", 0), peaks)
@@ -133,8 +170,18 @@ def _plot(rows: list[dict[str, Any]], title: str) -> Callable:
     for wb, ab in BITS:
         series[f"w{wb}a{ab} gemm (best kernel)"] = [
             best(lb, lambda r, wb=wb, ab=ab: r.get("w_bits") == wb and r.get("a_bits") == ab
-                 and r.get("mode") == "gemm" and r.get("backend") != "reference") for lb in labels]
+                 and r.get("mode") in ("gemm", "deployed_gemm") and r.get("backend") != "reference") for lb in labels]
     return lambda path: kc.bar_plot(path, title, labels, series, "speed-up vs bf16 (higher is faster)")
+
+
+def _shapes(args: argparse.Namespace) -> list[kc.LayerShape]:
+    if args.shapes == "all" or args.smoke:
+        return kc.gemm_shapes(args.smoke, not args.no_small_m)
+    out = []
+    for model, layer, m in CHECK_SHAPES:
+        sh = next(s for s in kc.model_layers(model) if s.layer == layer)
+        out.append(sh if m is None else kc.LayerShape(model, f"{layer}_m{m}", m, sh.k, sh.n))
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -142,11 +189,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     kc.add_common_args(ap, BACKENDS)
     ap.add_argument("--entry", choices=("ops", "backend"), default="ops")
     ap.add_argument("--no-small-m", action="store_true", help="skip the M = 1..256 sweep")
+    ap.add_argument("--shapes", choices=("all", "check"), default="all",
+                    help="'check': Wan-1.3B 32760x1536x1536, Wan-14B 32760x5120x13824 / 32760x13824x5120, M = 16 / 256")
     args, device, dtype, peaks = kc.parse_run(ap, argv, "bench_gemm")
     print(f"peaks: 8-bit {peaks['peak_8bit_tops']} TOPS ({peaks['peak_8bit_source']}), "
           f"bandwidth {peaks['bandwidth_gbs']} GB/s", flush=True)
     rows = []
-    for sh in kc.gemm_shapes(args.smoke, not args.no_small_m):
+    for sh in _shapes(args):
         for r in bench_shape(sh, device, dtype, args, peaks):
             rows.append(r)
             t = f"{r['us']:10.1f} us {r['tops']:8.2f} TOPS" if "us" in r else f"skipped: {r['skipped'][:80]}"
