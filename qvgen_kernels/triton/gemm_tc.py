@@ -64,7 +64,7 @@ def _dot_tile(w_ptr, w_rows, a_cols, k, KP, acc_lo, acc_hi,
     """acc += W_half . a8^T over columns [k, k + BLOCK_K)."""
     lo, hi = _weight_halves(w_ptr, w_rows, k, KP, BLOCK_K, W8, HALF_)
     x = tl.load(a_cols + (k + tl.arange(0, BLOCK_K))[:, None])
-    return tl.dot(lo, x, acc_lo), tl.dot(hi, x, acc_hi)
+    return tl.dot(lo, x, acc_lo, out_dtype=tl.int32), tl.dot(hi, x, acc_hi, out_dtype=tl.int32)
 
 
 @triton.jit
