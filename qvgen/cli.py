@@ -1,7 +1,10 @@
-"""Command line: ``qvgen demo`` (the self-contained main job) and ``qvgen train`` (a real diffusers model).
+"""Command line: ``qvgen demo`` (the self-contained main job), ``qvgen precompute`` (videos + prompts ->
+latent shards) and ``qvgen train`` (a real diffusers model; one process or torchrun).
 
     qvgen demo [--fast] [--out runs/demo] [--bits w4a4|w3a3] [--steps N] [--seed S] [--device cuda|cpu]
-    qvgen train --model DIR [--preset w4a4] [--steps N] [--out DIR] [--data FILE] ...
+    qvgen precompute --pipeline DIR (--videos DIR | --list FILE) --out SHARDS [--frames 49 --fps 16] ...
+    qvgen train --model DIR [--preset w4a4] [--steps N] [--out DIR] [--data SHARDS|FILE] [--arch NAME] ...
+    torchrun --nproc_per_node N -m qvgen train ... [--parallel fsdp|ddp]
 
 ``python -m qvgen ...`` is the same program.
 """
@@ -9,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 from pathlib import Path
@@ -19,6 +21,7 @@ import torch
 
 from qvgen_kernels.format import fail
 
+from qvgen.models.adapters import ADAPTERS
 from qvgen.paths import inside, read_json
 from qvgen.train.resume_check import OVERRIDABLE
 
@@ -88,8 +91,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=1, help="batch size (default: %(default)s)")
     p.add_argument("--lr", type=float, default=3e-5, help="learning rate (default: %(default)s)")
     p.add_argument("--out", default="runs/train", help="output folder (default: %(default)s)")
-    p.add_argument("--data", help="a .pt or .safetensors file with 'latents' [N, ...] and conditioning tensors "
-                                  "[N, ...] (e.g. 'encoder_hidden_states')")
+    p.add_argument("--data", help="a shard folder written by qvgen precompute (streamed, shuffled per epoch, split "
+                                  "by rank), or a .pt / .safetensors file with 'latents' [N, ...] and "
+                                  "conditioning tensors [N, ...] (e.g. 'encoder_hidden_states')")
     p.add_argument("--latent-shape", type=_positive_int, nargs=3, default=(2, 16, 16), metavar=("F", "H", "W"),
                    help="synthetic latent frames/height/width without --data (default: 2 16 16)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
@@ -102,6 +106,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="with --resume: let FIELD (lr, weight_decay, ...) differ from the checkpoint's, from then on")
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute the student's block activations in backward (less memory, slower)")
+    p.add_argument("--arch", choices=sorted(ADAPTERS), help="adapter (calling convention) of the model; default: "
+                   "chosen from its class ('diffusers': any diffusers video transformer taking "
+                   "hidden_states [B, C, F, H, W], timestep, **cond and predicting a flow velocity)")
+    p.add_argument("--teacher-dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="dtype of the frozen FP teacher (bf16 halves its memory; default: %(default)s)")
+    p.add_argument("--parallel", choices=("auto", "none", "ddp", "fsdp"), default="auto",
+                   help="under torchrun: fsdp (FSDP2 per transformer block, teacher sharded too) or ddp; auto: "
+                        "fsdp with more than one process, none otherwise (default: %(default)s)")
+    p.add_argument("--mixed-precision", choices=("auto", "bf16", "off"), default="auto",
+                   help="FSDP2 compute dtype: bf16 (fp32 masters and gradient reduction), off, or auto = bf16 "
+                        "on CUDA (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
 
@@ -188,40 +203,52 @@ def make_data_fn(model: torch.nn.Module, adapter, batch: int, device: torch.devi
     return from_file
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    from qvgen import QuantConfig, iter_qlinears, quantize_model, save_quantized, to_deploy
-    from qvgen.demo.pipeline import resolve_device
-    from qvgen.models.adapters import adapter_for
-    from qvgen.train import Distiller, TrainConfig
+def _add_precompute(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "precompute", help="videos + prompts -> the pipeline's VAE latents and text embeddings (shards)",
+        description="Decode each video (PyAV), sample --frames frames at --fps, resize-crop to --height x --width, "
+                    "encode with the pipeline's own VAE (normalised as its transformer expects) and the prompt with "
+                    "its text encoder (unpadded), and write safetensors shards + manifest.json to --out. A rerun "
+                    "skips the shards already written. qvgen train --data OUT streams them.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--videos", help="a folder of videos (prompt: a same-named .txt next to each, else empty)")
+    src.add_argument("--list", help="a .csv or .jsonl with a video column (video|path|file) and a prompt column "
+                                    "(prompt|caption|text); paths relative to the list's folder")
+    p.add_argument("--pipeline", required=True, help="diffusers pipeline folder (model_index.json, vae/, "
+                                                     "text_encoder/, tokenizer/)")
+    p.add_argument("--kind", help="pipeline family (wan, cogvideox); default: from model_index.json")
+    p.add_argument("--out", required=True, help="output shard folder")
+    p.add_argument("--frames", type=_positive_int, default=49, help="frames per clip, 4k+1 (default: %(default)s)")
+    p.add_argument("--height", type=_positive_int, default=480, help="height in pixels (default: %(default)s)")
+    p.add_argument("--width", type=_positive_int, default=832, help="width in pixels (default: %(default)s)")
+    p.add_argument("--fps", type=float, help="sampling rate of the clip's frames (default: every source frame)")
+    p.add_argument("--shard-size", type=_positive_int, default=64, help="videos per shard (default: %(default)s)")
+    p.add_argument("--max-sequence-length", type=_positive_int,
+                   help="text tokens (default: the pipeline's, Wan 512, CogVideoX 226)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_precompute)
 
-    if args.resume_override and not args.resume:
-        fail("qvgen train", "--resume-override", "to be used with --resume", args.resume_override)
-    device = resolve_device(args.device)
-    model = load_diffusers_model(args.model).to(device)
-    adapter = adapter_for(model)
-    teacher = copy.deepcopy(model).eval().requires_grad_(False)
-    data = load_data_file(args.data) if args.data else None
-    data_fn = make_data_fn(teacher, adapter, args.batch_size, device, data, args.latent_shape)
-    student = quantize_model(model, QuantConfig.preset(args.preset, rank=args.rank))
-    out = Path(args.out)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      out_dir=str(out / "train"), progress=not args.no_progress, ckpt_every=args.ckpt_every,
-                      grad_checkpointing=args.grad_checkpointing)
-    Distiller(student, teacher, adapter, data_fn, cfg, rank_decay=args.rank > 0).run(
-        resume=args.resume, override=args.resume_override)
-    to_deploy(student)
-    save_quantized(student, out / "quantized")
-    n = sum(1 for _ in iter_qlinears(student))
-    print(f"[train] {n} layers at {args.preset}, deployed and saved to {out / 'quantized'}")
-    return 0
+
+def _run_precompute(args: argparse.Namespace) -> int:
+    from qvgen.precompute import run_precompute
+
+    return run_precompute(args)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from qvgen.train.launch import run_train
+
+    return run_train(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qvgen", description="QVGen: quantization-aware training of video diffusion transformers at "
                                   "W4A4/W3A3 with a decaying low-rank auxiliary module, and packed deployment.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,precompute,train}")
     _add_demo(sub)
+    _add_precompute(sub)
     _add_train(sub)
     return parser
 

@@ -151,12 +151,20 @@ class RankDecay:
             self._forget([q.phi_l, q.phi_r], remove=False)
 
     def _forget(self, params: list[nn.Parameter], remove: bool) -> None:
-        """Drop the optimizer state of params (moments are meaningless after a re-SVD); with remove, also
-        take them out of the param groups."""
+        """Reset the optimizer state of params (moments are meaningless after a re-SVD): zeroed in place
+        (the same as a fresh Adam state, step 0, and the state keeps its structure for sharded checkpoints);
+        with remove, dropped and the params taken out of the param groups."""
         if self.optimizer is None:
             return
         for p in params:
-            self.optimizer.state.pop(p, None)
+            state = self.optimizer.state.get(p)
+            if remove:
+                self.optimizer.state.pop(p, None)
+            elif state:
+                with torch.no_grad():
+                    for v in state.values():
+                        if isinstance(v, torch.Tensor):
+                            v.zero_()
         if remove:
             ids = {id(p) for p in params}
             for group in self.optimizer.param_groups:

@@ -43,4 +43,36 @@ def write_full_(p: torch.Tensor, value: torch.Tensor) -> None:
         p.copy_(value.to(p.dtype))
 
 
-__all__ = ["full_value", "is_sharded", "write_full_"]
+
+
+
+def local_value(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of t (t itself when not sharded)."""
+    return t.to_local() if is_sharded(t) else t
+
+
+def _sum_over_ranks(value: torch.Tensor, tensors: list[torch.Tensor]) -> torch.Tensor:
+    """All-reduce (sum) a scalar over the ranks sharing the sharded tensors among `tensors`."""
+    sharded = next((t for t in tensors if is_sharded(t)), None)
+    if sharded is not None:
+        torch.distributed.all_reduce(value, group=sharded.device_mesh.get_group())
+    return value
+
+
+@torch.no_grad()
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every tensor is finite (one host sync; a collective when some are sharded, so every rank
+    must call it with the same list)."""
+    if not tensors:
+        return True
+    bad = torch.stack([(~torch.isfinite(local_value(t))).sum().float() for t in tensors]).sum()
+    return float(_sum_over_ranks(bad, tensors)) == 0.0
+
+
+@torch.no_grad()
+def squared_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Sum of squares of all entries, fp32 (summed over the ranks' shards when sharded)."""
+    local = [local_value(t).detach().float() for t in tensors]
+    total = torch.stack([x.pow(2).sum().to(local[0].device) for x in local]).sum()
+    return _sum_over_ranks(total, tensors)
+__all__ = ["all_finite", "full_value", "is_sharded", "local_value", "squared_norm", "write_full_"]

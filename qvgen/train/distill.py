@@ -28,10 +28,13 @@ from torch import nn
 from qvgen_kernels.format import fail
 
 from qvgen.models.adapters import ModelAdapter, adapter_for
+from qvgen.parallel import is_model_sharded, rank_noisy
+from qvgen.sharding import all_finite
 from qvgen.swap import model_config
 from qvgen.train.checkpoint import (find_checkpoint, load_checkpoint, load_optimizer_state_by_name,
                                     save_checkpoint)
 from qvgen.train.config import TrainConfig
+from qvgen.train.dcp import find_sharded, load_sharded, save_sharded
 from qvgen.train.data import caption_dropout, check_batch, step_generator
 from qvgen.train.metrics import MetricsLog
 from qvgen.train.objectives import objective_for
@@ -101,6 +104,7 @@ class Distiller:
         self.device = next(student.parameters()).device
         self.rank, self.world = _dist_info()
         self.is_main = self.rank == 0
+        self.sharded = is_model_sharded(student)  # FSDP2: no wrapper, DCP checkpoints
         self.metrics = MetricsLog(cfg.out_dir)
         teacher.eval().requires_grad_(False)
         student.train()
@@ -144,8 +148,9 @@ class Distiller:
         return max((int(m.phi_rank) for m in self.student.modules() if hasattr(m, "phi_rank")), default=0)
 
     def _wrapped(self) -> nn.Module:
-        """The student, wrapped in DDP under torch.distributed (re-wrapped when Phi changes shape)."""
-        if self.world == 1:
+        """The student, wrapped in DDP under torch.distributed (re-wrapped when Phi changes shape); an
+        FSDP2-sharded student is its own wrapper."""
+        if self.world == 1 or self.sharded:
             return self.student
         key = tuple((id(p), tuple(p.shape)) for p in self.student.parameters())
         if self._ddp is None or key != self._ddp_key:
@@ -169,8 +174,13 @@ class Distiller:
         """Build step ``step``'s batch and return the distillation loss (student graph attached)."""
         gen = step_generator(self.cfg.seed, step, self.rank, self.world)
         x0, cond = check_batch(step, self.data_fn(step, gen))
-        cond = caption_dropout(step, cond, self.cfg.caption_dropout, gen)  # drawn after the batch
-        noisy = self.objective.make_noisy(x0.to(self.device), gen)
+        if self.world == 1:
+            cond = caption_dropout(step, cond, self.cfg.caption_dropout, gen)  # drawn after the batch
+            noisy = self.objective.make_noisy(x0.to(self.device), gen)
+        else:  # one draw for the global batch, shared by all ranks (see qvgen.parallel)
+            shared = step_generator(self.cfg.seed, step)
+            cond = caption_dropout(step, cond, self.cfg.caption_dropout, shared)
+            noisy = rank_noisy(self.objective, x0.to(self.device), shared, self.rank, self.world)
         student = self._wrapped()
         with self._autocast():
             with torch.no_grad():
@@ -187,8 +197,10 @@ class Distiller:
             self.decay.step(step)  # before the batch: Phi's shape and gamma for this step
         self.optimizer.zero_grad(set_to_none=True)
         loss = self._forward_pair(step)
-        params = named_trainable(self.student)
         loss.backward()  # also for a non-finite loss: data-parallel ranks then agree on skipping via the norm
+        # After backward: under FSDP2 the module holds its (unsharded) compute copies between forward and
+        # backward; the sharded parameters, their gradients and the optimizer's references are back now.
+        params = named_trainable(self.student)
         grad_norm = clip_gradients([p for _, p in params], self.cfg.max_grad_norm)
         if not torch.isfinite(loss):
             grad_norm = float("nan")
@@ -208,7 +220,7 @@ class Distiller:
 
     def _skip(self, step: int, loss: float, params: list) -> None:
         """Drop this step's gradients instead of stepping on them; too many in a row is an error."""
-        bad = [n for n, p in params if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        bad = [n for n, p in params if p.grad is not None and not all_finite([p.grad])]
         what = f"non-finite loss {loss}" if not math.isfinite(loss) else f"non-finite gradients in {bad[:3]}"
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped += 1
@@ -222,9 +234,9 @@ class Distiller:
 
     def _check_weights(self, step: int, params: list) -> None:
         """Finite weights after the update (one host sync); else stop before they reach a checkpoint."""
-        if not params or bool(torch.stack([torch.isfinite(p).all() for _, p in params]).all()):
+        if all_finite([p for _, p in params]):  # collective when sharded: every rank checks together
             return
-        bad = [n for n, p in params if not bool(torch.isfinite(p).all())]
+        bad = [n for n, p in params if not all_finite([p])]
         raise FloatingPointError(f"Distiller.train_step: the update of step {step} made {bad[:3]} non-finite "
                                  f"({len(bad)} parameters); nothing saved, the last checkpoint under "
                                  f"{self.cfg.out_dir} is intact")
@@ -232,8 +244,17 @@ class Distiller:
     # -- checkpoints --------------------------------------------------------------------------------
 
     def save(self, next_step: int) -> Path | None:
-        """Checkpoint for resuming at ``next_step`` and refresh the plot (rank 0 only)."""
+        """Checkpoint for resuming at ``next_step`` and refresh the plot (rank 0 only; a sharded student
+        is saved by every rank through torch.distributed.checkpoint)."""
         path = None
+        if self.sharded:
+            path = save_sharded(self.cfg.out_dir, self.student, self.optimizer, self.scheduler, self.decay,
+                                next_step, extra={"train_config": self.cfg.to_dict(),
+                                                  "quant_config": _quant_dict(self.student),
+                                                  "skipped": self.skipped})
+            if self.is_main:
+                self.metrics.plot()
+            return path
         if self.is_main:
             rng = {"cpu": torch.get_rng_state()}
             if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -252,6 +273,8 @@ class Distiller:
 
         The checkpoint's TrainConfig and QuantConfig must equal the current ones, except run-time fields and
         the fields named in ``override`` (see ``qvgen.train.resume_check``)."""
+        if self.sharded:
+            return self._resume_sharded(override)
         path = find_checkpoint(self.cfg.out_dir)
         if path is None:
             fail("Distiller.resume", "cfg.out_dir", "a directory holding a checkpoint", self.cfg.out_dir)
@@ -282,6 +305,29 @@ class Distiller:
             self.metrics.truncate(self.start_step)
         return self.start_step
 
+    def _resume_sharded(self, override: Iterable[str]) -> int:
+        path = find_sharded(self.cfg.out_dir)
+        if path is None:
+            fail("Distiller.resume", "cfg.out_dir", "a directory holding a sharded checkpoint", self.cfg.out_dir)
+        state = load_sharded(path, self.student, self.optimizer)  # model (Phi width from gamma) + optimizer
+        extra = state["extra"]
+        overridden = check_train_config(extra.get("train_config"), self.cfg, override)
+        check_quant_config(extra.get("quant_config", "not recorded"), self.student)
+        if self.decay is not None and state["rank_decay"] is not None:
+            self.decay.load_state_dict(state["rank_decay"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if overridden:
+            apply_overrides(self.optimizer, self.scheduler, self.cfg)
+        self.skipped = int(extra.get("skipped", 0))
+        self.start_step = int(state["step"])
+        if self.is_main:
+            self.metrics.truncate(self.start_step)
+        return self.start_step
+
+    def has_checkpoint(self) -> bool:
+        find = find_sharded if self.sharded else find_checkpoint
+        return find(self.cfg.out_dir) is not None
+
     # -- the loop -----------------------------------------------------------------------------------
 
     def _progress(self):
@@ -297,7 +343,7 @@ class Distiller:
 
         Returns a summary: final step, last loss, final rank, checkpoint and metrics paths.
         """
-        if resume and find_checkpoint(self.cfg.out_dir) is not None:
+        if resume and self.has_checkpoint():
             self.resume(override)
         last = None
         bar = self._progress()
@@ -311,9 +357,12 @@ class Distiller:
                 self.save(done)
         bar.close()
         if self.decay is not None:
-            # cfg.steps >= end_step: Phi is removed from every layer (RankDecay.finish() in a hand loop). Kept
-            # as step() so that wrappers exposing only step/state_dict/load_state_dict work too.
-            self.decay.step(self.cfg.steps)
+            # cfg.steps >= end_step: Phi is removed from every layer (masked when sharded). finish() when the
+            # decay has it; step() for wrappers exposing only step/state_dict/load_state_dict.
+            if hasattr(self.decay, "finish"):
+                self.decay.finish()
+            else:
+                self.decay.step(self.cfg.steps)
         path = self.save(self.cfg.steps)
         return {"step": self.cfg.steps, "loss": None if last is None else last["loss"],
                 "rank": self.current_rank(), "checkpoint": path, "metrics": self.metrics.path}

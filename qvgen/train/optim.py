@@ -17,6 +17,8 @@ from torch import nn
 
 from qvgen_kernels.format import fail
 
+from qvgen.sharding import is_sharded, local_value, squared_norm
+
 GROUPS = ("clip", "phi", "quant", "other")
 # Name suffixes (the frontend's QLinear naming, matched at a "." boundary) that select a group.
 GROUP_SUFFIXES: dict[str, tuple[str, ...]] = {
@@ -108,11 +110,14 @@ def clip_gradients(params: Iterable[torch.Tensor], max_norm: float) -> float:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    norms = torch.stack([g.detach().float().norm(2).to(grads[0].device) for g in grads])
-    total = norms.norm(2)
+    sharded = any(is_sharded(g) for g in grads)
+    if sharded:  # FSDP2: sum of squares over this rank's shards, all-reduced (a collective)
+        total = squared_norm(grads).sqrt()
+    else:
+        total = torch.stack([g.detach().float().norm(2).to(grads[0].device) for g in grads]).norm(2)
     if not math.isfinite(float(total)):
         return float(total)
     scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for g in grads:
-        g.detach().mul_(scale.to(g.dtype))
+        local_value(g).detach().mul_(scale.to(g.dtype))
     return float(total)

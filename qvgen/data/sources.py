@@ -1,0 +1,73 @@
+"""The (video, prompt) pairs of a precompute run: a folder of videos (prompt from a same-named .txt next to
+each video, else empty), or a CSV / JSONL list with a video column and a prompt column (paths relative to
+the list's folder). Column names follow common datasets: video|path|file|video_path, prompt|caption|text."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from qvgen_kernels.format import fail
+
+OP = "qvgen precompute"
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif")
+VIDEO_KEYS = ("video", "path", "file", "video_path")
+PROMPT_KEYS = ("prompt", "caption", "text")
+
+
+@dataclass(frozen=True)
+class Item:
+    video: Path
+    prompt: str
+
+
+def _from_folder(root: Path) -> list[Item]:
+    items = []
+    for video in sorted(p for p in root.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()):
+        caption = video.with_suffix(".txt")
+        items.append(Item(video, caption.read_text(encoding="utf-8").strip() if caption.is_file() else ""))
+    return items
+
+
+def _pick(row: dict, keys: tuple[str, ...], path: Path, line: int, what: str) -> str:
+    for k in keys:
+        if k in row and row[k] is not None:
+            return str(row[k])
+    fail(OP, "--list", f"a {what} column ({' or '.join(keys)}) in every row", f"{path}:{line} with {sorted(row)}")
+
+
+def _rows(path: Path) -> list[tuple[int, dict]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".csv":
+        return [(i + 2, row) for i, row in enumerate(csv.DictReader(text.splitlines()))]
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                fail(OP, "--list", "one JSON object per line", f"{path}:{i} ({e.msg})")
+            if not isinstance(row, dict):
+                fail(OP, "--list", "one JSON object per line", f"{path}:{i} ({type(row).__name__})")
+            rows.append((i, row))
+    return rows
+
+
+def list_items(path: str | Path) -> list[Item]:
+    """The pairs of a folder, a .csv or a .jsonl file, in a fixed order (the shard layout depends on it)."""
+    path = Path(path)
+    if path.is_dir():
+        items = _from_folder(path)
+    elif path.is_file() and path.suffix.lower() in (".csv", ".jsonl"):
+        items = [Item(path.parent / _pick(row, VIDEO_KEYS, path, line, "video"),
+                      _pick(row, PROMPT_KEYS, path, line, "prompt").strip()) for line, row in _rows(path)]
+    else:
+        fail(OP, "--videos/--list", "a folder of videos, a .csv or a .jsonl file", str(path))
+    if not items:
+        fail(OP, "--videos/--list", f"at least one video ({', '.join(VIDEO_SUFFIXES)})", f"none in {path}")
+    return items
+
+
+__all__ = ["Item", "list_items"]
