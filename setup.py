@@ -37,7 +37,7 @@ def _extensions() -> tuple[list, dict]:
     with_cuda = bool(torch.version.cuda) and CUDA_HOME is not None
     # The kernels round every product and sum separately, like the reference: no FMA contraction.
     cxx = ["-O3", "-std=c++17", "-ffp-contract=off", "-DPy_LIMITED_API=0x030A0000"]
-    sources = ["csrc/bindings.cpp", *_sources("cpu/*.cpp")]
+    sources = ["csrc/bindings.cpp", "csrc/bindings_int8.cpp", *_sources("cpu/*.cpp")]
     kwargs: dict = {"include_dirs": [os.path.join(ROOT, "csrc", "include")], "py_limited_api": True}
     if with_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():

@@ -1,0 +1,112 @@
+// qvgen_ext::int8_linear: the deployed CPU linear layer on the 8-bit matrix engine.
+//
+//   x [M, K] --(one pass: per-token quantize, row sums, non-finite check)--> int8 a' [M, K]
+//   a' @ w'^T --(at::_int_mm: oneDNN s8 x s8 -> s32, AMX or AVX512-VNNI)--> int32 [M, N] per group
+//   int32 --(one pass: format integer, scales, zero point, bias, cast)--> out [M, N]
+// Weights come prepacked by qvgen_kernels (w' = q_w - c_w as int8 [N, K], and group-major column sums
+// and scales [G, N]); identities in qvgen/int8.h. Arguments are validated once, in Python, by the op
+// registry; the checks here only guard the memory accesses of this function.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "qvgen/int8.h"
+
+namespace qvgen {
+namespace {
+
+DType tag_of(at::ScalarType s) {
+  return s == at::kHalf ? DType::kFloat16 : (s == at::kBFloat16 ? DType::kBFloat16 : DType::kFloat32);
+}
+
+constexpr int64_t kTileM = 256, kTileN = 512;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int64_t grain(int64_t row_cost) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_cost)); }
+
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w_int8, const at::Tensor& w_colsum,
+                       const at::Tensor& w_scale, const at::Tensor& w_zero, const std::optional<at::Tensor>& bias,
+                       int64_t w_bits, int64_t a_bits, bool grouped, const at::Tensor& clip_lo,
+                       const at::Tensor& clip_hi) {
+  constexpr const char* op = "qvgen_ext::int8_linear";
+  TORCH_CHECK_VALUE(x.dim() == 2 && w_int8.dim() == 2 && x.size(1) == w_int8.size(1), op,
+                    ": expected x [M, K] and w_int8 [N, K], got ", x.sizes(), " and ", w_int8.sizes());
+  const int64_t m = x.size(0), k = x.size(1), n = w_int8.size(0), groups = w_colsum.size(0);
+  TORCH_CHECK_VALUE(w_colsum.sizes() == at::IntArrayRef({groups, n}) && w_scale.sizes() == w_colsum.sizes() &&
+                        w_zero.sizes() == w_colsum.sizes() && groups >= 1 && k % groups == 0,
+                    op, ": expected w_colsum, w_scale, w_zero of shape [G, N] with G | K, got ", w_colsum.sizes(),
+                    ", ", w_scale.sizes(), ", ", w_zero.sizes());
+  TORCH_CHECK_VALUE(clip_lo.numel() == m || clip_lo.numel() == 1, op, ": clip_lo expected ", m, " or 1 values, got ",
+                    clip_lo.numel());
+  TORCH_CHECK_VALUE(clip_hi.numel() == clip_lo.numel(), op, ": clip_hi expected ", clip_lo.numel(),
+                    " values, got ", clip_hi.numel());
+  at::Tensor out = at::empty({m, n}, x.options());
+  if (x.is_meta() || m == 0 || n == 0) return out;
+
+  const at::Tensor xs = x.contiguous(), wq = w_int8.contiguous();
+  const at::Tensor lo = clip_lo.to(at::kFloat).contiguous(), hi = clip_hi.to(at::kFloat).contiguous();
+  const auto opts = x.options();
+  at::Tensor a = at::empty({m, k}, opts.dtype(at::kChar));
+  at::Tensor scale = at::empty({m}, opts.dtype(at::kFloat));
+  at::Tensor rowsum = at::empty({m, groups}, opts.dtype(at::kInt));
+  at::Tensor offset = at::empty({m}, opts.dtype(at::kInt));
+  at::Tensor nonfinite = at::empty({m}, opts.dtype(at::kInt));
+  int8::QuantArgs q{xs.data_ptr(), tag_of(xs.scalar_type()), k, static_cast<int>(a_bits), groups,
+                    lo.data_ptr<float>(), hi.data_ptr<float>(), lo.numel() == 1 ? 0 : 1,
+                    a.data_ptr<int8_t>(), scale.data_ptr<float>(), rowsum.data_ptr<int32_t>(),
+                    offset.data_ptr<int32_t>(), nonfinite.data_ptr<int32_t>()};
+  at::parallel_for(0, m, grain(k), [&](int64_t r0, int64_t r1) { int8::quantize_rows(q, r0, r1); });
+  // The data check of the op registry, folded into the quantize pass (no second read of x).
+  const int32_t* nf = nonfinite.data_ptr<int32_t>();
+  for (int64_t r = 0; r < m; ++r) {
+    TORCH_CHECK_VALUE(!nf[r], "lowbit_linear: argument 'x' expected finite values, got NaN or Inf in row ", r);
+  }
+
+  const at::Tensor cs = w_colsum.contiguous(), ws = w_scale.contiguous(), wz = w_zero.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const int64_t gs = k / groups;
+  // Output tiles, N-major so that a thread's tiles share weight columns; the int32 tile stays in
+  // cache between the engine and the epilogue (a whole [M, N] int32 buffer would go through DRAM).
+  const int64_t tm = std::min<int64_t>(m, kTileM), mt = ceil_div(m, tm);
+  int64_t tn = std::min<int64_t>(n, kTileN);
+  while (tn > 64 && mt * ceil_div(n, tn) < 2 * at::get_num_threads()) tn = ceil_div(tn / 2, 16) * 16;
+  const int64_t nt = ceil_div(n, tn);
+  const bool with_partial = grouped && groups > 1;
+  at::parallel_for(0, mt * nt, 1, [&](int64_t t0, int64_t t1) {
+    at::Tensor acc_buf = at::empty({tm * tn}, opts.dtype(at::kInt));
+    at::Tensor part_buf = with_partial ? at::empty({tm * tn}, opts.dtype(at::kFloat)) : at::Tensor();
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t m0 = (t % mt) * tm, n0 = (t / mt) * tn;
+      const int64_t rows = std::min(tm, m - m0), cols = std::min(tn, n - n0);
+      at::Tensor acc = acc_buf.narrow(0, 0, rows * cols).view({rows, cols});
+      for (int64_t g = 0; g < groups; ++g) {
+        at::_int_mm_out(acc, a.narrow(0, m0, rows).narrow(1, g * gs, gs),
+                        wq.narrow(0, n0, cols).narrow(1, g * gs, gs).t());
+        int8::EpilogueArgs e{acc.data_ptr<int32_t>(), scale.data_ptr<float>(), rowsum.data_ptr<int32_t>(),
+                             offset.data_ptr<int32_t>(), cs.data_ptr<int32_t>(), ws.data_ptr<float>(),
+                             wz.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr, n, groups, g, gs,
+                             m0, n0, n0 + cols, cols, w_bits == 8 ? 128 : 0, grouped,
+                             with_partial ? part_buf.data_ptr<float>() : nullptr, out.data_ptr(),
+                             tag_of(out.scalar_type())};
+        int8::epilogue_rows(e, m0, m0 + rows);
+      }
+    }
+  });
+  return out;
+}
+
+// Test hook: run the portable code instead of the AVX-512 code (returns the previous setting).
+bool int8_set_simd(bool enabled) { return int8::set_simd(enabled); }
+
+}  // namespace
+}  // namespace qvgen
+
+TORCH_LIBRARY_FRAGMENT(qvgen_ext, m) {
+  m.def("int8_linear(Tensor x, Tensor w_int8, Tensor w_colsum, Tensor w_scale, Tensor w_zero, Tensor? bias,"
+        " int w_bits, int a_bits, bool grouped, Tensor clip_lo, Tensor clip_hi) -> Tensor");
+  m.def("int8_set_simd(bool enabled) -> bool", &qvgen::int8_set_simd);
+}
+
+TORCH_LIBRARY_IMPL(qvgen_ext, CPU, m) { m.impl("int8_linear", &qvgen::int8_linear); }
+TORCH_LIBRARY_IMPL(qvgen_ext, Meta, m) { m.impl("int8_linear", &qvgen::int8_linear); }

@@ -1,0 +1,292 @@
+// CPU int8 path: per-token quantization to int8 operands and the fused GEMM epilogue (identities in
+// qvgen/int8.h). Two implementations with identical results: AVX-512 (chosen at run time when the
+// CPU has it) and portable scalar code. Both use only IEEE-exact operations (division, round to
+// nearest even, int<->float conversions of exact integers) in the reference's order, so they agree
+// bit for bit with each other and with qvgen_kernels/reference.
+#include "qvgen/int8.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+#include "qvgen/quant.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// GCC 12's AVX-512 headers build "undefined" vectors by self-initialisation, which -Wall reports
+// as uninitialised use inside every inlined intrinsic: a known false positive.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#define QVGEN_X86_SIMD 1
+#define QVGEN_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+#endif
+
+namespace qvgen {
+namespace int8 {
+namespace {
+
+// ---- portable code ------------------------------------------------------------------------------
+
+float load_scalar(const void* x, DType dt, int64_t i) {
+  switch (dt) {
+    case DType::kBFloat16: {
+      const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(x)[i]) << 16;
+      float v;
+      std::memcpy(&v, &bits, sizeof v);
+      return v;
+    }
+    case DType::kFloat16:
+      return static_cast<float>(static_cast<const _Float16*>(x)[i]);
+    default:
+      return static_cast<const float*>(x)[i];
+  }
+}
+
+bool is_nonfinite(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  return (bits & 0x7f800000u) == 0x7f800000u;
+}
+
+// torch's fp32 -> bf16 conversion: round to nearest even, NaN -> 0x7FC0.
+uint16_t to_bf16_bits(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  if (v != v) return 0x7FC0;
+  return static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+
+void store_scalar(void* out, DType dt, int64_t i, float v) {
+  switch (dt) {
+    case DType::kBFloat16:
+      static_cast<uint16_t*>(out)[i] = to_bf16_bits(v);
+      break;
+    case DType::kFloat16:
+      static_cast<_Float16*>(out)[i] = static_cast<_Float16>(v);
+      break;
+    default:
+      static_cast<float*>(out)[i] = v;
+  }
+}
+
+int act_offset(int bits) { return bits == 8 ? 128 : -1; }  // -1: c_a = z_x
+
+void quantize_row_scalar(const QuantArgs& g, int64_t r) {
+  const int64_t k = g.k, base = r * k, gs = k / g.groups;
+  float mn = 0.0f, mx = 0.0f;  // the range always contains 0 (format.py)
+  int32_t bad = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    const float v = load_scalar(g.x, g.x_dtype, base + i);
+    bad |= is_nonfinite(v);
+    mn = std::min(mn, v);
+    mx = std::max(mx, v);
+  }
+  const ActQParams qp = act_qparams(mn, mx, g.clip_lo[r * g.clip_stride], g.clip_hi[r * g.clip_stride], g.bits);
+  const int32_t z = static_cast<int32_t>(qp.zero);
+  const int32_t ca = act_offset(g.bits) < 0 ? z : act_offset(g.bits);
+  for (int64_t grp = 0; grp < g.groups; ++grp) {
+    int32_t sum = 0;
+    for (int64_t i = grp * gs; i < (grp + 1) * gs; ++i) {
+      const int32_t q = act_code(load_scalar(g.x, g.x_dtype, base + i), qp, g.bits);
+      g.a[base + i] = static_cast<int8_t>(q - ca);
+      sum += q - z;
+    }
+    g.rowsum[r * g.groups + grp] = sum;
+  }
+  g.scale[r] = qp.scale;
+  g.offset[r] = ca - z;
+  g.nonfinite[r] = bad;
+}
+
+// The integer of format.py from the engine's product (wrapping arithmetic, exact: see int8.h).
+int32_t format_integer(int32_t acc, uint32_t row_term, int32_t d, int32_t colsum) {
+  return static_cast<int32_t>(static_cast<uint32_t>(acc) + row_term +
+                              static_cast<uint32_t>(d) * static_cast<uint32_t>(colsum));
+}
+
+uint32_t row_term(const EpilogueArgs& e, int64_t r) {
+  // c_w * S'_g with S'_g = r_g - |g| d.
+  const uint32_t s = static_cast<uint32_t>(e.rowsum[r * e.groups + e.group]) -
+                     static_cast<uint32_t>(e.group_size) * static_cast<uint32_t>(e.offset[r]);
+  return static_cast<uint32_t>(e.w_offset) * s;
+}
+
+void epilogue_row_scalar(const EpilogueArgs& e, int64_t r) {
+  const int64_t off = e.group * e.n, t_row = (r - e.row0) * e.tile_stride - e.n0;
+  const uint32_t rt = row_term(e, r);
+  const int32_t d = e.offset[r], rg = e.rowsum[r * e.groups + e.group];
+  const float sx = e.a_scale[r];
+  const bool last = e.group == e.groups - 1;
+  for (int64_t j = e.n0; j < e.n1; ++j) {
+    const int32_t ival = format_integer(e.acc[t_row + j], rt, d, e.colsum[off + j]);
+    float y;
+    if (!e.grouped) {
+      y = channel_epilogue(sx, e.w_scale[j], e.w_zero[j], ival, rg);
+    } else {
+      const float t0 = e.group == 0 ? 0.0f : e.partial[t_row + j];
+      const float t = group_accumulate(t0, e.w_scale[off + j], e.w_zero[off + j], ival, rg);
+      if (!last) {
+        e.partial[t_row + j] = t;
+        continue;
+      }
+      y = mul_rn(sx, t);
+    }
+    if (e.bias != nullptr) y = add_rn(y, e.bias[j]);
+    store_scalar(e.out, e.out_dtype, r * e.n + j, y);
+  }
+}
+
+// ---- AVX-512 ------------------------------------------------------------------------------------
+#ifdef QVGEN_X86_SIMD
+
+QVGEN_AVX512 inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+}
+
+// 16 values of x from index i as fp32 (masked lanes read 0, inside the range that always holds 0).
+QVGEN_AVX512 inline __m512 load16(const void* x, DType dt, int64_t i, __mmask16 m) {
+  switch (dt) {
+    case DType::kBFloat16: {
+      const __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(x) + i);
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    case DType::kFloat16:
+      return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(x) + i));
+    default:
+      return _mm512_maskz_loadu_ps(m, static_cast<const float*>(x) + i);
+  }
+}
+
+QVGEN_AVX512 void quantize_row_simd(const QuantArgs& g, int64_t r) {
+  const int64_t k = g.k, base = r * k, gs = k / g.groups;
+  __m512 vmn = _mm512_setzero_ps(), vmx = _mm512_setzero_ps();
+  const __m512i exp_mask = _mm512_set1_epi32(0x7f800000);
+  __mmask16 bad = 0;
+  for (int64_t i = 0; i < k; i += 16) {
+    const __mmask16 m = tail_mask(k - i);
+    const __m512 v = load16(g.x, g.x_dtype, base + i, m);
+    const __m512i e = _mm512_and_si512(_mm512_castps_si512(v), exp_mask);
+    bad |= _mm512_cmpeq_epi32_mask(e, exp_mask);
+    vmn = _mm512_min_ps(vmn, v);
+    vmx = _mm512_max_ps(vmx, v);
+  }
+  const ActQParams qp = act_qparams(_mm512_reduce_min_ps(vmn), _mm512_reduce_max_ps(vmx),
+                                    g.clip_lo[r * g.clip_stride], g.clip_hi[r * g.clip_stride], g.bits);
+  const int32_t z = static_cast<int32_t>(qp.zero);
+  const int32_t ca = act_offset(g.bits) < 0 ? z : act_offset(g.bits);
+  const __m512 vs = _mm512_set1_ps(qp.scale), vz = _mm512_set1_ps(qp.zero);
+  const __m512 vp = _mm512_set1_ps(static_cast<float>(qmax(g.bits))), v0 = _mm512_setzero_ps();
+  const __m512i vca = _mm512_set1_epi32(ca), vzi = _mm512_set1_epi32(z);
+  for (int64_t grp = 0; grp < g.groups; ++grp) {
+    __m512i vsum = _mm512_setzero_si512();
+    const int64_t end = (grp + 1) * gs;
+    for (int64_t i = grp * gs; i < end; i += 16) {
+      const __mmask16 m = tail_mask(end - i);
+      const __m512 v = load16(g.x, g.x_dtype, base + i, m);
+      // act_code: clamp(round(x / s) + z, 0, P) with IEEE division and round half to even.
+      __m512 q = _mm512_roundscale_ps(_mm512_div_ps(v, vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(q, vz), v0), vp);
+      const __m512i qi = _mm512_cvtps_epi32(q);
+      _mm512_mask_cvtepi32_storeu_epi8(g.a + base + i, m, _mm512_sub_epi32(qi, vca));
+      vsum = _mm512_mask_add_epi32(vsum, m, vsum, _mm512_sub_epi32(qi, vzi));
+    }
+    g.rowsum[r * g.groups + grp] = _mm512_reduce_add_epi32(vsum);
+  }
+  g.scale[r] = qp.scale;
+  g.offset[r] = ca - z;
+  g.nonfinite[r] = bad != 0;
+}
+
+QVGEN_AVX512 inline void store16(void* out, DType dt, int64_t i, __m512 y, __mmask16 m) {
+  switch (dt) {
+    case DType::kBFloat16: {
+      // torch's rounding: round to nearest even, NaN -> 0x7FC0.
+      const __m512i b = _mm512_castps_si512(y);
+      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+      __m512i r = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+      r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+      _mm512_mask_cvtepi32_storeu_epi16(static_cast<uint16_t*>(out) + i, m, r);
+      break;
+    }
+    case DType::kFloat16:
+      _mm256_mask_storeu_epi16(static_cast<uint16_t*>(out) + i, m,
+                               _mm512_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      break;
+    default:
+      _mm512_mask_storeu_ps(static_cast<float*>(out) + i, m, y);
+  }
+}
+
+QVGEN_AVX512 void epilogue_row_simd(const EpilogueArgs& e, int64_t r) {
+  const int64_t off = e.group * e.n, t_row = (r - e.row0) * e.tile_stride - e.n0;
+  const int32_t rg = e.rowsum[r * e.groups + e.group];
+  const __m512i vrt = _mm512_set1_epi32(static_cast<int32_t>(row_term(e, r)));
+  const __m512i vd = _mm512_set1_epi32(e.offset[r]);
+  const __m512 vsx = _mm512_set1_ps(e.a_scale[r]), vr = _mm512_set1_ps(static_cast<float>(rg));
+  const bool last = e.group == e.groups - 1;
+  for (int64_t j = e.n0; j < e.n1; j += 16) {
+    const __mmask16 m = tail_mask(e.n1 - j);
+    // Wrapping int32 adds and multiplies: exact (int8.h).
+    __m512i ival = _mm512_maskz_loadu_epi32(m, e.acc + t_row + j);
+    ival = _mm512_add_epi32(_mm512_add_epi32(ival, vrt),
+                            _mm512_mullo_epi32(vd, _mm512_maskz_loadu_epi32(m, e.colsum + off + j)));
+    const __m512 sw = _mm512_maskz_loadu_ps(m, e.w_scale + off + j);
+    const __m512 zw = _mm512_maskz_loadu_ps(m, e.w_zero + off + j);
+    const __m512 term = _mm512_sub_ps(_mm512_cvtepi32_ps(ival), _mm512_mul_ps(zw, vr));
+    __m512 y;
+    if (!e.grouped) {
+      y = _mm512_mul_ps(_mm512_mul_ps(vsx, sw), term);
+    } else {
+      const __m512 t0 = e.group == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m, e.partial + t_row + j);
+      const __m512 t = _mm512_add_ps(t0, _mm512_mul_ps(sw, term));
+      if (!last) {
+        _mm512_mask_storeu_ps(e.partial + t_row + j, m, t);
+        continue;
+      }
+      y = _mm512_mul_ps(vsx, t);
+    }
+    if (e.bias != nullptr) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, e.bias + j));
+    store16(e.out, e.out_dtype, r * e.n + j, y, m);
+  }
+}
+
+bool cpu_has_avx512() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+#else
+bool cpu_has_avx512() { return false; }
+#endif
+
+std::atomic<bool>& simd_flag() {
+  static std::atomic<bool> flag{cpu_has_avx512()};
+  return flag;
+}
+
+}  // namespace
+
+bool set_simd(bool enabled) { return simd_flag().exchange(enabled && cpu_has_avx512()); }
+bool simd_active() { return simd_flag().load(); }
+
+void quantize_rows(const QuantArgs& args, int64_t r0, int64_t r1) {
+#ifdef QVGEN_X86_SIMD
+  if (simd_active()) {
+    for (int64_t r = r0; r < r1; ++r) quantize_row_simd(args, r);
+    return;
+  }
+#endif
+  for (int64_t r = r0; r < r1; ++r) quantize_row_scalar(args, r);
+}
+
+void epilogue_rows(const EpilogueArgs& args, int64_t r0, int64_t r1) {
+#ifdef QVGEN_X86_SIMD
+  if (simd_active()) {
+    for (int64_t r = r0; r < r1; ++r) epilogue_row_simd(args, r);
+    return;
+  }
+#endif
+  for (int64_t r = r0; r < r1; ++r) epilogue_row_scalar(args, r);
+}
+
+}  // namespace int8
+}  // namespace qvgen

@@ -1,0 +1,74 @@
+// The CPU int8 path of the deployed linear layer (torch-free): per-token quantization straight to
+// the int8 operand of an 8-bit matrix engine (AMX / AVX512-VNNI through oneDNN), and the fused
+// epilogue that turns its int32 products into the format's output.
+//
+// Operands (exact integer identities; c_a, c_w are constant offsets that make both operands int8):
+//   a'[m, k] = q_x - c_a          c_a = z_x (a_bits <= 7, so a' = a = q_x - z_x in [-127, 127])
+//                                 c_a = 128 (a_bits = 8: q_x - z_x spans [-255, 255], too wide)
+//   w'[n, k] = q_w - c_w          c_w = 0 (w_bits <= 7), 128 (w_bits = 8)
+//   acc_g = sum_{k in g} a' w'    (int32, from the matrix engine)
+//   d[m] = c_a - z_x              (0 when a_bits <= 7)
+//   I_g[m, n] = sum_{k in g} (q_x - z_x) q_w = acc_g + c_w * S'_g[m] + d[m] * colsum_g[n]
+// with S'_g = sum_{k in g} a' = r_g - |g| d and colsum_g[n] = sum_{k in g} q_w[n, k]. I_g is the
+// integer of format.py; the caller guarantees K * P_a * P_w < 2^31, so I_g fits int32 and the sum,
+// done in wrapping unsigned arithmetic, is exact even where a partial term would not fit.
+// The epilogue then follows qvgen/quant.h (the reference's fp32 operation order) bit for bit.
+#pragma once
+
+#include <cstdint>
+
+#include "qvgen/common.h"
+
+namespace qvgen {
+namespace int8 {
+
+struct QuantArgs {
+  const void* x;           // [M, K] of x_dtype
+  DType x_dtype;
+  int64_t k;
+  int bits;                // activation bits (3, 4, 8)
+  int64_t groups;          // G row sums per row (K / G columns each)
+  const float* clip_lo;    // [M] or [1]
+  const float* clip_hi;
+  int64_t clip_stride;     // 1 or 0 (one clip pair for every row)
+  int8_t* a;               // [M, K] out: a' = q_x - c_a
+  float* scale;            // [M] out: s_x
+  int32_t* rowsum;         // [M, G] out: r_g = sum_{k in g} (q_x - z_x)
+  int32_t* offset;         // [M] out: d = c_a - z_x
+  int32_t* nonfinite;      // [M] out: 1 where the row holds a NaN or an infinity
+};
+
+// One tile of the epilogue: rows [r0, r1) (the caller's range) and columns [n0, n1) of the output.
+// acc and partial are tile buffers: element (r, j) sits at (r - row0) * tile_stride + (j - n0).
+struct EpilogueArgs {
+  const int32_t* acc;      // acc_g of one group, tile buffer
+  const float* a_scale;    // [M]
+  const int32_t* rowsum;   // [M, G]
+  const int32_t* offset;   // [M]
+  const int32_t* colsum;   // [G, N] (group-major, so a row of N is contiguous)
+  const float* w_scale;    // [G, N] (G = 1: per channel)
+  const float* w_zero;     // [G, N]
+  const float* bias;       // [N] or nullptr
+  int64_t n, groups, group; // N, G and this call's group index
+  int64_t group_size;
+  int64_t row0, n0, n1, tile_stride;
+  int w_offset;            // c_w
+  bool grouped;            // scales [N, G] (group epilogue) rather than [N]
+  float* partial;          // fp32 running group sum t, tile buffer (grouped only)
+  void* out;               // [M, N] of out_dtype (written by the last group / per channel)
+  DType out_dtype;
+};
+
+// Rows [r0, r1) of the quantization.
+void quantize_rows(const QuantArgs& args, int64_t r0, int64_t r1);
+
+// Rows [r0, r1) of the epilogue for group args.group (per channel: the only call).
+void epilogue_rows(const EpilogueArgs& args, int64_t r0, int64_t r1);
+
+// Whether the vectorised (AVX-512) code runs; it is chosen once from the CPU's features, and can be
+// turned off to test the portable code on the same machine. Returns the previous setting.
+bool set_simd(bool enabled);
+bool simd_active();
+
+}  // namespace int8
+}  // namespace qvgen
