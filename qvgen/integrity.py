@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -100,8 +101,9 @@ def file_digest(path: Path) -> str:
 def write_error(op: str, file: Path, error: BaseException, kept: str) -> OSError:
     """An OSError naming the file being written, the cause (errno kept: ENOSPC stays ENOSPC) and what was kept."""
     code = getattr(error, "errno", None)
-    if code is None and "No space left" in str(error):
-        code = errno.ENOSPC  # safetensors' Rust writer reports it as text only
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    if code is None and found:
+        code = int(found.group(1))  # safetensors' Rust writer reports it as text only
     reason = os.strerror(code) if code else str(error)
     return OSError(code or errno.EIO, f"{op}: could not write {file}: {reason} ({error}); {kept}")
 

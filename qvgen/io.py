@@ -17,7 +17,7 @@ from qvgen_kernels.format import fail
 
 from . import atomic_dir
 from .config import QuantConfig
-from .integrity import (check_digests, digests, fsync_path, read_safetensors, text_digest,
+from .integrity import (check_digests, digests, fsync_path, read_safetensors, text_digest, write_error,
                         write_text_durably)
 from .qlinear import QLinear
 from .swap import attach, iter_qlinears, model_config, swap_linears
@@ -88,19 +88,30 @@ def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
     tensors = state_for_file(model.state_dict())
     record = {META_HASH_KEY: text_digest(meta_text), META_TEXT_KEY: meta_text,
               TENSOR_HASH_KEY: json.dumps(digests(tensors))}
+    if _complete(path):
+        atomic_dir.clean(path)  # leftovers of killed saves; kept while they may be the only complete copy
     tmp = atomic_dir.new_tmp(path)
     try:
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=record)
-        fsync_path(tmp / WEIGHTS_NAME)
-        # qvgen.json last, whole or absent: its presence marks a complete copy.
-        write_text_durably(tmp / (META_NAME + ".part"), meta_text)
-        os.rename(tmp / (META_NAME + ".part"), tmp / META_NAME)
-        fsync_path(tmp)
+        _write(tmp, tensors, record, meta_text, kept=f"the checkpoint at {path} is unchanged")
         atomic_dir.publish(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _write(tmp: Path, tensors: dict[str, torch.Tensor], record: dict[str, str], meta_text: str, kept: str) -> None:
+    file = tmp / WEIGHTS_NAME
+    try:
+        save_file(tensors, str(file), metadata=record)
+        fsync_path(file)
+        # qvgen.json last, whole or absent: its presence marks a complete copy.
+        file = tmp / (META_NAME + ".part")
+        write_text_durably(file, meta_text)
+        os.rename(file, tmp / META_NAME)
+        fsync_path(tmp)
+    except Exception as e:  # a full disk: safetensors reports it as text, Python as OSError
+        raise write_error("save_quantized", file, e, kept) from e
 
 
 def _complete(path: Path) -> bool:
