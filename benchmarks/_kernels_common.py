@@ -20,7 +20,7 @@ import torch
 from benchmarks import _harness
 from benchmarks.report_model import device_dir
 from benchmarks.shapes import FULL, get_shape
-from qvgen_kernels import _dispatch
+from qvgen_kernels import registry
 
 SMALL_M = (1, 4, 16, 64, 256)
 
@@ -200,7 +200,7 @@ def parse_run(ap: argparse.ArgumentParser, argv: list[str] | None, prog: str
     args = ap.parse_args(argv)
     args.backends = [b for b in args.backends.split(",") if b]
     for b in args.backends:
-        _dispatch.normalize(prog, b)
+        registry.normalize(prog, b)
     device, dtype, args.warmup, args.repeats = resolve_run(args)
     peaks = measure_peaks(device, args.smoke, args.warmup, args.repeats)
     return args, device, dtype, peaks

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from benchmarks import _kernels_common as kc
-from qvgen_kernels import _dispatch, ops
+from qvgen_kernels import ops, registry
 
 BACKENDS = ("reference", "triton")
 BITS = 4
@@ -62,15 +62,15 @@ def _fq_fn(kind: str, sh: kc.LayerShape, device: torch.device, dtype: torch.dtyp
 @contextlib.contextmanager
 def _backend_env(name: str) -> Iterator[None]:
     """QVGEN_BACKEND=name inside the block ('auto' leaves it unset)."""
-    old = os.environ.pop(_dispatch.ENV_VAR, None)
+    old = os.environ.pop(registry.ENV_VAR, None)
     if name != "auto":
-        os.environ[_dispatch.ENV_VAR] = name
+        os.environ[registry.ENV_VAR] = name
     try:
         yield
     finally:
-        os.environ.pop(_dispatch.ENV_VAR, None)
+        os.environ.pop(registry.ENV_VAR, None)
         if old is not None:
-            os.environ[_dispatch.ENV_VAR] = old
+            os.environ[registry.ENV_VAR] = old
 
 
 def _step_rows(sh: kc.LayerShape, device: torch.device, dtype: torch.dtype, args: argparse.Namespace
@@ -90,11 +90,11 @@ def _step_rows(sh: kc.LayerShape, device: torch.device, dtype: torch.dtype, args
     qvgen.set_timesteps(q, 500)
     params = [p for p in q.parameters() if p.requires_grad]
     for name in ("auto",) + tuple(args.backends):
-        reason = None if name == "auto" else _dispatch.unavailable_reason(name, device)
+        reason = None if name == "auto" else registry.unavailable_reason(name, device)
         row = {"provider": f"step:qlinear[{name}]"}
         if reason is None:
             with _backend_env(name):
-                row["resolved_backend"] = _dispatch.resolve("fake_quant_act", device)[0]
+                row["resolved_backend"] = registry.resolve("fake_quant_act", device)[0]
                 row.update(kc.timed(lambda: torch.autograd.grad(q(x), params, g), device, args.warmup,
                                     args.repeats))
         else:
@@ -115,7 +115,7 @@ def bench_shape(sh: kc.LayerShape, device: torch.device, dtype: torch.dtype, arg
         ref_us = None
         for backend in args.backends:
             row: dict[str, Any] = {"provider": f"{backend}:{kind}", "backend": backend, "kind": kind}
-            reason = _dispatch.unavailable_reason(backend, device)
+            reason = registry.unavailable_reason(backend, device)
             if reason is None:
                 fn, nbytes = _fq_fn(kind, sh, device, dtype, backend)
                 row.update(kc.timed(fn, device, args.warmup, args.repeats))

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import _kernels_common as kc
-from qvgen_kernels import _dispatch, ops
+from qvgen_kernels import ops, registry
 from qvgen_kernels.format import packed_width, qmax
 
 BITS = ((4, 4), (3, 3), (4, 8), (8, 8))
@@ -81,14 +81,14 @@ def _lowbit(x: torch.Tensor, n: int, wb: int, ab: int, backend: str, mode: str, 
         if entry == "ops":
             return (lambda: ops.lowbit_gemm(*q, w_packed, w_scale, w_zero, None, w_bits=wb, a_bits=ab, k=k,
                                             out_dtype=x.dtype, backend=backend)), nbytes
-        impl = _dispatch.resolve("lowbit_gemm", dev, backend)[1]
+        impl = registry.resolve("lowbit_gemm", dev, backend)[1]
         return (lambda: impl(*q, w_packed, w_scale, w_zero, None, wb, ab, k, x.dtype)), nbytes
     nbytes = m * k * e + 8 * m + wbytes + m * n * e
     if entry == "ops":
         return (lambda: ops.lowbit_linear(x, w_packed, w_scale, w_zero, None, w_bits=wb, a_bits=ab,
                                           backend=backend)), nbytes
-    quant = _dispatch.resolve("quantize_per_token", dev, backend)[1]
-    gemm = _dispatch.resolve("lowbit_gemm", dev, backend)[1]
+    quant = registry.resolve("quantize_per_token", dev, backend)[1]
+    gemm = registry.resolve("lowbit_gemm", dev, backend)[1]
     ones = torch.ones(m, device=dev)
     return (lambda: gemm(*quant(x, ab, ones, ones), w_packed, w_scale, w_zero, None, wb, ab, k, x.dtype)), nbytes
 
@@ -127,7 +127,7 @@ def bench_shape(sh: kc.LayerShape, device: torch.device, dtype: torch.dtype, arg
         rows.append({"provider": name, "family": "baseline", **kc.timed(fn, device, args.warmup, args.repeats),
                      "_bytes": nbytes})
     for backend in args.backends:
-        reason = _dispatch.unavailable_reason(backend, device)
+        reason = registry.unavailable_reason(backend, device)
         for wb, ab in BITS:
             for mode in MODES:
                 row = {"provider": f"{backend}:{mode}:w{wb}a{ab}", "family": "qvgen", "backend": backend,

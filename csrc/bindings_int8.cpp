@@ -33,10 +33,10 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w_int8, const at::
   TORCH_CHECK_VALUE(x.dim() == 2 && w_int8.dim() == 2 && x.size(1) == w_int8.size(1), op,
                     ": expected x [M, K] and w_int8 [N, K], got ", x.sizes(), " and ", w_int8.sizes());
   const int64_t m = x.size(0), k = x.size(1), n = w_int8.size(0), groups = w_colsum.size(0);
-  TORCH_CHECK_VALUE(w_colsum.sizes() == at::IntArrayRef({groups, n}) && w_scale.sizes() == w_colsum.sizes() &&
-                        w_zero.sizes() == w_colsum.sizes() && groups >= 1 && k % groups == 0,
-                    op, ": expected w_colsum, w_scale, w_zero of shape [G, N] with G | K, got ", w_colsum.sizes(),
-                    ", ", w_scale.sizes(), ", ", w_zero.sizes());
+  TORCH_CHECK_VALUE(w_colsum.dim() == 2 && w_colsum.size(1) == n && groups >= 1 && k % groups == 0 &&
+                        w_scale.numel() == groups * n && w_zero.numel() == groups * n,
+                    op, ": expected w_colsum [G, N] with G | K and w_scale, w_zero of G * N values, got ",
+                    w_colsum.sizes(), ", ", w_scale.sizes(), ", ", w_zero.sizes());
   TORCH_CHECK_VALUE(clip_lo.numel() == m || clip_lo.numel() == 1, op, ": clip_lo expected ", m, " or 1 values, got ",
                     clip_lo.numel());
   TORCH_CHECK_VALUE(clip_hi.numel() == clip_lo.numel(), op, ": clip_hi expected ", clip_lo.numel(),
@@ -57,10 +57,18 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w_int8, const at::
                     a.data_ptr<int8_t>(), scale.data_ptr<float>(), rowsum.data_ptr<int32_t>(),
                     offset.data_ptr<int32_t>(), nonfinite.data_ptr<int32_t>()};
   at::parallel_for(0, m, grain(k), [&](int64_t r0, int64_t r1) { int8::quantize_rows(q, r0, r1); });
-  // The data check of the op registry, folded into the quantize pass (no second read of x).
+  // The data checks of the op registry, folded into this op (no second read of x).
   const int32_t* nf = nonfinite.data_ptr<int32_t>();
+  const float* plo = lo.data_ptr<float>();
+  const float* phi = hi.data_ptr<float>();
   for (int64_t r = 0; r < m; ++r) {
     TORCH_CHECK_VALUE(!nf[r], "lowbit_linear: argument 'x' expected finite values, got NaN or Inf in row ", r);
+  }
+  for (int64_t r = 0; r < lo.numel(); ++r) {
+    TORCH_CHECK_VALUE(plo[r] > 0.0f && plo[r] <= 1.0f, "lowbit_linear: argument 'clip_lo' expected clip factors"
+                      " in (0, 1], got ", plo[r], " at row ", r);
+    TORCH_CHECK_VALUE(phi[r] > 0.0f && phi[r] <= 1.0f, "lowbit_linear: argument 'clip_hi' expected clip factors"
+                      " in (0, 1], got ", phi[r], " at row ", r);
   }
 
   const at::Tensor cs = w_colsum.contiguous(), ws = w_scale.contiguous(), wz = w_zero.contiguous();

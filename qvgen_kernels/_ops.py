@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _dispatch
+from . import registry
 from .format import fail, packed_width
 from .reference.pack import check_codes_range
 
@@ -56,9 +56,15 @@ def _check_act(op: str, x: Tensor, clip_lo: Tensor, clip_hi: Tensor) -> None:
     _check_clip(op, "clip_hi", clip_hi)
 
 
-def _check_weight_params(op: str, scale: Tensor, zero: Tensor) -> None:
-    _check_positive(op, "scale", scale)
-    _check_finite(op, "zero", zero)
+def check_weight_params(op: str, scale: Tensor, zero: Tensor, names: tuple[str, str] = ("scale", "zero")) -> None:
+    """Weight scales finite and > 0 (a negative one would negate the output), zero points finite."""
+    _check_positive(op, names[0], scale)
+    _check_finite(op, names[1], zero)
+
+
+def check_range(op: str, arg: str, t: Tensor, lo: int, hi: int) -> None:
+    if t.numel() and not bool(((t >= lo) & (t <= hi)).all()):
+        fail(op, arg, f"values in [{lo}, {hi}]", f"values in [{int(t.min())}, {int(t.max())}]")
 
 
 # ---- packing -------------------------------------------------------------------------------------
@@ -68,7 +74,7 @@ def pack(codes: Tensor, bits: int, backend: Optional[str] = None) -> Tensor:
     """uint8 codes ``[R, K]`` -> packed ``[R, packed_width(K, bits)]``."""
     if check_data(codes):
         check_codes_range("pack", "codes", codes, bits)
-    return _dispatch.call("pack", codes.device, backend, codes, bits)
+    return registry.call("pack", codes.device, backend, codes, bits)
 
 
 @pack.register_fake
@@ -79,7 +85,7 @@ def _(codes: Tensor, bits: int, backend: Optional[str] = None) -> Tensor:
 @torch.library.custom_op(f"{_NS}::unpack", mutates_args=())
 def unpack(packed: Tensor, bits: int, k: int, backend: Optional[str] = None) -> Tensor:
     """Packed ``[R, packed_width(k, bits)]`` -> uint8 codes ``[R, k]``."""
-    return _dispatch.call("unpack", packed.device, backend, packed, bits, k)
+    return registry.call("unpack", packed.device, backend, packed, bits, k)
 
 
 @unpack.register_fake
@@ -95,7 +101,7 @@ def quantize_per_token(x: Tensor, bits: int, clip_lo: Tensor, clip_hi: Tensor,
     """``x [M, K]``, clips fp32 ``[M]`` -> (packed uint8, scale fp32 [M], zero int32 [M], rowsum int32 [M])."""
     if check_data(x):
         _check_act("quantize_per_token", x, clip_lo, clip_hi)
-    return _dispatch.call("quantize_per_token", x.device, backend, x, bits, clip_lo, clip_hi)
+    return registry.call("quantize_per_token", x.device, backend, x, bits, clip_lo, clip_hi)
 
 
 @quantize_per_token.register_fake
@@ -112,8 +118,8 @@ def quantize_weight(w: Tensor, scale: Tensor, zero: Tensor, bits: int,
     """``w [N, K]``, scale / zero fp32 ``[N]`` or ``[N, G]`` -> uint8 codes ``[N, K]``."""
     if check_data(w):
         _check_finite("quantize_weight", "w", w)
-        _check_weight_params("quantize_weight", scale, zero)
-    return _dispatch.call("quantize_weight", w.device, backend, w, scale, zero, bits)
+        check_weight_params("quantize_weight", scale, zero)
+    return registry.call("quantize_weight", w.device, backend, w, scale, zero, bits)
 
 
 @quantize_weight.register_fake
@@ -128,7 +134,11 @@ def lowbit_gemm(a_packed: Tensor, a_scale: Tensor, a_zero: Tensor, a_rowsum: Ten
                 w_scale: Tensor, w_zero: Tensor, bias: Optional[Tensor], w_bits: int, a_bits: int, k: int,
                 out_dtype: torch.dtype, backend: Optional[str] = None) -> Tensor:
     """Already-quantized activations times packed weights -> ``[M, N]`` in ``out_dtype``."""
-    return _dispatch.call("lowbit_gemm", a_packed.device, backend, a_packed, a_scale, a_zero, a_rowsum,
+    if check_data(a_scale):
+        _check_positive("lowbit_gemm", "a_scale", a_scale)
+        check_range("lowbit_gemm", "a_zero", a_zero, 0, (1 << a_bits) - 1)
+        check_weight_params("lowbit_gemm", w_scale, w_zero, ("w_scale", "w_zero"))
+    return registry.call("lowbit_gemm", a_packed.device, backend, a_packed, a_scale, a_zero, a_rowsum,
                           w_packed, w_scale, w_zero, bias, w_bits, a_bits, k, out_dtype)
 
 
@@ -142,22 +152,34 @@ def _(a_packed, a_scale, a_zero, a_rowsum, w_packed, w_scale, w_zero, bias, w_bi
 def lowbit_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, w_zero: Tensor, bias: Optional[Tensor],
                   w_bits: int, a_bits: int, clip_lo: Tensor, clip_hi: Tensor,
                   backend: Optional[str] = None) -> Tensor:
-    """``x [M, K]`` quantized per token (a_bits < 16) or kept (a_bits = 16) times packed W -> x.dtype."""
-    _dispatch.require("lowbit_linear", x.device, backend)  # name this op if the backend is unavailable
+    """``x [M, K]`` quantized per token (a_bits < 16) or kept (a_bits = 16) times packed W -> x.dtype.
+    Clips fp32 ``[M]`` or ``[1]``."""
     if check_data(x):
         _check_act("lowbit_linear", x, clip_lo, clip_hi)
-    k = x.shape[1]
-    if a_bits == 16:
-        return _dispatch.call("weight_only_linear", x.device, backend, x, w_packed, w_scale, w_zero, bias,
-                              w_bits, k)
-    q = _dispatch.call("quantize_per_token", x.device, backend, x, a_bits, clip_lo, clip_hi)
-    return _dispatch.call("lowbit_gemm", x.device, backend, *q, w_packed, w_scale, w_zero, bias, w_bits,
-                          a_bits, k, x.dtype)
+        check_weight_params("lowbit_linear", w_scale, w_zero, ("w_scale", "w_zero"))
+    return registry.call("lowbit_linear", x.device, backend, x, w_packed, w_scale, w_zero, bias, w_bits, a_bits,
+                         clip_lo, clip_hi)
 
 
 @lowbit_linear.register_fake
 def _(x, w_packed, w_scale, w_zero, bias, w_bits, a_bits, clip_lo, clip_hi, backend=None) -> Tensor:
     return x.new_empty((x.shape[0], w_packed.shape[0]))
+
+
+@torch.library.custom_op(f"{_NS}::prepacked_linear", mutates_args=())
+def prepacked_linear(x: Tensor, weights: list[Tensor], bias: Optional[Tensor], backend: str, w_bits: int,
+                     a_bits: int, k: int, n: int, clip_lo: Tensor, clip_hi: Tensor) -> Tensor:
+    """The deployed layer on ``backend``'s own weight layout (``ops.prepack_linear``), as one opaque node
+    for backends whose kernels torch.compile cannot trace; data checks as for ``lowbit_linear``."""
+    if check_data(x):
+        _check_act("prepacked_linear", x, clip_lo, clip_hi)
+    return registry.resolve("prepacked_linear", x.device, backend)[1](x, tuple(weights), bias, w_bits, a_bits, k,
+                                                                      n, clip_lo, clip_hi)
+
+
+@prepacked_linear.register_fake
+def _(x, weights, bias, backend, w_bits, a_bits, k, n, clip_lo, clip_hi) -> Tensor:
+    return x.new_empty((x.shape[0], n))
 
 
 # ---- fake quant (training), with explicit backward ops -------------------------------------------
@@ -168,8 +190,8 @@ def fake_quant_weight(w: Tensor, scale: Tensor, zero: Tensor, bits: int, grad_sc
     """LSQ+ weight fake quant ``s * (clamp(round(w / s + z), 0, P) - z)``, ``w [N, K]`` -> w.dtype."""
     if check_data(w):
         _check_finite("fake_quant_weight", "w", w)
-        _check_weight_params("fake_quant_weight", scale, zero)
-    return _dispatch.call("fake_quant_weight", w.device, backend, w, scale, zero, bits, grad_scale)
+        check_weight_params("fake_quant_weight", scale, zero)
+    return registry.call("fake_quant_weight", w.device, backend, w, scale, zero, bits, grad_scale)
 
 
 @fake_quant_weight.register_fake
@@ -182,7 +204,7 @@ def fake_quant_weight_backward(grad: Tensor, w: Tensor, scale: Tensor, zero: Ten
                                grad_scale: float, backend: Optional[str] = None
                                ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients ``(grad_w, grad_scale_param, grad_zero)`` of ``fake_quant_weight``."""
-    return _dispatch.call("fake_quant_weight_backward", w.device, backend, grad, w, scale, zero, bits,
+    return registry.call("fake_quant_weight_backward", w.device, backend, grad, w, scale, zero, bits,
                           grad_scale)
 
 
@@ -212,7 +234,7 @@ def fake_quant_act(x: Tensor, bits: int, clip_lo: Tensor, clip_hi: Tensor,
     """Per-token fake quant of ``x [M, K]`` with clips ``[M]`` -> x.dtype."""
     if check_data(x):
         _check_act("fake_quant_act", x, clip_lo, clip_hi)
-    return _dispatch.call("fake_quant_act", x.device, backend, x, bits, clip_lo, clip_hi)
+    return registry.call("fake_quant_act", x.device, backend, x, bits, clip_lo, clip_hi)
 
 
 @fake_quant_act.register_fake
@@ -224,7 +246,7 @@ def _(x, bits, clip_lo, clip_hi, backend=None) -> Tensor:
 def fake_quant_act_backward(grad: Tensor, x: Tensor, bits: int, clip_lo: Tensor, clip_hi: Tensor,
                             backend: Optional[str] = None) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients ``(grad_x, grad_clip_lo, grad_clip_hi)`` of ``fake_quant_act``."""
-    return _dispatch.call("fake_quant_act_backward", x.device, backend, grad, x, bits, clip_lo, clip_hi)
+    return registry.call("fake_quant_act_backward", x.device, backend, grad, x, bits, clip_lo, clip_hi)
 
 
 @fake_quant_act_backward.register_fake
@@ -248,7 +270,7 @@ def _fqa_backward(ctx, grad: Tensor):
 fake_quant_act.register_autograd(_fqa_backward, setup_context=_fqa_setup)
 
 __all__ = [
-    "CHECK_DATA_ENV", "check_data", "fake_quant_act", "fake_quant_act_backward", "fake_quant_weight",
-    "fake_quant_weight_backward", "lowbit_gemm", "lowbit_linear", "pack", "quantize_per_token",
+    "CHECK_DATA_ENV", "check_data", "check_range", "check_weight_params", "fake_quant_act", "fake_quant_act_backward", "fake_quant_weight",
+    "fake_quant_weight_backward", "lowbit_gemm", "lowbit_linear", "pack", "prepacked_linear", "quantize_per_token",
     "quantize_weight", "unpack",
 ]

@@ -28,7 +28,8 @@ Rounding
 
 GEMM (a = q_x - z_x is an integer in [-P, P]; r[m] = sum_k a[m, k])
     Y[m, n] = s_x[m] * s_w[n] * (sum_k a[m, k] * q_w[n, k] - z_w[n] * r[m]) + bias[n]
-    The integer sums are exact in int32; only the epilogue is floating point (fp32).
+    The integer sums are exact in int32 (K * P_a * P_w < 2^31 is required: ``check_accumulator``);
+    only the epilogue is floating point (fp32).
     With weight groups: Y = s_x[m] * sum_g s_w[n, g] * (sum_{k in g} a*q_w - z_w[n, g] * r_g[m]).
 
 Packing (the checkpoint layout; kernels may repack at load time and document their own layout)
@@ -96,11 +97,24 @@ def check_group_size(op: str, group_size: int, k: int) -> int:
     return k // group_size
 
 
+def check_accumulator(op: str, k: int, a_bits: int, w_bits: int) -> None:
+    """The integer core is exact in int32 only while K * P_a * P_w < 2^31 (K: the columns summed into one
+    accumulator, the group size with weight groups); beyond it the sum would wrap. a_bits = 16 (weight
+    only) has no integer core."""
+    if a_bits == 16:
+        return
+    bound = k * qmax(a_bits) * qmax(w_bits)
+    if bound >= 1 << 31:
+        limit = ((1 << 31) - 1) // (qmax(a_bits) * qmax(w_bits))
+        fail(op, "k", f"at most {limit} columns per int32 accumulator at W{w_bits}A{a_bits} "
+             f"(K * {qmax(a_bits)} * {qmax(w_bits)} < 2^31; use weight groups to split K)", k)
+
+
 def num_bytes(n: int, k: int, bits: int) -> int:
     return n * packed_width(k, bits)
 
 
 __all__ = [
-    "ACT_BITS", "ACT_EPS", "FORMAT_VERSION", "PACKED_BITS", "WEIGHT_BITS", "check_bits",
+    "ACT_BITS", "ACT_EPS", "FORMAT_VERSION", "PACKED_BITS", "WEIGHT_BITS", "check_accumulator", "check_bits",
     "check_group_size", "fail", "num_bytes", "pack_factor", "packed_width", "padded_k", "qmax",
 ]

@@ -14,21 +14,22 @@ What is checked when:
                                skipped unless ``$QVGEN_CHECK_DATA=1`` (read on every call) asks for them.
                                Unchecked bad data there gives wrong results (NaN outputs, truncated
                                codes), not an error.
-``backend`` picks the implementation (see ``_dispatch.py``): None = ``$QVGEN_BACKEND`` or automatic.
+``backend`` picks the implementation (see ``registry.py``): None = ``$QVGEN_BACKEND`` or automatic.
 
 Notation: M tokens (product of leading dims), K features, N output channels, G weight groups, b bits.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Union
 
 import torch
 from torch import Tensor
 
-from . import _dispatch, _ops
-from .format import ACT_BITS, PACKED_BITS, WEIGHT_BITS, check_bits, fail, packed_width
+from . import _ops, backends, registry  # noqa: F401  (backends: registrations)
+from .format import ACT_BITS, PACKED_BITS, WEIGHT_BITS, check_accumulator, check_bits, fail, packed_width
 from .reference import quant as _ref_quant
 
 Clip = Union[float, Tensor]
@@ -118,8 +119,13 @@ def _bias(op: str, bias: object, n: int, ref: Tensor) -> Tensor | None:
 def _backend(op: str, backend: object) -> str | None:
     """A valid backend name (or None), checked before any work; availability is checked at dispatch."""
     if backend is not None:
-        _dispatch.normalize(op, backend)  # type: ignore[arg-type]
+        registry.normalize(op, backend)  # type: ignore[arg-type]
     return backend  # type: ignore[return-value]
+
+
+def _group_k(k: int, w_scale: Tensor) -> int:
+    """Columns summed into one integer accumulator: K per channel, the group size per group."""
+    return k // w_scale.shape[1] if w_scale.dim() == 2 else k
 
 
 def _rows(t: Tensor) -> Tensor:
@@ -229,6 +235,7 @@ def lowbit_gemm(a_packed: Tensor, a_scale: Tensor, a_zero: Tensor, a_rowsum: Ten
     w_packed = _packed_weight(op, w_packed, w_bits, k, a_packed)
     n = w_packed.shape[0]
     w_scale, w_zero = _weight_params(op, w_scale, w_zero, n, k, a_packed, names=("w_scale", "w_zero"))
+    check_accumulator(op, _group_k(k, w_scale), a_bits, w_bits)
     bias = _bias(op, bias, n, a_packed)
     out = _ops.lowbit_gemm(_rows(a_packed), a_scale.reshape(-1).float(), a_zero.reshape(-1),
                            a_rowsum.reshape(-1), w_packed, w_scale, w_zero, bias, w_bits, a_bits, k,
@@ -253,6 +260,7 @@ def lowbit_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, w_zero: Tensor, 
     w_packed = _packed_weight(op, w_packed, w_bits, k, x)
     n = w_packed.shape[0]
     w_scale, w_zero = _weight_params(op, w_scale, w_zero, n, k, x, names=("w_scale", "w_zero"))
+    check_accumulator(op, _group_k(k, w_scale), a_bits, w_bits)
     bias = _bias(op, bias, n, x)
     lo, hi = _clip(op, "clip_lo", clip_lo, x, torch.float32), _clip(op, "clip_hi", clip_hi, x, torch.float32)
     out = _ops.lowbit_linear(_rows(x), w_packed, w_scale, w_zero, bias, w_bits, a_bits, lo, hi, backend)
@@ -297,3 +305,107 @@ __all__ = [
     "dequantize_weight", "fake_quant_act", "fake_quant_weight", "lowbit_gemm", "lowbit_linear", "pack",
     "quantize_per_token", "quantize_weight", "unpack",
 ]
+
+
+# ---- deployed layers: weights prepacked once into a backend's own layout --------------------------
+
+class PackedLinear:
+    """The weights of one low-bit linear layer in the layout of the backend that runs it.
+
+    Made once (at load) by ``prepack_linear``; ``prepacked_linear`` then runs the layer with no per-call
+    weight work. The backend is fixed at prepack time (its layout is its own); ``nbytes`` is the memory
+    the layout holds (the int8 CPU layout holds one byte per weight, the tensor-core layout keeps 4 bits).
+    """
+
+    __slots__ = ("backend", "w_bits", "a_bits", "k", "n", "tensors", "_run", "_one")
+
+    def __init__(self, backend: str, w_bits: int, a_bits: int, k: int, n: int, tensors: tuple[Tensor, ...]):
+        self.backend, self.w_bits, self.a_bits, self.k, self.n = backend, w_bits, a_bits, k, n
+        self.tensors = tensors
+        impl = registry.resolve("prepacked_linear", tensors[0].device, backend)[1]
+        if registry.is_traceable(backend):
+            self._run = impl
+        else:  # an opaque node under torch.compile, with the data checks of the custom op
+            self._run = functools.partial(_opaque_prepacked, backend)
+        self._one = torch.ones(1, dtype=torch.float32, device=tensors[0].device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.tensors[0].device
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors)
+
+    def __repr__(self) -> str:
+        return (f"PackedLinear(backend={self.backend!r}, W{self.w_bits}A{self.a_bits}, k={self.k}, n={self.n}, "
+                f"nbytes={self.nbytes})")
+
+
+def _opaque_prepacked(backend, x, tensors, bias, w_bits, a_bits, k, n, lo, hi):
+    return _ops.prepacked_linear(x, list(tensors), bias, backend, w_bits, a_bits, k, n, lo, hi)
+
+
+def prepack_linear(w_packed: Tensor, w_scale: Tensor, w_zero: Tensor, *, w_bits: int, a_bits: int, k: int,
+                   backend: str | None = None) -> PackedLinear:
+    """Convert checkpoint-layout weights (``w_packed [N, packed_width(k, w_bits)]``, scale / zero ``[N]`` or
+    ``[N, G]``) once into the layout of the backend chosen for their device (or ``backend``). The weight
+    parameters are checked here on every device (finite scales > 0, finite zero points): once per load."""
+    op = "prepack_linear"
+    backend = _backend(op, backend)
+    check_bits(op, "w_bits", w_bits, WEIGHT_BITS)
+    check_bits(op, "a_bits", a_bits, ACT_BITS)
+    _positive_int(op, "k", k)
+    w_packed = _packed_weight(op, w_packed, w_bits, k, w_packed)
+    n = w_packed.shape[0]
+    w_scale, w_zero = _weight_params(op, w_scale, w_zero, n, k, w_packed, names=("w_scale", "w_zero"))
+    check_accumulator(op, _group_k(k, w_scale), a_bits, w_bits)
+    _ops.check_weight_params(op, w_scale, w_zero, ("w_scale", "w_zero"))
+    dev = w_packed.device
+    name = registry.resolve("prepacked_linear", dev, backend)[0]
+    prep_name, prep = registry.resolve("prepack_weight", dev, name)
+    name = prep_name  # a backend without its own layout falls back to the reference for both
+    tensors = tuple(prep(w_packed, w_scale.contiguous(), w_zero.contiguous(), w_bits, a_bits, k))
+    return PackedLinear(name, w_bits, a_bits, k, n, tensors)
+
+
+def prepacked_linear(x: Tensor, packed: PackedLinear, bias: Tensor | None = None, clip_lo: Clip = 1.0,
+                     clip_hi: Clip = 1.0) -> Tensor:
+    """``lowbit_linear`` with weights from ``prepack_linear``: ``x [..., K]`` -> ``[..., N]`` in x.dtype.
+
+    Checks here are host-side metadata only (this is the per-call path of every deployed layer); the data
+    checks (finite x, clips in (0, 1]) run inside the backend's op, on CPU folded into its single pass.
+    """
+    op = "prepacked_linear"
+    if not isinstance(packed, PackedLinear):
+        fail(op, "packed", "a PackedLinear (from prepack_linear)", type(packed).__name__, TypeError)
+    if not isinstance(x, Tensor):
+        fail(op, "x", "a torch.Tensor", type(x).__name__, TypeError)
+    if x.dtype not in _ACT_DTYPES:
+        fail(op, "x", f"dtype in {tuple(str(d) for d in _ACT_DTYPES)}", x.dtype, TypeError)
+    if x.dim() == 0 or x.shape[-1] != packed.k:
+        fail(op, "x", f"a tensor [..., {packed.k}]", f"shape {tuple(x.shape)}")
+    if x.device != packed.device:
+        fail(op, "x", f"device {packed.device} (the prepacked weights')", x.device)
+    if bias is not None:
+        _bias(op, bias, packed.n, x)
+    lo, hi = _fast_clip(op, "clip_lo", clip_lo, x, packed), _fast_clip(op, "clip_hi", clip_hi, x, packed)
+    x2 = x.reshape(-1, packed.k)
+    out = packed._run(x2, packed.tensors, bias, packed.w_bits, packed.a_bits, packed.k, packed.n, lo, hi)
+    return out.view(*x.shape[:-1], packed.n)
+
+
+def _fast_clip(op: str, arg: str, clip: Clip, x: Tensor, packed: PackedLinear) -> Tensor:
+    """fp32 ``[1]`` (one pair for every row) or ``[M]``; the common cases cost no tensor op."""
+    if isinstance(clip, Tensor) and clip.dtype == torch.float32 and clip.numel() == 1 and clip.device == x.device:
+        return clip.reshape(1)
+    if isinstance(clip, float) and clip == 1.0:
+        return packed._one
+    if isinstance(clip, (float, int)) and not isinstance(clip, bool):
+        if not 0.0 < clip <= 1.0:
+            fail(op, arg, "a clip factor in (0, 1]", clip)
+        return torch.full((1,), float(clip), dtype=torch.float32, device=x.device)
+    return _clip(op, arg, clip, x, torch.float32)
+
+
+__all__ += ["PackedLinear", "prepack_linear", "prepacked_linear"]

@@ -12,7 +12,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from qvgen_kernels import _dispatch
+from qvgen_kernels import registry
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -24,10 +24,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(params=_dispatch.BACKENDS)
+@pytest.fixture(params=registry.backend_names())
 def backend(request: pytest.FixtureRequest) -> str:
     """Every backend that can run on CPU here (ext if built, triton under TRITON_INTERPRET=1)."""
-    reason = _dispatch.unavailable_reason(request.param, torch.device("cpu"))
+    reason = registry.unavailable_reason(request.param, torch.device("cpu"))
     if reason is not None:
         pytest.skip(f"backend {request.param!r} unavailable on CPU: {reason}")
     return request.param

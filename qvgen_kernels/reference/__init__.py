@@ -8,6 +8,7 @@ from .fake_quant import (
     scale_grad,
 )
 from .gemm import lowbit_gemm, weight_only_linear
+from .linear import lowbit_linear, prepack_weight, prepacked_linear
 from .pack import pack, unpack
 from .quant import (
     act_qparams, dequantize_act, dequantize_weight, quantize_act_codes, quantize_per_token,
@@ -16,6 +17,7 @@ from .quant import (
 
 __all__ = [
     "act_qparams", "dequantize_act", "dequantize_weight", "fake_quant_act", "fake_quant_act_backward",
-    "fake_quant_weight", "fake_quant_weight_backward", "lowbit_gemm", "pack", "quantize_act_codes",
+    "fake_quant_weight", "fake_quant_weight_backward", "lowbit_gemm", "lowbit_linear", "pack",
+    "prepack_weight", "prepacked_linear", "quantize_act_codes",
     "quantize_per_token", "quantize_weight", "round_ste", "scale_grad", "unpack", "weight_only_linear",
 ]
