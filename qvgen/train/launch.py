@@ -83,11 +83,14 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.resume_override and not args.resume:
         fail("qvgen train", "--resume-override", "to be used with --resume", args.resume_override)
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     rank, world, device = init_from_env(resolve_device(args.device))
     mode = _parallel(args, world)
     model = load_diffusers_model(args.model).to(device)
     adapter = adapter_for(model, args.arch)
-    teacher = copy.deepcopy(model).to(TEACHER_DTYPES[args.teacher_dtype]).eval().requires_grad_(False)
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    if args.teacher_dtype != "fp32":  # every parameter: an FSDP2 group holds one dtype
+        teacher = teacher.to(TEACHER_DTYPES[args.teacher_dtype])
     data_fn = _data_fn(args, teacher, adapter, device, rank, world)
     qcfg = QuantConfig.preset(args.preset, rank=args.rank)
     torch.manual_seed(args.seed)  # randomized SVDs: the same Phi on every rank
@@ -103,7 +106,8 @@ def run_train(args: argparse.Namespace) -> int:
     _deploy(args, student, qcfg, mode == "fsdp", rank)
     if world > 1:
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        if owns_group:
+            torch.distributed.destroy_process_group()
     return 0
 
 

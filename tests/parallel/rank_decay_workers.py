@@ -46,17 +46,19 @@ def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in sd.items()}
 
 
-def worker(rank: int, world: int, mode: str, out: str) -> None:
-    model = make_model()
-    if mode == "ddp":
-        wrapped = nn.parallel.DistributedDataParallel(model)
-    else:
-        from torch.distributed.fsdp import fully_shard
+def worker(rank: int, world: int, out: str) -> None:
+    """Both modes in one launch: DDP, then FSDP2 (one QLinear per unit, then the root)."""
+    from torch.distributed.fsdp import fully_shard
 
-        for _, q in iter_qlinears(model):
-            fully_shard(q)
-        wrapped = fully_shard(model)
-    train(model, wrapped, rank, world)
-    state = full_state(model) if mode == "fsdp" else {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if rank == 0:
-        torch.save(state, out)
+    for mode in ("ddp", "fsdp"):
+        model = make_model()
+        if mode == "ddp":
+            wrapped = nn.parallel.DistributedDataParallel(model)
+        else:
+            for _, q in iter_qlinears(model):
+                fully_shard(q)
+            wrapped = fully_shard(model)
+        train(model, wrapped, rank, world)
+        state = full_state(model) if mode == "fsdp" else {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if rank == 0:
+            torch.save(state, f"{out}.{mode}")

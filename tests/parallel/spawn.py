@@ -29,7 +29,8 @@ def _entry(rank: int, fn, world: int, port: int, args: tuple) -> None:
     try:
         fn(rank, world, *args)
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def run_workers(fn, *args, world: int = 2, timeout: float = 60.0) -> None:
