@@ -357,9 +357,11 @@ class Distiller:
                 self.save(done)
         bar.close()
         if self.decay is not None:
-            # cfg.steps >= end_step: Phi is removed from every layer (masked when sharded). finish() when the
-            # decay has it; step() for wrappers exposing only step/state_dict/load_state_dict.
-            if hasattr(self.decay, "finish"):
+            # cfg.steps >= end_step: Phi is removed from every layer (masked when sharded). RankDecay.finish();
+            # step() for wrappers exposing only step/state_dict/load_state_dict.
+            from qvgen.rank_decay import RankDecay
+
+            if isinstance(self.decay, RankDecay):
                 self.decay.finish()
             else:
                 self.decay.step(self.cfg.steps)
