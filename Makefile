@@ -12,6 +12,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml setup.py $(shell find csrc -
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH_PIN)
 	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -r csrc/requirements-cuda.txt
 	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
@@ -24,8 +25,9 @@ pytest: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Standalone CMake build of csrc: torch-free C++ tests (CTest) and nvcc compile checks of every CUDA
-# source for sm_80 and sm_90a when a CUDA compiler is present.
-cmake-check:
+# source for sm_80 and sm_90a when a CUDA compiler is present (the tensor-core GEMMs need the CUTLASS headers
+# that setup installs).
+cmake-check: setup
 	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release
 	cmake --build build/cmake -j $(MAX_JOBS)
 	ctest --test-dir build/cmake --output-on-failure

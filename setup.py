@@ -10,6 +10,9 @@ Environment:
                           is visible; with a visible GPU torch picks that GPU's architecture).
     MAX_JOBS              parallel compile jobs (read by torch's ninja build).
     QVGEN_NO_EXTENSION=1  skip the extension (pure Python install; the Triton / reference kernels remain).
+    QVGEN_CUTLASS_INCLUDE CUTLASS include directory for the tensor-core GEMMs (csrc/cuda/tc); by default the
+                          headers of the pinned ``nvidia-cutlass`` wheel (csrc/requirements-cuda.txt, installed
+                          with --no-deps). Without them a CUDA build leaves out the qvgen_ext::tc_* ops.
 """
 
 from __future__ import annotations
@@ -25,6 +28,19 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 def _sources(pattern: str) -> list[str]:
     """Sources under csrc/, relative to the repository root (setuptools wants relative paths)."""
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc", pattern)))
+
+
+def _cutlass_include() -> str | None:
+    """CUTLASS / CuTe headers for the tensor-core GEMMs, or None (those kernels are then left out)."""
+    import importlib.util
+
+    path = os.environ.get("QVGEN_CUTLASS_INCLUDE")
+    if not path:
+        spec = importlib.util.find_spec("cutlass_library")  # the nvidia-cutlass wheel's headers, not imported
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = os.path.join(list(spec.submodule_search_locations)[0], "source", "include")
+    return path if os.path.exists(os.path.join(path, "cute", "arch", "mma_sm90_gmma.hpp")) else None
 
 
 def _extensions() -> tuple[list, dict]:
@@ -46,6 +62,13 @@ def _extensions() -> tuple[list, dict]:
         sources += ["csrc/bindings_cuda.cpp", *_sources("cuda/*.cu")]
         cxx.append("-DQVGEN_WITH_CUDA")
         nvcc = ["-O3", "-std=c++17", "-DQVGEN_WITH_CUDA", "--fmad=false"]
+        cutlass = _cutlass_include()
+        if cutlass:
+            sources += ["csrc/bindings_cuda_tc.cpp", *_sources("cuda/tc/*.cu")]
+            nvcc += ["-isystem", cutlass]
+        else:
+            print("qvgen: no CUTLASS headers (pip install --no-deps -r csrc/requirements-cuda.txt); "
+                  "building without the tensor-core GEMMs (qvgen_ext::tc_*)")
         ext = CUDAExtension("qvgen_kernels._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
     else:
         ext = CppExtension("qvgen_kernels._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
