@@ -30,30 +30,32 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w_int8, const at::
                        int64_t w_bits, int64_t a_bits, bool grouped, const at::Tensor& clip_lo,
                        const at::Tensor& clip_hi) {
   constexpr const char* op = "qvgen_ext::int8_linear";
-  TORCH_CHECK_VALUE(x.dim() == 2 && w_int8.dim() == 2 && x.size(1) == w_int8.size(1), op,
-                    ": expected x [M, K] and w_int8 [N, K], got ", x.sizes(), " and ", w_int8.sizes());
+  // K = 1 is stored padded to 2 columns: oneDNN's s8 GEMM returns wrong sums for K = 1 and N > 1.
+  TORCH_CHECK_VALUE(x.dim() == 2 && w_int8.dim() == 2 && w_int8.size(1) == std::max<int64_t>(x.size(1), 2), op,
+                    ": expected x [M, K] and w_int8 [N, max(K, 2)], got ", x.sizes(), " and ", w_int8.sizes());
   const int64_t m = x.size(0), k = x.size(1), n = w_int8.size(0), groups = w_colsum.size(0);
+  const int64_t k_gemm = w_int8.size(1);
   TORCH_CHECK_VALUE(w_colsum.dim() == 2 && w_colsum.size(1) == n && groups >= 1 && k % groups == 0 &&
                         w_scale.numel() == groups * n && w_zero.numel() == groups * n,
                     op, ": expected w_colsum [G, N] with G | K and w_scale, w_zero of G * N values, got ",
                     w_colsum.sizes(), ", ", w_scale.sizes(), ", ", w_zero.sizes());
   TORCH_CHECK_VALUE(clip_lo.numel() == m || clip_lo.numel() == 1, op, ": clip_lo expected ", m, " or 1 values, got ",
                     clip_lo.numel());
-  TORCH_CHECK_VALUE(clip_hi.numel() == clip_lo.numel(), op, ": clip_hi expected ", clip_lo.numel(),
-                    " values, got ", clip_hi.numel());
+  TORCH_CHECK_VALUE(clip_hi.numel() == m || clip_hi.numel() == 1, op, ": clip_hi expected ", m, " or 1 values, got ",
+                    clip_hi.numel());
   at::Tensor out = at::empty({m, n}, x.options());
   if (x.is_meta() || m == 0 || n == 0) return out;
 
   const at::Tensor xs = x.contiguous(), wq = w_int8.contiguous();
   const at::Tensor lo = clip_lo.to(at::kFloat).contiguous(), hi = clip_hi.to(at::kFloat).contiguous();
   const auto opts = x.options();
-  at::Tensor a = at::empty({m, k}, opts.dtype(at::kChar));
+  at::Tensor a = k_gemm == k ? at::empty({m, k}, opts.dtype(at::kChar)) : at::zeros({m, k_gemm}, opts.dtype(at::kChar));
   at::Tensor scale = at::empty({m}, opts.dtype(at::kFloat));
   at::Tensor rowsum = at::empty({m, groups}, opts.dtype(at::kInt));
   at::Tensor offset = at::empty({m}, opts.dtype(at::kInt));
   at::Tensor nonfinite = at::empty({m}, opts.dtype(at::kInt));
-  int8::QuantArgs q{xs.data_ptr(), tag_of(xs.scalar_type()), k, static_cast<int>(a_bits), groups,
-                    lo.data_ptr<float>(), hi.data_ptr<float>(), lo.numel() == 1 ? 0 : 1,
+  int8::QuantArgs q{xs.data_ptr(), tag_of(xs.scalar_type()), k, k_gemm, static_cast<int>(a_bits), groups,
+                    lo.data_ptr<float>(), hi.data_ptr<float>(), lo.numel() == 1 ? 0 : 1, hi.numel() == 1 ? 0 : 1,
                     a.data_ptr<int8_t>(), scale.data_ptr<float>(), rowsum.data_ptr<int32_t>(),
                     offset.data_ptr<int32_t>(), nonfinite.data_ptr<int32_t>()};
   at::parallel_for(0, m, grain(k), [&](int64_t r0, int64_t r1) { int8::quantize_rows(q, r0, r1); });
@@ -67,13 +69,15 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w_int8, const at::
   for (int64_t r = 0; r < lo.numel(); ++r) {
     TORCH_CHECK_VALUE(plo[r] > 0.0f && plo[r] <= 1.0f, "lowbit_linear: argument 'clip_lo' expected clip factors"
                       " in (0, 1], got ", plo[r], " at row ", r);
+  }
+  for (int64_t r = 0; r < hi.numel(); ++r) {
     TORCH_CHECK_VALUE(phi[r] > 0.0f && phi[r] <= 1.0f, "lowbit_linear: argument 'clip_hi' expected clip factors"
                       " in (0, 1], got ", phi[r], " at row ", r);
   }
 
   const at::Tensor cs = w_colsum.contiguous(), ws = w_scale.contiguous(), wz = w_zero.contiguous();
   const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
-  const int64_t gs = k / groups;
+  const int64_t gs = k / groups, gs_gemm = k_gemm / groups;  // k_gemm > k only with one group
   // Output tiles, N-major so that a thread's tiles share weight columns; the int32 tile stays in
   // cache between the engine and the epilogue (a whole [M, N] int32 buffer would go through DRAM).
   const int64_t tm = std::min<int64_t>(m, kTileM), mt = ceil_div(m, tm);
@@ -89,8 +93,8 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w_int8, const at::
       const int64_t rows = std::min(tm, m - m0), cols = std::min(tn, n - n0);
       at::Tensor acc = acc_buf.narrow(0, 0, rows * cols).view({rows, cols});
       for (int64_t g = 0; g < groups; ++g) {
-        at::_int_mm_out(acc, a.narrow(0, m0, rows).narrow(1, g * gs, gs),
-                        wq.narrow(0, n0, cols).narrow(1, g * gs, gs).t());
+        at::_int_mm_out(acc, a.narrow(0, m0, rows).narrow(1, g * gs_gemm, gs_gemm),
+                        wq.narrow(0, n0, cols).narrow(1, g * gs_gemm, gs_gemm).t());
         int8::EpilogueArgs e{acc.data_ptr<int32_t>(), scale.data_ptr<float>(), rowsum.data_ptr<int32_t>(),
                              offset.data_ptr<int32_t>(), cs.data_ptr<int32_t>(), ws.data_ptr<float>(),
                              wz.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr, n, groups, g, gs,

@@ -25,7 +25,9 @@ class QLinear(nn.Linear):
     """nn.Linear with QVGen quantization. Keeps the `weight` / `bias` names.
 
     mode "qat":    y = Qw(W) Qa(x) + b + (L * gamma) (R Qa(x))   (Phi while its rank > 0)
-    mode "deploy": packed weight codes + the low-bit GEMM of `qvgen_kernels.ops.lowbit_linear`.
+    mode "deploy": packed weight codes (the checkpoint layout) + the low-bit kernels: the codes are prepacked
+                   once into the layout of the backend that runs them (`qvgen_kernels.ops.prepack_linear`;
+                   rebuilt after `.to()` / loading), then every call is one `prepacked_linear`.
     Activation clips are chosen per sample from the model's timestep groups (see qvgen.timestep).
     """
 
@@ -44,6 +46,7 @@ class QLinear(nn.Linear):
         # A standalone layer takes no timestep: clip group 0 until one is set (quantize_model replaces this
         # state by the model's, which follows the model's `timestep` argument).
         setattr(self, STATE_ATTR, TimestepState(cfg.clip_groups, cfg.num_train_timesteps, default_group=0))
+        self._packed: ops.PackedLinear | None = None  # deploy mode: the backend's weight layout
         self._set_phi_shape(cfg.rank, device)
 
     def _set_phi_shape(self, rank: int, device: torch.device | None = None) -> None:
@@ -159,9 +162,9 @@ class QLinear(nn.Linear):
             fail("QLinear", "x", f"a tensor [..., {self.in_features}]", tuple(x.shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        if self.mode == "deploy":
+        if self.mode == "deploy":  # prepacked_linear checks x itself
             return self._forward_deploy(x)
+        self._check_input(x)
         x_hat = x if self.act_quant is None else self.act_quant(x, self._row_index(x))
         y = F.linear(x_hat, self.weight_quant(self.weight), self.bias)
         return y if self.phi_l is None else y + self._phi(x_hat)
@@ -169,19 +172,34 @@ class QLinear(nn.Linear):
     def _deploy_clips(self, x: torch.Tensor) -> tuple[Any, Any]:
         if self.cfg.a_bits == 16:
             return 1.0, 1.0
+        if self.cfg.clip_groups == 1:  # one clip pair for every row: the [1] tables as they are
+            return self.a_clip_lo, self.a_clip_hi
         index = self._row_index(x)
         # take, not [index]: a 0-d tensor index calls .item(), a graph break under torch.compile.
         return torch.take(self.a_clip_lo, index), torch.take(self.a_clip_hi, index)
 
     def _forward_deploy(self, x: torch.Tensor) -> torch.Tensor:
+        packed = self._packed if self._packed is not None else self.prepack()
         c_lo, c_hi = self._deploy_clips(x)
-        y = ops.lowbit_linear(x, self.w_packed, self.w_scale, self.w_zero, self.bias,
-                              w_bits=self.cfg.w_bits, a_bits=self.cfg.a_bits, clip_lo=c_lo, clip_hi=c_hi)
+        y = ops.prepacked_linear(x, packed, self.bias, c_lo, c_hi)
         if self.phi_l is None:
             return y
         with torch.no_grad():
             x_hat = x if self.cfg.a_bits == 16 else ops.fake_quant_act(x, self.cfg.a_bits, c_lo, c_hi)
         return y + self._phi(x_hat).to(y.dtype)
+
+    @torch.no_grad()
+    def prepack(self, backend: str | None = None) -> ops.PackedLinear:
+        """(Re)build the deployed weights in the layout of `backend` (None: the automatic choice for the
+        weights' device, or $QVGEN_BACKEND). Done at `to_deploy` and lazily after `.to()` / loading."""
+        self._require_mode("deploy", "prepack")
+        self._packed = ops.prepack_linear(self.w_packed, self.w_scale, self.w_zero, w_bits=self.cfg.w_bits,
+                                          a_bits=self.cfg.a_bits, k=self.in_features, backend=backend)
+        return self._packed
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "QLinear":
+        self._packed = None  # the buffers may move or change: rebuild the layout from them on next use
+        return super()._apply(fn, recurse)
 
     # --- conversion ----------------------------------------------------------------------------------------
 
@@ -210,6 +228,7 @@ class QLinear(nn.Linear):
         self.weight_quant = None
         self.act_quant = None
         self.mode = "deploy"
+        self.prepack()
         return self
 
     def _dequantized_weight(self) -> torch.Tensor:
@@ -287,6 +306,7 @@ class QLinear(nn.Linear):
             self._phi_active = width if gamma is None else int((gamma != 0).sum())
         elif layer_present and self.phi_l is not None:
             self.remove_phi()
+        self._packed = None  # new codes or scales: rebuild the deployed layout on next use
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _pad_phi_entries(self, state_dict: dict, keys: dict[str, str], width: int) -> None:

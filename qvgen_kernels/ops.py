@@ -192,6 +192,8 @@ def _packed_weight(op: str, w_packed: object, w_bits: int, k: int, ref: Tensor) 
     """``w_packed`` uint8 ``[N, packed_width(k, w_bits)]`` on ``ref``'s device."""
     w_packed = _tensor(op, "w_packed", w_packed, (torch.uint8,), ndim=2)
     _same_device(op, ref, w_packed=w_packed)
+    if w_packed.shape[0] == 0:
+        fail(op, "w_packed", "at least one output channel (N >= 1 rows)", f"shape {tuple(w_packed.shape)}")
     if w_packed.shape[1] != packed_width(k, w_bits):
         fail(op, "w_packed", f"shape [N, packed_width(K={k}, w_bits={w_bits}) = {packed_width(k, w_bits)}]"
              " (K of the activations)", f"{tuple(w_packed.shape)}")

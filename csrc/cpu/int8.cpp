@@ -73,6 +73,7 @@ int act_offset(int bits) { return bits == 8 ? 128 : -1; }  // -1: c_a = z_x
 
 void quantize_row_scalar(const QuantArgs& g, int64_t r) {
   const int64_t k = g.k, base = r * k, gs = k / g.groups;
+  int8_t* a_row = g.a + r * g.a_stride;
   float mn = 0.0f, mx = 0.0f;  // the range always contains 0 (format.py)
   int32_t bad = 0;
   for (int64_t i = 0; i < k; ++i) {
@@ -81,14 +82,14 @@ void quantize_row_scalar(const QuantArgs& g, int64_t r) {
     mn = std::min(mn, v);
     mx = std::max(mx, v);
   }
-  const ActQParams qp = act_qparams(mn, mx, g.clip_lo[r * g.clip_stride], g.clip_hi[r * g.clip_stride], g.bits);
+  const ActQParams qp = act_qparams(mn, mx, g.clip_lo[r * g.lo_stride], g.clip_hi[r * g.hi_stride], g.bits);
   const int32_t z = static_cast<int32_t>(qp.zero);
   const int32_t ca = act_offset(g.bits) < 0 ? z : act_offset(g.bits);
   for (int64_t grp = 0; grp < g.groups; ++grp) {
     int32_t sum = 0;
     for (int64_t i = grp * gs; i < (grp + 1) * gs; ++i) {
       const int32_t q = act_code(load_scalar(g.x, g.x_dtype, base + i), qp, g.bits);
-      g.a[base + i] = static_cast<int8_t>(q - ca);
+      a_row[i] = static_cast<int8_t>(q - ca);
       sum += q - z;
     }
     g.rowsum[r * g.groups + grp] = sum;
@@ -159,6 +160,7 @@ QVGEN_AVX512 inline __m512 load16(const void* x, DType dt, int64_t i, __mmask16 
 
 QVGEN_AVX512 void quantize_row_simd(const QuantArgs& g, int64_t r) {
   const int64_t k = g.k, base = r * k, gs = k / g.groups;
+  int8_t* a_row = g.a + r * g.a_stride;
   __m512 vmn = _mm512_setzero_ps(), vmx = _mm512_setzero_ps();
   const __m512i exp_mask = _mm512_set1_epi32(0x7f800000);
   __mmask16 bad = 0;
@@ -171,7 +173,7 @@ QVGEN_AVX512 void quantize_row_simd(const QuantArgs& g, int64_t r) {
     vmx = _mm512_max_ps(vmx, v);
   }
   const ActQParams qp = act_qparams(_mm512_reduce_min_ps(vmn), _mm512_reduce_max_ps(vmx),
-                                    g.clip_lo[r * g.clip_stride], g.clip_hi[r * g.clip_stride], g.bits);
+                                    g.clip_lo[r * g.lo_stride], g.clip_hi[r * g.hi_stride], g.bits);
   const int32_t z = static_cast<int32_t>(qp.zero);
   const int32_t ca = act_offset(g.bits) < 0 ? z : act_offset(g.bits);
   const __m512 vs = _mm512_set1_ps(qp.scale), vz = _mm512_set1_ps(qp.zero);
@@ -187,7 +189,7 @@ QVGEN_AVX512 void quantize_row_simd(const QuantArgs& g, int64_t r) {
       __m512 q = _mm512_roundscale_ps(_mm512_div_ps(v, vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       q = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(q, vz), v0), vp);
       const __m512i qi = _mm512_cvtps_epi32(q);
-      _mm512_mask_cvtepi32_storeu_epi8(g.a + base + i, m, _mm512_sub_epi32(qi, vca));
+      _mm512_mask_cvtepi32_storeu_epi8(a_row + i, m, _mm512_sub_epi32(qi, vca));
       vsum = _mm512_mask_add_epi32(vsum, m, vsum, _mm512_sub_epi32(qi, vzi));
     }
     g.rowsum[r * g.groups + grp] = _mm512_reduce_add_epi32(vsum);

@@ -7,7 +7,8 @@ format's epilogue is applied to each tile while it is in cache. Exact: the integ
 reference's, the fp32 epilogue follows its operation order (identities in ``csrc/include/qvgen/int8.h``).
 
 Load-time layout (``prepack_weight``), in the order ``int8_linear`` takes them:
-    w_int8   int8 [N, K]  w' = q_w - c_w, c_w = 128 for 8-bit weights, else 0 (codes fit int8 as they are)
+    w_int8   int8 [N, K]  w' = q_w - c_w, c_w = 128 for 8-bit weights, else 0 (codes fit int8 as they are);
+                          K = 1 is padded with a zero column (oneDNN's s8 GEMM is wrong for K = 1, N > 1)
     colsum   int32 [G, N] sum of the codes q_w over each group's columns (G = 1 per channel)
     scale    fp32 [G, N]  w_scale, group-major; [N] per channel (the 1-D shape selects the per-channel
     zero     fp32 [G, N]  w_zero, likewise                         epilogue, whose rounding differs)
@@ -48,6 +49,8 @@ def prepack_weight(w_packed, w_scale, w_zero, w_bits, a_bits, k):
     groups = w_scale.shape[1] if w_scale.dim() == 2 else 1
     colsum = codes.view(n, groups, k // groups).sum(-1, dtype=torch.int32).t().contiguous()
     w_int8 = (codes - (128 if w_bits == 8 else 0)).to(torch.int8)
+    if k == 1:  # oneDNN's s8 GEMM sums K = 1 wrongly when N > 1: a zero column makes it K = 2
+        w_int8 = torch.nn.functional.pad(w_int8, (0, 1))
     if w_scale.dim() == 1:
         return w_int8, colsum, w_scale.float().contiguous(), w_zero.float().contiguous()
     return w_int8, colsum, *(t.t().float().contiguous() for t in (w_scale, w_zero))

@@ -26,12 +26,13 @@ struct QuantArgs {
   const void* x;           // [M, K] of x_dtype
   DType x_dtype;
   int64_t k;
+  int64_t a_stride;        // row stride of a (>= k; the columns past k are left as they are)
   int bits;                // activation bits (3, 4, 8)
   int64_t groups;          // G row sums per row (K / G columns each)
   const float* clip_lo;    // [M] or [1]
   const float* clip_hi;
-  int64_t clip_stride;     // 1 or 0 (one clip pair for every row)
-  int8_t* a;               // [M, K] out: a' = q_x - c_a
+  int64_t lo_stride, hi_stride;  // 1, or 0 for one clip factor for every row
+  int8_t* a;               // [M, a_stride] out: a' = q_x - c_a
   float* scale;            // [M] out: s_x
   int32_t* rowsum;         // [M, G] out: r_g = sum_{k in g} (q_x - z_x)
   int32_t* offset;         // [M] out: d = c_a - z_x

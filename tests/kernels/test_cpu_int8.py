@@ -1,0 +1,150 @@
+"""The CPU int8 backend (``cpu_int8``: one pass quantize -> oneDNN s8 GEMM -> fused epilogue) against the
+reference, bit for bit: every W/A pair, per channel and per group, fp32/fp16/bf16 in and out, odd shapes,
+edge values, the AVX-512 and the portable code; its data checks; the deployed-layer API around it."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from qvgen_kernels import ops, reference, registry
+from qvgen_kernels.format import qmax
+
+pytestmark = pytest.mark.skipif(registry.unavailable_reason("cpu_int8", "cpu") is not None,
+                                reason=f"cpu_int8 unavailable: {registry.unavailable_reason('cpu_int8', 'cpu')}")
+
+BITS = (3, 4, 8)
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+SHAPES = [(1, 1, 1), (3, 1, 24), (2, 5, 7), (17, 33, 9), (4, 64, 48), (37, 96, 130), (300, 40, 17)]
+
+
+@pytest.fixture(params=[True, False], ids=["avx512", "portable"])
+def simd(request):
+    previous = torch.ops.qvgen_ext.int8_set_simd(request.param)
+    yield request.param
+    torch.ops.qvgen_ext.int8_set_simd(previous)
+
+
+def _layer(n: int, k: int, w_bits: int, groups: int | None, gen: torch.Generator):
+    codes = torch.randint(0, qmax(w_bits) + 1, (n, k), dtype=torch.uint8, generator=gen)
+    shape = (n,) if groups is None else (n, groups)
+    scale = torch.rand(shape, generator=gen) + 0.01
+    zero = torch.rand(shape, generator=gen) * qmax(w_bits)
+    return ops.pack(codes, w_bits), scale, zero, torch.randn(n, generator=gen)
+
+
+def _reference(x, wp, ws, wz, bias, w_bits, a_bits, lo, hi):
+    return ops.lowbit_linear(x, wp, ws, wz, bias, w_bits, a_bits, lo, hi, backend="reference")
+
+
+@pytest.mark.parametrize("w_bits, a_bits", list(itertools.product(BITS, BITS)))
+def test_exact_against_reference(simd, w_bits, a_bits) -> None:
+    gen = torch.Generator().manual_seed(w_bits * 10 + a_bits)
+    for (m, k, n), dtype in itertools.product(SHAPES, DTYPES):
+        for groups in (None, 1) + tuple(g for g in (3, 4) if k % g == 0):
+            wp, ws, wz, bias = _layer(n, k, w_bits, groups, gen)
+            x = (torch.randn(m, k, generator=gen) * 3).to(dtype)
+            lo, hi = torch.rand(m, generator=gen) * 0.5 + 0.5, torch.rand(m, generator=gen) * 0.5 + 0.5
+            packed = ops.prepack_linear(wp, ws, wz, w_bits=w_bits, a_bits=a_bits, k=k)
+            assert packed.backend == "cpu_int8"
+            got = ops.prepacked_linear(x, packed, bias.to(dtype), lo, hi)
+            want = _reference(x, wp, ws, wz, bias.to(dtype), w_bits, a_bits, lo, hi)
+            assert got.dtype == dtype
+            assert torch.equal(got, want), ((m, k, n), dtype, groups)
+
+
+@pytest.mark.parametrize("case", ["zeros", "constant", "negative", "tiny", "huge", "one_outlier"])
+def test_edge_values(simd, case: str) -> None:
+    m, k, n = 5, 70, 19
+    gen = torch.Generator().manual_seed(1)
+    x = {"zeros": torch.zeros(m, k), "constant": torch.full((m, k), 2.5), "negative": -torch.rand(m, k, generator=gen),
+         "tiny": torch.randn(m, k, generator=gen) * 1e-30, "huge": torch.randn(m, k, generator=gen) * 1e30,
+         "one_outlier": torch.randn(m, k, generator=gen).index_fill_(1, torch.tensor([3]), 1e4)}[case]
+    for w_bits, a_bits in ((4, 4), (8, 8), (3, 3)):
+        wp, ws, wz, bias = _layer(n, k, w_bits, None, gen)
+        packed = ops.prepack_linear(wp, ws, wz, w_bits=w_bits, a_bits=a_bits, k=k)
+        assert torch.equal(ops.prepacked_linear(x, packed, bias, 0.9, 1.0),
+                           _reference(x, wp, ws, wz, bias, w_bits, a_bits, 0.9, 1.0))
+
+
+def test_leading_dims_and_float_clips() -> None:
+    gen = torch.Generator().manual_seed(2)
+    wp, ws, wz, bias = _layer(11, 32, 4, None, gen)
+    x = torch.randn(2, 3, 32, generator=gen)
+    packed = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=4, k=32)
+    y = ops.prepacked_linear(x, packed, bias, clip_lo=0.8)
+    assert y.shape == (2, 3, 11)
+    assert torch.equal(y, ops.lowbit_linear(x, wp, ws, wz, bias, clip_lo=0.8, backend="reference"))
+    per_sample = torch.tensor([[0.5], [1.0]])  # broadcast over the 3 tokens of each sample
+    assert torch.equal(ops.prepacked_linear(x, packed, bias, per_sample),
+                       ops.lowbit_linear(x, wp, ws, wz, bias, clip_lo=per_sample, backend="reference"))
+
+
+def test_k1_is_exact() -> None:
+    """oneDNN's s8 GEMM (torch._int_mm on CPU) sums K = 1 wrongly for N > 1; the layout pads K to 2."""
+    gen = torch.Generator().manual_seed(3)
+    wp, ws, wz, bias = _layer(24, 1, 4, None, gen)
+    x = torch.randn(12, 1, generator=gen)
+    packed = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=4, k=1)
+    assert torch.equal(ops.prepacked_linear(x, packed, bias), _reference(x, wp, ws, wz, bias, 4, 4, 1.0, 1.0))
+
+
+def test_unprepacked_lowbit_linear_uses_it() -> None:
+    gen = torch.Generator().manual_seed(4)
+    wp, ws, wz, bias = _layer(9, 50, 4, None, gen)
+    x = torch.randn(7, 50, generator=gen)
+    assert registry.resolve("lowbit_linear", torch.device("cpu"))[0] == "cpu_int8"
+    assert torch.equal(ops.lowbit_linear(x, wp, ws, wz, bias), _reference(x, wp, ws, wz, bias, 4, 4, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_x_is_an_error(simd, value: float) -> None:
+    wp, ws, wz, _ = _layer(4, 40, 4, None, torch.Generator().manual_seed(5))
+    packed = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=4, k=40)
+    x = torch.randn(3, 40)
+    x[2, 37] = value
+    with pytest.raises(ValueError, match=r"argument 'x' expected finite values, got NaN or Inf in row 2"):
+        ops.prepacked_linear(x, packed)
+
+
+@pytest.mark.parametrize("arg, value", [("clip_lo", 0.0), ("clip_hi", 1.5), ("clip_lo", float("nan"))])
+def test_bad_clip_is_an_error(arg: str, value: float) -> None:
+    wp, ws, wz, _ = _layer(4, 8, 4, None, torch.Generator().manual_seed(6))
+    packed = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=4, k=8)
+    clip = torch.tensor([1.0, value, 1.0])
+    with pytest.raises(ValueError, match=rf"argument '{arg}' expected clip factors in \(0, 1\]"):
+        ops.prepacked_linear(torch.randn(3, 8), packed, **{arg: clip})
+
+
+def test_prepacked_linear_argument_errors() -> None:
+    wp, ws, wz, _ = _layer(4, 8, 4, None, torch.Generator().manual_seed(7))
+    packed = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=4, k=8)
+    with pytest.raises(TypeError, match=r"^prepacked_linear: argument 'packed' expected a PackedLinear"):
+        ops.prepacked_linear(torch.randn(2, 8), wp)
+    with pytest.raises(ValueError, match=r"^prepacked_linear: argument 'x' expected a tensor \[\.\.\., 8\]"):
+        ops.prepacked_linear(torch.randn(2, 9), packed)
+    with pytest.raises(TypeError, match=r"^prepacked_linear: argument 'x' expected dtype"):
+        ops.prepacked_linear(torch.randn(2, 8).double(), packed)
+    with pytest.raises(ValueError, match=r"^prepacked_linear: argument 'bias' expected shape \[4\]"):
+        ops.prepacked_linear(torch.randn(2, 8), packed, torch.zeros(5))
+    with pytest.raises(ValueError, match=r"^prepacked_linear: argument 'clip_lo' expected a clip factor in"):
+        ops.prepacked_linear(torch.randn(2, 8), packed, clip_lo=0.0)
+
+
+def test_backend_choice_and_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    wp, ws, wz, bias = _layer(16, 64, 4, None, torch.Generator().manual_seed(8))
+    x = torch.randn(5, 64)
+    int8 = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=4, k=64)
+    ref = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=4, k=64, backend="reference")
+    assert int8.backend == "cpu_int8" and ref.backend == "reference"
+    # int8 copy (1 byte per weight) + column sums, scales, zero points; the reference keeps 4 bits.
+    assert int8.nbytes == 16 * 64 + 3 * 16 * 4 and ref.nbytes == wp.numel() + 2 * 16 * 4
+    assert torch.equal(ops.prepacked_linear(x, int8, bias), ops.prepacked_linear(x, ref, bias))
+    monkeypatch.setenv(registry.ENV_VAR, "ext")  # ext has no layout of its own: the reference's is used
+    assert ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=4, k=64).backend == "reference"
+    monkeypatch.setenv(registry.ENV_VAR, "cpu_int8")
+    w16 = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=16, k=64)  # weight-only: dequantize + F.linear
+    assert torch.equal(ops.prepacked_linear(x, w16, bias),
+                       ops.lowbit_linear(x, wp, ws, wz, bias, a_bits=16, backend="reference"))
