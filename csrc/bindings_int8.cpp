@@ -1,4 +1,5 @@
-// qvgen_ext::int8_linear: the deployed CPU linear layer on the 8-bit matrix engine.
+// qvgen_ext::int8_linear (= int8_quantize + int8_gemm): the deployed CPU linear layer on the 8-bit matrix
+// engine.
 //
 //   x [M, K] --(one pass: per-token quantize, row sums, non-finite check)--> int8 a' [M, K]
 //   a' @ w'^T --(at::_int_mm: oneDNN s8 x s8 -> s32, AMX or AVX512-VNNI)--> int32 [M, N] per group
@@ -25,34 +26,29 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 int64_t grain(int64_t row_cost) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_cost)); }
 
-at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w_int8, const at::Tensor& w_colsum,
-                       const at::Tensor& w_scale, const at::Tensor& w_zero, const std::optional<at::Tensor>& bias,
-                       int64_t w_bits, int64_t a_bits, bool grouped, const at::Tensor& clip_lo,
-                       const at::Tensor& clip_hi) {
-  constexpr const char* op = "qvgen_ext::int8_linear";
-  // K = 1 is stored padded to 2 columns: oneDNN's s8 GEMM returns wrong sums for K = 1 and N > 1.
-  TORCH_CHECK_VALUE(x.dim() == 2 && w_int8.dim() == 2 && w_int8.size(1) == std::max<int64_t>(x.size(1), 2), op,
-                    ": expected x [M, K] and w_int8 [N, max(K, 2)], got ", x.sizes(), " and ", w_int8.sizes());
-  const int64_t m = x.size(0), k = x.size(1), n = w_int8.size(0), groups = w_colsum.size(0);
-  const int64_t k_gemm = w_int8.size(1);
-  TORCH_CHECK_VALUE(w_colsum.dim() == 2 && w_colsum.size(1) == n && groups >= 1 && k % groups == 0 &&
-                        w_scale.numel() == groups * n && w_zero.numel() == groups * n,
-                    op, ": expected w_colsum [G, N] with G | K and w_scale, w_zero of G * N values, got ",
-                    w_colsum.sizes(), ", ", w_scale.sizes(), ", ", w_zero.sizes());
+// x [M, K] -> (a' int8 [M, k_gemm], s_x fp32 [M], r_g int32 [M, G], d int32 [M]); k_gemm >= K pads with 0.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> int8_quantize(const at::Tensor& x, int64_t a_bits,
+                                                                         int64_t groups, int64_t k_gemm,
+                                                                         const at::Tensor& clip_lo,
+                                                                         const at::Tensor& clip_hi) {
+  constexpr const char* op = "qvgen_ext::int8_quantize";
+  TORCH_CHECK_VALUE(x.dim() == 2 && groups >= 1 && x.size(1) % groups == 0 && k_gemm >= x.size(1) &&
+                        (k_gemm == x.size(1) || groups == 1),
+                    op, ": expected x [M, K] with G | K and k_gemm >= K (> K with one group only), got ", x.sizes(),
+                    ", G=", groups, ", k_gemm=", k_gemm);
+  const int64_t m = x.size(0), k = x.size(1);
   TORCH_CHECK_VALUE(clip_lo.numel() == m || clip_lo.numel() == 1, op, ": clip_lo expected ", m, " or 1 values, got ",
                     clip_lo.numel());
   TORCH_CHECK_VALUE(clip_hi.numel() == m || clip_hi.numel() == 1, op, ": clip_hi expected ", m, " or 1 values, got ",
                     clip_hi.numel());
-  at::Tensor out = at::empty({m, n}, x.options());
-  if (x.is_meta() || m == 0 || n == 0) return out;
-
-  const at::Tensor xs = x.contiguous(), wq = w_int8.contiguous();
-  const at::Tensor lo = clip_lo.to(at::kFloat).contiguous(), hi = clip_hi.to(at::kFloat).contiguous();
   const auto opts = x.options();
   at::Tensor a = k_gemm == k ? at::empty({m, k}, opts.dtype(at::kChar)) : at::zeros({m, k_gemm}, opts.dtype(at::kChar));
   at::Tensor scale = at::empty({m}, opts.dtype(at::kFloat));
   at::Tensor rowsum = at::empty({m, groups}, opts.dtype(at::kInt));
   at::Tensor offset = at::empty({m}, opts.dtype(at::kInt));
+  if (x.is_meta() || m == 0) return {a, scale, rowsum, offset};
+  const at::Tensor xs = x.contiguous();
+  const at::Tensor lo = clip_lo.to(at::kFloat).contiguous(), hi = clip_hi.to(at::kFloat).contiguous();
   at::Tensor nonfinite = at::empty({m}, opts.dtype(at::kInt));
   int8::QuantArgs q{xs.data_ptr(), tag_of(xs.scalar_type()), k, k_gemm, static_cast<int>(a_bits), groups,
                     lo.data_ptr<float>(), hi.data_ptr<float>(), lo.numel() == 1 ? 0 : 1, hi.numel() == 1 ? 0 : 1,
@@ -74,7 +70,31 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w_int8, const at::
     TORCH_CHECK_VALUE(phi[r] > 0.0f && phi[r] <= 1.0f, "lowbit_linear: argument 'clip_hi' expected clip factors"
                       " in (0, 1], got ", phi[r], " at row ", r);
   }
+  return {a, scale, rowsum, offset};
+}
 
+// The quantized activations of int8_quantize times the prepacked weights -> out [M, N] of out_dtype.
+at::Tensor int8_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& a_rowsum,
+                     const at::Tensor& a_offset, const at::Tensor& w_int8, const at::Tensor& w_colsum,
+                     const at::Tensor& w_scale, const at::Tensor& w_zero, const std::optional<at::Tensor>& bias,
+                     int64_t w_bits, int64_t k, bool grouped, at::ScalarType out_dtype) {
+  constexpr const char* op = "qvgen_ext::int8_gemm";
+  const int64_t m = a.size(0), k_gemm = a.size(1), n = w_int8.size(0), groups = w_colsum.size(0);
+  // K = 1 is stored padded to 2 columns: oneDNN's s8 GEMM returns wrong sums for K = 1 and N > 1.
+  TORCH_CHECK_VALUE(a.dim() == 2 && w_int8.dim() == 2 && w_int8.size(1) == k_gemm && k_gemm == std::max<int64_t>(k, 2),
+                    op, ": expected a [M, max(K, 2)] and w_int8 [N, max(K, 2)] with K=", k, ", got ", a.sizes(),
+                    " and ", w_int8.sizes());
+  TORCH_CHECK_VALUE(w_colsum.dim() == 2 && w_colsum.size(1) == n && groups >= 1 && k % groups == 0 &&
+                        w_scale.numel() == groups * n && w_zero.numel() == groups * n &&
+                        a_rowsum.numel() == m * groups && a_scale.numel() == m && a_offset.numel() == m,
+                    op, ": expected w_colsum [G, N] with G | K, w_scale and w_zero of G * N values, a_rowsum [M, G],"
+                    " a_scale and a_offset [M], got ", w_colsum.sizes(), ", ", w_scale.sizes(), ", ", w_zero.sizes(),
+                    ", ", a_rowsum.sizes(), ", ", a_scale.sizes(), ", ", a_offset.sizes());
+  at::Tensor out = at::empty({m, n}, a.options().dtype(out_dtype));
+  if (a.is_meta() || m == 0 || n == 0) return out;
+  const auto opts = a.options();
+  const at::Tensor aq = a.contiguous(), wq = w_int8.contiguous();
+  const at::Tensor as = a_scale.contiguous(), ar = a_rowsum.contiguous(), ao = a_offset.contiguous();
   const at::Tensor cs = w_colsum.contiguous(), ws = w_scale.contiguous(), wz = w_zero.contiguous();
   const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const int64_t gs = k / groups, gs_gemm = k_gemm / groups;  // k_gemm > k only with one group
@@ -93,10 +113,10 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w_int8, const at::
       const int64_t rows = std::min(tm, m - m0), cols = std::min(tn, n - n0);
       at::Tensor acc = acc_buf.narrow(0, 0, rows * cols).view({rows, cols});
       for (int64_t g = 0; g < groups; ++g) {
-        at::_int_mm_out(acc, a.narrow(0, m0, rows).narrow(1, g * gs_gemm, gs_gemm),
+        at::_int_mm_out(acc, aq.narrow(0, m0, rows).narrow(1, g * gs_gemm, gs_gemm),
                         wq.narrow(0, n0, cols).narrow(1, g * gs_gemm, gs_gemm).t());
-        int8::EpilogueArgs e{acc.data_ptr<int32_t>(), scale.data_ptr<float>(), rowsum.data_ptr<int32_t>(),
-                             offset.data_ptr<int32_t>(), cs.data_ptr<int32_t>(), ws.data_ptr<float>(),
+        int8::EpilogueArgs e{acc.data_ptr<int32_t>(), as.data_ptr<float>(), ar.data_ptr<int32_t>(),
+                             ao.data_ptr<int32_t>(), cs.data_ptr<int32_t>(), ws.data_ptr<float>(),
                              wz.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr, n, groups, g, gs,
                              m0, n0, n0 + cols, cols, w_bits == 8 ? 128 : 0, grouped,
                              with_partial ? part_buf.data_ptr<float>() : nullptr, out.data_ptr(),
@@ -108,6 +128,18 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w_int8, const at::
   return out;
 }
 
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w_int8, const at::Tensor& w_colsum,
+                       const at::Tensor& w_scale, const at::Tensor& w_zero, const std::optional<at::Tensor>& bias,
+                       int64_t w_bits, int64_t a_bits, bool grouped, const at::Tensor& clip_lo,
+                       const at::Tensor& clip_hi) {
+  TORCH_CHECK_VALUE(x.dim() == 2 && w_int8.dim() == 2 && w_colsum.dim() == 2, "qvgen_ext::int8_linear: expected x [M, K],"
+                    " w_int8 [N, max(K, 2)], w_colsum [G, N], got ", x.sizes(), ", ", w_int8.sizes(), ", ",
+                    w_colsum.sizes());
+  const auto [a, scale, rowsum, offset] = int8_quantize(x, a_bits, w_colsum.size(0), w_int8.size(1), clip_lo, clip_hi);
+  return int8_gemm(a, scale, rowsum, offset, w_int8, w_colsum, w_scale, w_zero, bias, w_bits, x.size(1), grouped,
+                   x.scalar_type());
+}
+
 // Test hook: run the portable code instead of the AVX-512 code (returns the previous setting).
 bool int8_set_simd(bool enabled) { return int8::set_simd(enabled); }
 
@@ -115,10 +147,19 @@ bool int8_set_simd(bool enabled) { return int8::set_simd(enabled); }
 }  // namespace qvgen
 
 TORCH_LIBRARY_FRAGMENT(qvgen_ext, m) {
+  m.def("int8_quantize(Tensor x, int a_bits, int groups, int k_gemm, Tensor clip_lo, Tensor clip_hi)"
+        " -> (Tensor a, Tensor scale, Tensor rowsum, Tensor offset)");
+  m.def("int8_gemm(Tensor a, Tensor a_scale, Tensor a_rowsum, Tensor a_offset, Tensor w_int8, Tensor w_colsum,"
+        " Tensor w_scale, Tensor w_zero, Tensor? bias, int w_bits, int k, bool grouped, ScalarType out_dtype) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor w_int8, Tensor w_colsum, Tensor w_scale, Tensor w_zero, Tensor? bias,"
         " int w_bits, int a_bits, bool grouped, Tensor clip_lo, Tensor clip_hi) -> Tensor");
   m.def("int8_set_simd(bool enabled) -> bool", &qvgen::int8_set_simd);
 }
 
-TORCH_LIBRARY_IMPL(qvgen_ext, CPU, m) { m.impl("int8_linear", &qvgen::int8_linear); }
-TORCH_LIBRARY_IMPL(qvgen_ext, Meta, m) { m.impl("int8_linear", &qvgen::int8_linear); }
+#define QVGEN_INT8_IMPLS(m)                         \
+  m.impl("int8_quantize", &qvgen::int8_quantize); \
+  m.impl("int8_gemm", &qvgen::int8_gemm);         \
+  m.impl("int8_linear", &qvgen::int8_linear)
+
+TORCH_LIBRARY_IMPL(qvgen_ext, CPU, m) { QVGEN_INT8_IMPLS(m); }
+TORCH_LIBRARY_IMPL(qvgen_ext, Meta, m) { QVGEN_INT8_IMPLS(m); }

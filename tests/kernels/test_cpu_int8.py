@@ -148,3 +148,18 @@ def test_backend_choice_and_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     w16 = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=16, k=64)  # weight-only: dequantize + F.linear
     assert torch.equal(ops.prepacked_linear(x, w16, bias),
                        ops.lowbit_linear(x, wp, ws, wz, bias, a_bits=16, backend="reference"))
+
+
+def test_quantize_then_gemm_is_the_fused_op() -> None:
+    """The two halves the benchmark times apart compose to the deployed op, and have meta kernels."""
+    gen = torch.Generator().manual_seed(9)
+    wp, ws, wz, bias = _layer(21, 96, 4, 3, gen)
+    packed = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=4, k=96)
+    w_int8, colsum, scale, zero = packed.tensors
+    x, one = torch.randn(10, 96, generator=gen).bfloat16(), torch.ones(1)
+    q = torch.ops.qvgen_ext.int8_quantize(x, 4, 3, 96, one, one)
+    y = torch.ops.qvgen_ext.int8_gemm(*q, w_int8, colsum, scale, zero, bias, 4, 96, True, torch.bfloat16)
+    assert torch.equal(y, ops.prepacked_linear(x, packed, bias))
+    meta = torch.ops.qvgen_ext.int8_linear(x.to("meta"), *(t.to("meta") for t in packed.tensors), None, 4, 4, True,
+                                           one.to("meta"), one.to("meta"))
+    assert meta.shape == (10, 21) and meta.dtype == torch.bfloat16
