@@ -104,7 +104,8 @@ class Distiller:
         self.device = next(student.parameters()).device
         self.rank, self.world = _dist_info()
         self.is_main = self.rank == 0
-        self.sharded = is_model_sharded(student)  # FSDP2: no wrapper, DCP checkpoints
+        self.sharded = is_model_sharded(student)  # FSDP2: no wrapper
+        self.dcp = self.world > 1  # FSDP2 and DDP: checkpoints through torch.distributed.checkpoint
         self.metrics = MetricsLog(cfg.out_dir)
         teacher.eval().requires_grad_(False)
         student.train()
@@ -244,10 +245,10 @@ class Distiller:
     # -- checkpoints --------------------------------------------------------------------------------
 
     def save(self, next_step: int) -> Path | None:
-        """Checkpoint for resuming at ``next_step`` and refresh the plot (rank 0 only; a sharded student
-        is saved by every rank through torch.distributed.checkpoint)."""
+        """Checkpoint for resuming at ``next_step`` and refresh the plot (rank 0 only; under torch.distributed
+        every rank saves through torch.distributed.checkpoint)."""
         path = None
-        if self.sharded:
+        if self.dcp:
             path = save_sharded(self.cfg.out_dir, self.student, self.optimizer, self.scheduler, self.decay,
                                 next_step, extra={"train_config": self.cfg.to_dict(),
                                                   "quant_config": _quant_dict(self.student),
@@ -273,7 +274,7 @@ class Distiller:
 
         The checkpoint's TrainConfig and QuantConfig must equal the current ones, except run-time fields and
         the fields named in ``override`` (see ``qvgen.train.resume_check``)."""
-        if self.sharded:
+        if self.dcp:
             return self._resume_sharded(override)
         path = find_checkpoint(self.cfg.out_dir)
         if path is None:
@@ -325,7 +326,7 @@ class Distiller:
         return self.start_step
 
     def has_checkpoint(self) -> bool:
-        find = find_sharded if self.sharded else find_checkpoint
+        find = find_sharded if self.dcp else find_checkpoint
         return find(self.cfg.out_dir) is not None
 
     # -- the loop -----------------------------------------------------------------------------------
