@@ -3,8 +3,8 @@ folder written by `qvgen precompute`.
 
 Under torchrun the process group is initialised from the environment; `--parallel fsdp` (the default with
 more than one process) shards student and teacher with FSDP2 per transformer block, `--parallel ddp`
-replicates them. Only rank 0 writes the metrics log and the deployed model; checkpoints are written by
-rank 0 (DDP) or by every rank through torch.distributed.checkpoint (FSDP2).
+replicates them. Only rank 0 writes the metrics log and the deployed model; under torchrun every rank
+writes its part of the checkpoints through torch.distributed.checkpoint (resumable on the same world size).
 """
 
 from __future__ import annotations
