@@ -1,0 +1,198 @@
+"""The deployed low-bit linear layer on a CPU against torch's bf16 / fp32 ``F.linear`` and the int8 ceilings,
+side by side in one process, at the Wan-1.3B / Wan-14B / CogVideoX-2B linear shapes.
+
+    python -m benchmarks.bench_cpu_linear                  # M = 2048, 256, 16 at every model's block shapes
+    python -m benchmarks.bench_cpu_linear --smoke          # tiny shapes, one repeat (the test suite runs it)
+
+Providers (per shape; milliseconds, best of ``--repeats`` rounds, every provider once per round in turn, so that
+load from other processes hits all of them alike):
+    fp32, bf16          torch ``F.linear`` on fp32 / bf16 operands (oneDNN / MKL: AMX-BF16 or AVX512-BF16)
+    int_mm              ``torch._int_mm`` alone: s8 x s8 -> s32 (oneDNN), no scales (an int8 ceiling)
+    onednn_qlinear      torch's prepacked oneDNN int8 linear (u8 x s8, per-tensor activation scale, bf16 out;
+                        the library's own int8 layer, a ceiling: it cannot express per-token scales)
+    wXaY                the deployed ``qvgen.QLinear`` (``to_deploy``): per-token quantize + GEMM + epilogue,
+                        bf16 in and out (what a model runs)
+    wXaY:gemm           the same without the activation quantize: ``int8_gemm`` on activations quantized
+                        beforehand
+    reference           ``ops.lowbit_linear(backend="reference")`` (pure torch; M <= 256 only, it is slow)
+Ratios are bf16 time / provider time (> 1: faster than bf16). TOPS = 2MNK / time.
+Writes ``benchmarks/results/cpu/linear_bench.{json,png,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import qvgen
+from benchmarks import _harness
+from benchmarks import _kernels_common as kc
+from qvgen_kernels import ops
+
+BITS = ((4, 4), (3, 3), (8, 8))
+MODELS = ("wan-1.3b", "wan-14b", "cogvideox-2b")
+M_VALUES = (2048, 256, 16)
+OUT = Path(__file__).resolve().parent / "results" / "cpu"
+
+
+def cpu_identity() -> dict[str, Any]:
+    """Model name and the matrix-engine ISA flags this CPU reports (Linux /proc/cpuinfo)."""
+    info: dict[str, Any] = {"model_name": None, "isa": []}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        if line.startswith("model name") and info["model_name"] is None:
+            info["model_name"] = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            info["isa"] = sorted(f for f in flags if f.startswith("amx") or f in (
+                "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "avx512_fp16"))
+            break
+    return info
+
+
+def shapes(smoke: bool, m_values: tuple[int, ...]) -> list[kc.LayerShape]:
+    if smoke:
+        return [kc.LayerShape("tiny", "linear", 33, 64, 48), kc.LayerShape("tiny", "k1", 5, 1, 24)]
+    out = []
+    for m in m_values:
+        for name in MODELS:
+            out += [kc.LayerShape(name, sh.layer, m, sh.k, sh.n) for sh in kc.model_layers(name)
+                    if sh.layer != "cross_kv"]
+    return out
+
+
+def _deployed(k: int, n: int, w_bits: int, a_bits: int) -> qvgen.QLinear:
+    """A deployed bf16 layer as a user makes it (rank 0: no SVD at these sizes; one clip group)."""
+    cfg = qvgen.QuantConfig.preset(f"w{w_bits}a{a_bits}", rank=0, clip_groups=1)
+    layer = qvgen.QLinear.from_linear(nn.Linear(k, n, dtype=torch.bfloat16), cfg)
+    return layer.to_deploy()
+
+
+def providers(sh: kc.LayerShape, gen: torch.Generator, smoke: bool) -> dict[str, Callable[[], Any]]:
+    m, k, n = sh.m, sh.k, sh.n
+    x = torch.randn(m, k, generator=gen)
+    w = torch.randn(n, k, generator=gen) / k**0.5
+    xb, wb = x.bfloat16(), w.bfloat16()
+    out: dict[str, Callable[[], Any]] = {"fp32": lambda: F.linear(x, w), "bf16": lambda: F.linear(xb, wb)}
+    a8 = torch.randint(-15, 16, (m, k), generator=gen, dtype=torch.int8)
+    w8 = torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8)
+    out["int_mm"] = lambda: torch._int_mm(a8, w8.t())
+    u8 = torch.randint(0, 16, (m, k), generator=gen, dtype=torch.uint8)
+    w_pre = torch.ops.onednn.qlinear_prepack(w8, [m, k])
+    ones, zps = torch.ones(n), torch.zeros(n, dtype=torch.int64)
+    out["onednn_qlinear"] = lambda: torch.ops.onednn.qlinear_pointwise(
+        u8, 1.0, 0, w_pre, ones, zps, None, 1.0, 0, torch.bfloat16, "none", [None], "")
+    for w_bits, a_bits in BITS:
+        layer = _deployed(k, n, w_bits, a_bits)
+        packed, one = layer._packed, torch.ones(1)
+        tag = f"w{w_bits}a{a_bits}"
+        out[tag] = lambda layer=layer: layer(xb)
+        q = torch.ops.qvgen_ext.int8_quantize(xb, a_bits, 1, packed.tensors[0].shape[1], one, one)
+        out[f"{tag}:gemm"] = lambda q=q, p=packed, lb=layer.bias: torch.ops.qvgen_ext.int8_gemm(
+            *q, *p.tensors, lb, w_bits, k, False, torch.bfloat16)
+        if tag == "w4a4" and (m <= 256 or smoke):
+            args = (layer.w_packed, layer.w_scale, layer.w_zero, layer.bias)
+            out["reference"] = lambda args=args: ops.lowbit_linear(xb, *args, backend="reference")
+    return out
+
+
+def bench_shape(sh: kc.LayerShape, repeats: int, smoke: bool) -> list[dict[str, Any]]:
+    gen = torch.Generator().manual_seed(0)
+    provs = providers(sh, gen, smoke)
+    best = {name: float("inf") for name in provs}
+    with torch.no_grad():
+        for f in provs.values():  # warm-up: primitive creation, caches
+            f()
+        for _ in range(repeats):
+            for name, f in provs.items():
+                t0 = time.perf_counter()
+                f()
+                best[name] = min(best[name], time.perf_counter() - t0)
+    rows = []
+    for name, sec in best.items():
+        rows.append({**kc.shape_dict(sh), "provider": name, "ms": sec * 1e3, "tops": sh.flops / sec / 1e12,
+                     "vs_bf16": best["bf16"] / sec, "vs_fp32": best["fp32"] / sec})
+    return rows
+
+
+def memory_row(k: int, n: int) -> dict[str, Any]:
+    """Bytes of one layer's weights: bf16, the 4-bit checkpoint codes, the int8 layout the CPU runs on."""
+    layer = _deployed(k, n, 4, 4)
+    return {"k": k, "n": n, "bf16_bytes": 2 * n * k, "w4_checkpoint_bytes": layer.w_packed.numel(),
+            "cpu_int8_layout_bytes": layer._packed.nbytes}
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    prov = doc["provenance"]
+    cpu = doc["cpu"]
+    lines = [f"# Deployed low-bit linear on CPU: {cpu['model_name']}", "",
+             f"ISA: {', '.join(cpu['isa'])}; torch {prov['torch']}, {prov['torch_threads']} threads; "
+             f"commit {str(prov['commit'])[:10]}; load average at start {prov['load_average_1_5_15']}.", "",
+             f"Command: `{prov['command']}`", "",
+             "Milliseconds (best of the rounds) and speed relative to torch bf16 `F.linear` (higher is faster).", ""]
+    names = list(dict.fromkeys(r["provider"] for r in doc["rows"]))
+    lines.append("| shape (M×K×N) | " + " | ".join(names) + " |")
+    lines.append("|---" * (len(names) + 1) + "|")
+    by_shape: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in doc["rows"]:
+        by_shape.setdefault(f"{r['model']}:{r['layer']} {r['m']}×{r['k']}×{r['n']}", {})[r["provider"]] = r
+    for label, rs in by_shape.items():
+        cells = [f"{rs[p]['ms']:.3g} ms ({rs[p]['vs_bf16']:.2f}×)" if p in rs else "" for p in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Weight memory per layer (W4A4):", "", "| K×N | bf16 | 4-bit checkpoint | cpu_int8 layout |",
+              "|---|---|---|---|"]
+    for mrow in doc["memory"]:
+        lines.append(f"| {mrow['k']}×{mrow['n']} | {mrow['bf16_bytes']:,} | {mrow['w4_checkpoint_bytes']:,} | "
+                     f"{mrow['cpu_int8_layout_bytes']:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    labels = list(dict.fromkeys(f"{r['model']}:{r['layer']} {r['m']}" for r in rows))
+    series: dict[str, list[float | None]] = {}
+    for name in ("w4a4", "w3a3", "w8a8", "w4a4:gemm", "int_mm", "onednn_qlinear", "fp32"):
+        vals = {f"{r['model']}:{r['layer']} {r['m']}": r["vs_bf16"] for r in rows if r["provider"] == name}
+        series[name] = [vals.get(label) for label in labels]
+    kc.bar_plot(path, title, labels, series, "speed vs torch bf16 F.linear (x)")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes, one round (for tests)")
+    ap.add_argument("--repeats", type=int, default=5, help="rounds; the best time of each provider is kept")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--m", type=int, nargs="+", default=list(M_VALUES), help="token counts M")
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = 1 if args.smoke else args.repeats
+    rows = []
+    for sh in shapes(args.smoke, tuple(args.m)):
+        shape_rows = bench_shape(sh, repeats, args.smoke)
+        rows += shape_rows
+        print(f"{sh.label}: " + ", ".join(f"{r['provider']} {r['vs_bf16']:.2f}x" for r in shape_rows
+                                          if r["provider"] != "bf16"), flush=True)
+    mem = [memory_row(sh.k, sh.n) for sh in shapes(args.smoke, (1,))]
+    doc = {"provenance": _harness.provenance(torch.device("cpu")), "cpu": cpu_identity(), "repeats": repeats,
+           "rows": rows, "memory": mem}
+    stem = "linear_bench_smoke" if args.smoke else "linear_bench"
+    args.out.mkdir(parents=True, exist_ok=True)
+    _harness.write_json(args.out / f"{stem}.json", doc)
+    (args.out / f"{stem}.md").write_text(markdown(doc))
+    plot(rows, args.out / f"{stem}.png", f"Deployed linear vs bf16 on {doc['cpu']['model_name']}, "
+         f"{doc['provenance']['torch_threads']} threads")
+    return doc
+
+
+if __name__ == "__main__":
+    main()
