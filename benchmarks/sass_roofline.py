@@ -1,17 +1,22 @@
 """Static roofline of the packed GEMMs, on CPU: compile, disassemble, count, bound.
 
-    python -m benchmarks.sass_roofline [--json FILE] [--arch sm_90a sm_80] [--only SUBSTRING] [--no-cuda]
+    python -m benchmarks.sass_roofline [--json FILE] [--arch sm_90a sm_80] [--only SUBSTRING] [--no-cuda | --cuda-only]
 
 Compiles every GEMM variant (W4A4, W3A3, W4A8, W8A8; per channel and per group of 128; every Triton GPU
-autotune config, from ``qvgen_kernels.triton._specs``) and the CUDA extension's GEMM kernels
-(``csrc/cuda/gemm.cu`` through nvcc) for each architecture, disassembles the cubins (nvdisasm) and reports,
+autotune config, from ``qvgen_kernels.triton._specs``) and the CUDA extension's GEMM kernels (the dp4a
+reference ``csrc/cuda/gemm.cu``, and the tensor-core GEMMs of ``csrc/cuda/tc`` when the CUTLASS headers are
+found: mma.sync for sm_80, wgmma for sm_90a; their tiles and stages from ``csrc/tests/tc_configs.cu``) through
+nvcc for each architecture, disassembles the cubins (nvdisasm) and reports,
 per K tile of the main loop: tensor-core instructions, the other instructions by class, registers, spill
 bytes, shared memory, pipeline stages, how many wgmma groups stay in flight, and the issue-bound ceiling.
 
 Model of the issue bound (an upper bound on speed, not a prediction):
 - The main loop is the innermost loop (backward branch) that holds the tensor-core (or dp4a) instructions.
   With weight groups, the work of the enclosing group loop (promotion of the int32 partial sums) is spread
-  over the K tiles of a group. One loop iteration is one K tile for the Triton kernels.
+  over the K tiles of a group. One loop iteration is one K tile for the Triton kernels. The CUDA tensor-core
+  GEMMs promote inside the K-stage loop (a group may end at any of the stage's 4 k32 steps): the basic blocks
+  of that loop holding int-to-float conversions are the promotion and are weighted by the fraction of them a
+  stage runs at groups of 128 columns (1 of 4).
 - Every SASS instruction of a warp costs one issue slot; an SM has 4 schedulers issuing one warp
   instruction per clock each (H100/H200 and A100). Warps are symmetric, so per warp and K tile:
       issue clocks (SM share)   = instructions / 4
@@ -165,8 +170,23 @@ def _instrs(rows: list, first: int, last: int) -> list[tuple[int, str, str]]:
     return [r for r in rows[first:last + 1] if r[1] != "LABEL"]
 
 
-def main_loop_profile(rows: list, tiles_per_group: int | None = None) -> dict | None:
-    """Instruction profile of one K tile of the main loop (module docstring); None without a main loop."""
+def _promotion_rows(rows: list, first: int, last: int) -> set[int]:
+    """ids of the rows in basic blocks (split at labels and after branches) that convert int to float."""
+    out, block = set(), []
+    for r in rows[first:last + 1] + [(-1, "LABEL", "")]:
+        if r[1] == "LABEL" or (block and block[-1][1].startswith("BRA")):
+            if any(_opclass(op) == "convert" and op.startswith("I2F") for _, op, _ in block):
+                out.update(id(b) for b in block)
+            block = []
+        if r[1] != "LABEL":
+            block.append(r)
+    return out
+
+
+def main_loop_profile(rows: list, tiles_per_group: int | None = None,
+                      promotion_weight: float | None = None) -> dict | None:
+    """Instruction profile of one K tile of the main loop (module docstring); None without a main loop.
+    ``promotion_weight``: the in-loop promotion blocks count this much (CUDA tensor-core GEMMs per group)."""
     compute = [(f, l) for f, l in _loops(rows)
                if any(_opclass(op) in ("tensor", "dp4a") for _, op, _ in _instrs(rows, f, l))]
     if not compute:
@@ -174,6 +194,8 @@ def main_loop_profile(rows: list, tiles_per_group: int | None = None) -> dict | 
     inner = min(compute, key=lambda fl: fl[1] - fl[0])
     body = _instrs(rows, *inner)
     weight = {id(r): 1.0 for r in body}
+    promo = _promotion_rows(rows, *inner) if promotion_weight is not None else set()
+    weight.update({i: promotion_weight for i in promo})
     outer = [fl for fl in _loops(rows) if fl[0] < inner[0] and fl[1] > inner[1]]
     if outer and tiles_per_group:  # weight groups: the group loop's own work, shared by its K tiles
         extra = [r for r in _instrs(rows, *min(outer, key=lambda fl: fl[1] - fl[0])) if id(r) not in weight]
@@ -191,6 +213,7 @@ def main_loop_profile(rows: list, tiles_per_group: int | None = None) -> dict | 
     pend = [int(m.group(1), 16) for _, op, arg in body if op.startswith("WARPGROUP.DEPBAR")
             for m in [re.search(r"0x([0-9a-f]+)", arg)] if m]
     return dict(instructions=round(sum(classes.values()), 1),
+                promotion_instructions=len(promo) or None,
                 by_class={k: round(v, 1) for k, v in sorted(classes.items(), key=lambda kv: -kv[1])},
                 tensor_opcodes=dict(Counter(op for _, op, _ in body if _opclass(op) == "tensor")),
                 macs_per_warp=macs + dp4a,
@@ -287,6 +310,74 @@ def cuda_records(arch: str, only: str | None) -> list[dict]:
     return out
 
 
+TC_SOURCES = {"sm_80": ("gemm_sm80_w4.cu", "gemm_sm80_w8.cu"), "sm_90a": ("gemm_sm90_w4.cu", "gemm_sm90_w8.cu")}
+TC_GROUP = 128  # group size of the per-group figures (promotion blocks weighted for it)
+_TC_NAME = re.compile(r"(tc_gemm_sm\d+_kernel)<(true|false), (true|false)>")
+
+
+def cutlass_include() -> str | None:
+    """CUTLASS headers as setup.py finds them (QVGEN_CUTLASS_INCLUDE or the nvidia-cutlass wheel)."""
+    import importlib.util
+
+    path = os.environ.get("QVGEN_CUTLASS_INCLUDE")
+    if not path:
+        spec = importlib.util.find_spec("cutlass_library")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = os.path.join(list(spec.submodule_search_locations)[0], "source", "include")
+    return path if (Path(path) / "cute" / "arch" / "mma_sm90_gmma.hpp").exists() else None
+
+
+def tc_configs(cutlass: str) -> dict[tuple[str, bool, bool], dict]:
+    """{(kernel, w8, grouped): tile config} printed by csrc/tests/tc_configs.cu (host code, no GPU)."""
+    with tempfile.TemporaryDirectory() as d:
+        exe = Path(d) / "tc_configs"
+        _run(["nvcc", "-std=c++17", "-arch=sm_90a", "-I", str(ROOT / "csrc" / "include"), "-isystem", cutlass,
+              str(ROOT / "csrc" / "tests" / "tc_configs.cu"), "-o", str(exe)])
+        lines = _run([str(exe)]).splitlines()
+    return {(c["kernel"], c["w8"], c["grouped"]): c for c in map(json.loads, lines)}
+
+
+def tc_records(arch: str, only: str | None) -> list[dict]:
+    cutlass = cutlass_include()
+    if cutlass is None:
+        print("sass_roofline: no CUTLASS headers, the tensor-core GEMMs are skipped", file=sys.stderr)
+        return []
+    configs = tc_configs(cutlass)
+    out = []
+    for src in TC_SOURCES[arch]:
+        with tempfile.TemporaryDirectory() as d:
+            cubin_path = Path(d) / "tc.cubin"
+            _run(["nvcc", "-cubin", f"-arch={arch}", "-O3", "-std=c++17", "--fmad=false", "-DQVGEN_WITH_CUDA",
+                  "-I", str(ROOT / "csrc" / "include"), "-isystem", cutlass, str(ROOT / "csrc" / "cuda" / "tc" / src),
+                  "-o", str(cubin_path)])
+            cubin = cubin_path.read_bytes()
+        res = resource_usage(cubin)
+        for fn, rows in disassemble(cubin).items():
+            m = _TC_NAME.search(_run(["c++filt", fn]))
+            if not m:
+                continue
+            kernel, w8, grouped = m.group(1), m.group(2) == "true", m.group(3) == "true"
+            cfg = configs[(kernel, w8, grouped)]
+            name = (f"{'mma.sync' if 'sm80' in kernel else 'wgmma'} {'W8A8/W8A4' if w8 else 'W4A4/W3A3/W4A8'} "
+                    f"{f'g{TC_GROUP}' if grouped else 'per-channel'}")
+            if only and only not in name:
+                continue
+            # 4 promotion copies (one per k32 step of a stage); a stage runs 128 / gs of them: 32 / gs each.
+            prof = main_loop_profile(rows, promotion_weight=32 / TC_GROUP if grouped else None)
+            rec = dict(kernel="cuda-tc", name=name, function=kernel, arch=arch, w8=w8, grouped=grouped,
+                       group_size=TC_GROUP if grouped else -1, block=cfg["block"], threads=cfg["threads"],
+                       num_warps=cfg["mma_warps"], pipeline_stages=cfg["stages"], dynamic_smem_bytes=cfg["smem_bytes"],
+                       registers=res.get(fn, {}).get("REG"), spill_bytes=res.get(fn, {}).get("STACK"),
+                       shared_bytes=cfg["smem_bytes"], loop=prof)
+            if prof:
+                bm, bn, _ = cfg["block"]
+                rec["k_tile"] = round(prof["macs_per_warp"] * cfg["mma_warps"] / (bm * bn), 2)
+                rec["bound"] = bound(prof, arch)
+            out.append(rec)
+    return out
+
+
 def _row(r: dict) -> str:
     if "error" in r:
         return f"{r['arch']:7} {r['name']:44} ERROR {r['error'][:90]}"
@@ -304,15 +395,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", nargs="+", default=list(ARCHS), choices=list(ARCHS))
     p.add_argument("--only", help="keep variants whose name contains this")
     p.add_argument("--no-cuda", action="store_true", help="skip the CUDA extension's kernels (no nvcc)")
+    p.add_argument("--cuda-only", action="store_true", help="only the CUDA extension's kernels (no Triton)")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     import triton
 
     records = []
     for arch in args.arch:
-        records += triton_records(arch, args.only)
+        if not args.cuda_only:
+            records += triton_records(arch, args.only)
         if not args.no_cuda:
             records += cuda_records(arch, args.only)
+            records += tc_records(arch, args.only)
     for r in records:
         print(_row(r))
     if args.json:

@@ -139,12 +139,13 @@ at::Tensor tc_linear(const at::Tensor& x, const at::Tensor& w_kernel, const at::
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto dev = x.options();
   at::Tensor a8 = at::empty({m, kp}, dev.dtype(at::kChar));
-  at::Tensor a_scale = at::empty({m}, dev.dtype(at::kFloat));
-  at::Tensor a_zero = at::empty({m}, dev.dtype(at::kInt));
-  at::Tensor a_sums = at::empty({m, groups}, dev.dtype(at::kInt));
+  const int64_t mp = tc_round_up(m, kTcTokenAlign);
+  at::Tensor a_scale = at::empty({mp}, dev.dtype(at::kFloat));
+  at::Tensor a_zero = at::empty({mp}, dev.dtype(at::kInt));
+  at::Tensor a_sums = at::empty({groups, mp}, dev.dtype(at::kInt));
   const at::Tensor lo = clip_lo.contiguous(), hi = clip_hi.contiguous();
   const at::Tensor xk = x.stride(1) == 1 ? x : x.contiguous();  // the quantize reads rows with unit stride
-  TcQuantArgs q{xk.data_ptr(), dtype_tag(xs), m, k, kp, xk.stride(0), groups, static_cast<int>(a_bits),
+  TcQuantArgs q{xk.data_ptr(), dtype_tag(xs), m, mp, k, kp, xk.stride(0), groups, static_cast<int>(a_bits),
                 lo.data_ptr<float>(), hi.data_ptr<float>(), a8.data_ptr<int8_t>(), a_scale.data_ptr<float>(),
                 a_zero.data_ptr<int32_t>(), a_sums.data_ptr<int32_t>()};
   check_launch(kLinear, cuda::tc_quantize(q, stream));
@@ -152,7 +153,7 @@ at::Tensor tc_linear(const at::Tensor& x, const at::Tensor& w_kernel, const at::
   TcGemmArgs g{a8.data_ptr<int8_t>(), a_scale.data_ptr<float>(), a_zero.data_ptr<int32_t>(),
                a_sums.data_ptr<int32_t>(), w_kernel.data_ptr(), colsum.data_ptr<int32_t>(),
                scale.data_ptr<float>(), zero.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr,
-               out.data_ptr(), dtype_tag(xs), m, n, k, kp, groups, static_cast<int>(w_bits),
+               out.data_ptr(), dtype_tag(xs), m, mp, n, k, kp, groups, static_cast<int>(w_bits),
                static_cast<int>(a_bits)};
   check_launch(kLinear, cuda::tc_gemm(g, static_cast<TcKernel>(kernel), stream));
   return out;

@@ -46,15 +46,17 @@ __device__ __forceinline__ TilePos tile_pos(int64_t t, int64_t n_blocks, int64_t
 
 // Per-token terms of group g (per channel: the single group of gs = K columns).
 struct TokenTerms {
-  float sx, r;    // activation scale, float(r_g) with r_g = S + e gs
+  float r;        // float(r_g) with r_g = S + e gs
   int32_t s, e;   // S = sum of a8 over the group, e = 128 - z_x for 8-bit activations (else 0)
 };
 
-__device__ __forceinline__ TokenTerms token_terms(const TcGemmArgs& g, int64_t m, int64_t grp, int64_t gs) {
-  m = m < g.m ? m : g.m - 1;  // rows past M are computed on a real row and never stored
-  const int32_t s = g.a_sums[m * g.groups + grp];
-  const int32_t e = g.a_bits == 8 ? 128 - g.a_zero[m] : 0;
-  return {g.a_scale[m], static_cast<float>(s + e * static_cast<int32_t>(gs)), s, e};
+// Token m0 + off of group grp. The per-token vectors are padded to MP rows (tc.h), so the thread's tokens
+// are fixed offsets from two base pointers and need no bounds checks.
+__device__ __forceinline__ TokenTerms token_terms(const TcGemmArgs& g, const int32_t* sums, const int32_t* zeros,
+                                                  int64_t off, int64_t gs) {
+  const int32_t s = sums[off];
+  const int32_t e = g.a_bits == 8 ? 128 - zeros[off] : 0;
+  return {static_cast<float>(s + e * static_cast<int32_t>(gs)), s, e};
 }
 
 struct ChannelTerms {
@@ -83,9 +85,11 @@ __device__ __forceinline__ void promote_group(const TcGemmArgs& g, const uint32_
                                               float (&y)[kNJ][4], int64_t n0, int64_t m0, int64_t grp,
                                               int64_t gs) {
   ChannelTerms c[2] = {channel_terms(g, n0, grp), channel_terms(g, n0 + 8, grp)};
+  const int32_t* sums = g.a_sums + grp * g.mp + m0;
+  const int32_t* zeros = g.a_zero + m0;
 #pragma unroll
   for (int j = 0; j < kNJ; ++j) {
-    const TokenTerms t[2] = {token_terms(g, m0 + 8 * j, grp, gs), token_terms(g, m0 + 8 * j + 1, grp, gs)};
+    const TokenTerms t[2] = {token_terms(g, sums, zeros, 8 * j, gs), token_terms(g, sums, zeros, 8 * j + 1, gs)};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       y[j][i] = add_rn(y[j][i], mul_rn(c[i / 2].sw, zero_corrected_tc<kW8>(acc[j][i], t[i % 2], c[i / 2])));
@@ -121,14 +125,15 @@ __device__ __forceinline__ void finish_tile(const TcGemmArgs& g, const uint32_t 
     for (int cc = 0; cc < 2; ++cc) {
       const int64_t m = m0 + 8 * j + cc;
       if (m >= g.m) continue;
-      const TokenTerms t = kGrouped ? TokenTerms{g.a_scale[m], 0.0f, 0, 0} : token_terms(g, m, 0, g.k);
+      const float sx = g.a_scale[m];
+      const TokenTerms t = kGrouped ? TokenTerms{0.0f, 0, 0} : token_terms(g, g.a_sums, g.a_zero, m, g.k);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int64_t n = n0 + 8 * h;
         if (n >= g.n) continue;
         const int i = 2 * h + cc;
-        float v = kGrouped ? mul_rn(t.sx, y[j][i])
-                           : mul_rn(mul_rn(t.sx, c[h].sw), zero_corrected_tc<kW8>(acc[j][i], t, c[h]));
+        float v = kGrouped ? mul_rn(sx, y[j][i])
+                           : mul_rn(mul_rn(sx, c[h].sw), zero_corrected_tc<kW8>(acc[j][i], t, c[h]));
         if (g.bias != nullptr) v = add_rn(v, bias[h]);
         store_out(g, m, n, v);
       }

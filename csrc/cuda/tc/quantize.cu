@@ -45,7 +45,7 @@ __global__ void __launch_bounds__(kThreads) tc_quantize_kernel(TcQuantArgs a) {
     atomicAdd(&group_sums[g < a.groups ? g : a.groups - 1], sum);  // padding columns add 0
   }
   __syncthreads();
-  for (int64_t g = threadIdx.x; g < a.groups; g += blockDim.x) a.sums[r * a.groups + g] = group_sums[g];
+  for (int64_t g = threadIdx.x; g < a.groups; g += blockDim.x) a.sums[g * a.mp + r] = group_sums[g];
   if (threadIdx.x == 0) {
     a.scale[r] = qp.scale;
     a.zero[r] = static_cast<int32_t>(qp.zero);

@@ -95,6 +95,8 @@ __global__ void __launch_bounds__(128, 1) tc_gemm_sm80_kernel(TcGemmArgs g) {
   // The thread's first weight row of fragment (s, h) and its first token (fragment convention of common.cuh).
   auto row0 = [&](int s, int h) { return tile.n_blk * kTcRowBlock + h * kHalf + 32 * wm + 16 * s + lane / 4; };
   const int64_t tok0 = m_base + wn * (C::kBM / 2) + 2 * (lane % 4);
+  int steps_left = static_cast<int>(gs / 32);  // per group: k32 steps left in group grp
+  int64_t grp = 0;
 
 #pragma unroll
   for (int s = 0; s < C::kStages - 1; ++s) {
@@ -158,20 +160,19 @@ __global__ void __launch_bounds__(128, 1) tc_gemm_sm80_kernel(TcGemmArgs g) {
                            bf[j][1], d[0], d[1], d[2], d[3]);
             }
           }
-      if (kGrouped) {
-        const int64_t k_end = kt * kBK + (kk + 1) * 32;
-        if (k_end % gs == 0 && k_end <= g.k) {
+      if (kGrouped && --steps_left == 0 && grp < g.groups) {  // the group ends here (none in the padding)
 #pragma unroll
-          for (int s = 0; s < 2; ++s)
+        for (int s = 0; s < 2; ++s)
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              promote_group<kW8, kNJ>(g, acc[s][h], y[s][h], row0(s, h), tok0, k_end / gs - 1, gs);
+          for (int h = 0; h < 2; ++h) {
+            promote_group<kW8, kNJ>(g, acc[s][h], y[s][h], row0(s, h), tok0, grp, gs);
 #pragma unroll
-              for (int j = 0; j < kNJ; ++j)
+            for (int j = 0; j < kNJ; ++j)
 #pragma unroll
-                for (int i = 0; i < 4; ++i) acc[s][h][j][i] = 0;
-            }
-        }
+              for (int i = 0; i < 4; ++i) acc[s][h][j][i] = 0;
+          }
+        ++grp;
+        steps_left = static_cast<int>(gs / 32);
       }
     }
   }

@@ -136,6 +136,7 @@ __global__ void __launch_bounds__(384, 1)
   const int half = wg - 1;  // 0: weight rows [0, 64) of the block (low nibbles), 1: [64, 128) (high nibbles)
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int64_t gs = g.k / g.groups;
+  const int group_steps = static_cast<int>(gs / 32);
   // ldmatrix.x4 matrices: (rows +0, k +0), (rows +8, k +0), (rows +0, k +16), (rows +8, k +16).
   const int frag_row = (kW8 ? half * kHalf : 0) + 16 * warp + (lane % 8) + ((lane / 8) % 2) * 8;
   const int frag_col = (lane / 16) * 16;
@@ -155,6 +156,8 @@ __global__ void __launch_bounds__(384, 1)
         y[j][i] = 0.0f;
       }
     bool fresh = true;  // the next wgmma starts the accumulator (scale-d 0)
+    int steps_left = group_steps;  // per group: k32 steps left in group grp
+    int64_t grp = 0;
     int held = -1;      // per channel: the stage whose wgmmas may still be in flight
     for (int64_t kt = 0; kt < kt_count; ++kt) {
       Barrier::wait(&full[stage], phase);
@@ -184,16 +187,14 @@ __global__ void __launch_bounds__(384, 1)
         gmma<Op, kNJ>(a[kk], desc + ((kk * 32) >> 4), acc,
                       fresh ? cute::SM90::GMMA::ScaleOut::Zero : cute::SM90::GMMA::ScaleOut::One, seq);
         fresh = false;
-        if (kGrouped) {
-          const int64_t k_end = kt * kBK + (kk + 1) * 32;
-          if (k_end % gs == 0 && k_end <= g.k) {
-            cute::warpgroup_commit_batch();
-            cute::warpgroup_wait<0>();
-            fence_acc(acc);
-            promote_group<kW8, kNJ>(g, acc, y, n0, m0, k_end / gs - 1, gs);
-            fresh = true;
-            cute::warpgroup_arrive();
-          }
+        if (kGrouped && --steps_left == 0 && grp < g.groups) {  // the group ends here (none in the padding)
+          cute::warpgroup_commit_batch();
+          cute::warpgroup_wait<0>();
+          fence_acc(acc);
+          promote_group<kW8, kNJ>(g, acc, y, n0, m0, grp++, gs);
+          steps_left = group_steps;
+          fresh = true;
+          cute::warpgroup_arrive();
         }
       }
       cute::warpgroup_commit_batch();

@@ -10,7 +10,7 @@
 // nibbles of 64 byte rows) x BM tokens.
 //
 // Epilogue (layout.py for the integer identity; fp32 order of qvgen/quant.h), per group g of the
-// gs = K / G columns with S = a_sums[m, g] (the sum of a8 over the group's columns), c = 128 for 8-bit
+// gs = K / G columns with S = a_sums[g, m] (the sum of a8 over the group's columns), c = 128 for 8-bit
 // weights (else 0), e = 128 - z_x for 8-bit activations (else 0):
 //   acc = dot(a8, w8) + c S + e colsum[n, g]        r = S + e gs
 //   per channel (G = 1): Y = (s_x s_w) (float(acc) - z_w float(r)) + bias
@@ -31,12 +31,15 @@ constexpr int kTcMinGroup = 32;   // smallest weight group (columns) the GEMM ta
 
 QVGEN_HD int64_t tc_round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// tc_quantize: x [M, K] -> a8 int8 [M, KP], scale fp32 [M], zero int32 [M], sums int32 [M, G] (sum of a8
-// over each group of K / G columns; G = 1: the row sum). Formula and order: qvgen/quant.h.
+constexpr int kTcTokenAlign = 256;  // per-token vectors hold MP = M rounded up to this (the largest token tile)
+
+// tc_quantize: x [M, K] -> a8 int8 [M, KP], scale fp32 [MP], zero int32 [MP], sums int32 [G, MP] (group-major:
+// the sum of a8 over each group of K / G columns; G = 1: the row sum). Entries past M are not written; the GEMM
+// reads them for token rows it never stores, so a tile needs no bounds checks. Formula and order: quant.h.
 struct TcQuantArgs {
   const void* x;  // [M, K] of x_dtype, row stride x_stride (elements), unit stride along K
   DType x_dtype;
-  int64_t m, k, kp, x_stride, groups;
+  int64_t m, mp, k, kp, x_stride, groups;
   int bits;
   const float* clip_lo;  // [M]
   const float* clip_hi;  // [M]
@@ -48,9 +51,9 @@ struct TcQuantArgs {
 
 struct TcGemmArgs {
   const int8_t* a8;        // [M, KP]
-  const float* a_scale;    // [M]
-  const int32_t* a_zero;   // [M]
-  const int32_t* a_sums;   // [M, G]
+  const float* a_scale;    // [MP]
+  const int32_t* a_zero;   // [MP]
+  const int32_t* a_sums;   // [G, MP]
   const void* w;           // layout above
   const int32_t* colsum;   // [N, G] sums of the weight codes q per group
   const float* w_scale;    // [N, G]
@@ -58,7 +61,7 @@ struct TcGemmArgs {
   const float* bias;       // [N] fp32 or nullptr
   void* out;               // [M, N] of out_dtype
   DType out_dtype;
-  int64_t m, n, k, kp, groups;
+  int64_t m, mp, n, k, kp, groups;
   int w_bits, a_bits;
 };
 
