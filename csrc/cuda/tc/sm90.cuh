@@ -8,9 +8,11 @@
 // of the block's 128 weight rows: per k32 each thread loads its 8-bit weight fragment with one ldmatrix.x4
 // (4-bit: the same bytes for both warpgroups, low or high nibbles by a shift), then issues
 // wgmma m64{kBM}k32 with the weight from registers and the activation tile from shared memory (u8 x s8, or
-// s8 x s8 for 8-bit weights). Per channel a stage's wgmmas stay in flight while the next stage is issued
-// (wait_group 1) and the stage is released when they complete; per group the accumulator is promoted at each
-// group end (wait_group 0 first) and the stage released at its end.
+// s8 x s8 for 8-bit weights). The weight fragments are wgmma register operands, which must not be rewritten
+// until the wgmmas reading them complete (PTX ISA, wgmma.wait_group): per channel a stage's wgmmas run while
+// the consumers wait for the next stage's barrier, and complete (wait_group 0, stage released) before that
+// stage's fragments are loaded; per group the accumulator is promoted at each group end (wait_group 0 first)
+// and the stage released at its end.
 #pragma once
 
 #include <cuda.h>
@@ -161,6 +163,13 @@ __global__ void __launch_bounds__(384, 1)
     int held = -1;      // per channel: the stage whose wgmmas may still be in flight
     for (int64_t kt = 0; kt < kt_count; ++kt) {
       Barrier::wait(&full[stage], phase);
+      if (!kGrouped && held >= 0) {
+        // The weight fragments are about to be rewritten: the previous stage's wgmmas (which read them from
+        // registers) must be done first; they ran while this thread waited for the stage above.
+        cute::warpgroup_wait<0>();
+        if (lane == 0) Barrier::arrive(&empty[held]);
+        held = -1;
+      }
       const uint8_t* w_tile = smem + stage * C::kStageBytes;
       // This thread's 8-bit weight fragment of k32 step kk (4-bit: the nibble half of this warpgroup).
       auto load_frag = [&](int kk, uint32_t(&f)[4]) {
@@ -202,9 +211,7 @@ __global__ void __launch_bounds__(384, 1)
         cute::warpgroup_wait<0>();
         if (lane == 0) Barrier::arrive(&empty[stage]);
       } else {
-        cute::warpgroup_wait<1>();  // the previous stage's wgmmas are done
-        if (held >= 0 && lane == 0) Barrier::arrive(&empty[held]);
-        held = stage;
+        held = stage;  // released once its wgmmas are done (next stage, or after the loop)
       }
       if (++stage == C::kStages) {
         stage = 0;
