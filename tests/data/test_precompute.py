@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +15,12 @@ from qvgen.data.encoders import SPECS
 from qvgen.data.video import read_clip
 from qvgen.precompute import load_pipeline_parts
 
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_pipeline import tiny  # noqa: E402,F401  (the fixture)
+
 ARGS = ["--frames", "9", "--height", "32", "--width", "32", "--fps", "8", "--shard-size", "2", "--no-progress"]
+
+from tiny_pipeline import tiny  # noqa: E402,F401  (fixture)
 
 
 def _run(pipeline, source, out, *extra, flag="--videos"):

@@ -4,6 +4,8 @@ end-to-end CLI path precompute -> train (bf16 teacher) -> deployed model."""
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +15,12 @@ from qvgen.cli import load_diffusers_model, main
 from qvgen.data import EpochSampler, LatentShards, shard_data_fn
 from qvgen.train import Distiller, TrainConfig
 
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_pipeline import tiny  # noqa: E402,F401  (the fixture)
+
 PRE = ["--frames", "9", "--height", "32", "--width", "32", "--fps", "8", "--shard-size", "2", "--no-progress"]
+
+from tiny_pipeline import tiny  # noqa: E402,F401  (fixture)
 
 
 @pytest.fixture(scope="module")

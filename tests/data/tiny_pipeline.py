@@ -4,9 +4,14 @@ whose input matches the Wan parts (4 latent channels, 16-d text)."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 
 WORDS = "a red green blue square circle moving left right up down fast slow on black".split()
@@ -89,3 +94,19 @@ def make_wan_transformer(folder: Path) -> Path:
         text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", rope_max_seq_len=32).save_pretrained(folder)
     return folder
+
+
+@functools.lru_cache(maxsize=None)
+def _built() -> dict[str, Path]:
+    root = Path(tempfile.mkdtemp(prefix="qvgen-tiny-"))
+    atexit.register(shutil.rmtree, root, True)
+    return {"clips": root / "clips", "paths": make_clips(root / "clips", 5), "wan": make_pipeline(root / "wan", "wan"),
+            "cogvideox": make_pipeline(root / "cog", "cogvideox"), "dit": make_wan_transformer(root / "dit"),
+            "root": root}
+
+
+@pytest.fixture(scope="session")
+def tiny() -> dict[str, Path]:
+    """Tiny pipelines, clips and a Wan transformer, built once per process (import this fixture into a test
+    module; a conftest.py here would shadow the other test folders' `conftest` imports)."""
+    return _built()

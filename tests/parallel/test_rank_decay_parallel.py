@@ -3,12 +3,16 @@ global batch, through every re-SVD and the end of Phi, with the previous loss ke
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 
 from qvgen import iter_qlinears
 
-import rank_decay_workers as w
-from spawn import run_workers
+sys.path.insert(0, str(Path(__file__).parent))
+import rank_decay_workers as w  # noqa: E402
+from gloo_workers import run_workers  # noqa: E402
 
 
 def test_rank_decay_parallel_matches_single_process(tmp_path):

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1] / "data")]
 
 import tiny_pipeline as tp  # noqa: E402
 import train_workers as w  # noqa: E402
-from spawn import run_workers  # noqa: E402
+from gloo_workers import run_workers  # noqa: E402
 
 PRE = ["--frames", "9", "--height", "32", "--width", "32", "--fps", "8", "--shard-size", "2", "--no-progress"]
 
