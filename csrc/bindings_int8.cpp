@@ -20,7 +20,7 @@ DType tag_of(at::ScalarType s) {
   return s == at::kHalf ? DType::kFloat16 : (s == at::kBFloat16 ? DType::kBFloat16 : DType::kFloat32);
 }
 
-constexpr int64_t kTileM = 256, kTileN = 512;
+constexpr int64_t kSlabBytes = 4 << 20;  // int32 products per engine call
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -98,33 +98,31 @@ at::Tensor int8_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::T
   const at::Tensor cs = w_colsum.contiguous(), ws = w_scale.contiguous(), wz = w_zero.contiguous();
   const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const int64_t gs = k / groups, gs_gemm = k_gemm / groups;  // k_gemm > k only with one group
-  // Output tiles, N-major so that a thread's tiles share weight columns; the int32 tile stays in
-  // cache between the engine and the epilogue (a whole [M, N] int32 buffer would go through DRAM).
-  const int64_t tm = std::min<int64_t>(m, kTileM), mt = ceil_div(m, tm);
-  int64_t tn = std::min<int64_t>(n, kTileN);
-  while (tn > 64 && mt * ceil_div(n, tn) < 2 * at::get_num_threads()) tn = ceil_div(tn / 2, 16) * 16;
-  const int64_t nt = ceil_div(n, tn);
+  // Row slabs of the output, one after the other: each engine call parallelises itself (a call inside
+  // at::parallel_for would nest thread pools), and the epilogue runs over the slab's rows while its int32
+  // products are still in cache (a whole [M, N] int32 buffer would go through DRAM). Slabs of a few MB keep
+  // the number of parallel regions per call small: each is a barrier that a busy core delays.
+  const int64_t tm = std::min<int64_t>(m, std::max<int64_t>(16, kSlabBytes / (4 * n) / 16 * 16)), mt = ceil_div(m, tm);
+  const int64_t tn = n, nt = 1;
   const bool with_partial = grouped && groups > 1;
-  at::parallel_for(0, mt * nt, 1, [&](int64_t t0, int64_t t1) {
-    at::Tensor acc_buf = at::empty({tm * tn}, opts.dtype(at::kInt));
-    at::Tensor part_buf = with_partial ? at::empty({tm * tn}, opts.dtype(at::kFloat)) : at::Tensor();
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t m0 = (t % mt) * tm, n0 = (t / mt) * tn;
-      const int64_t rows = std::min(tm, m - m0), cols = std::min(tn, n - n0);
-      at::Tensor acc = acc_buf.narrow(0, 0, rows * cols).view({rows, cols});
-      for (int64_t g = 0; g < groups; ++g) {
-        at::_int_mm_out(acc, aq.narrow(0, m0, rows).narrow(1, g * gs_gemm, gs_gemm),
-                        wq.narrow(0, n0, cols).narrow(1, g * gs_gemm, gs_gemm).t());
-        int8::EpilogueArgs e{acc.data_ptr<int32_t>(), as.data_ptr<float>(), ar.data_ptr<int32_t>(),
-                             ao.data_ptr<int32_t>(), cs.data_ptr<int32_t>(), ws.data_ptr<float>(),
-                             wz.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr, n, groups, g, gs,
-                             m0, n0, n0 + cols, cols, w_bits == 8 ? 128 : 0, grouped,
-                             with_partial ? part_buf.data_ptr<float>() : nullptr, out.data_ptr(),
-                             tag_of(out.scalar_type())};
-        int8::epilogue_rows(e, m0, m0 + rows);
-      }
+  at::Tensor acc_buf = at::empty({tm * tn}, opts.dtype(at::kInt));
+  at::Tensor part_buf = with_partial ? at::empty({tm * tn}, opts.dtype(at::kFloat)) : at::Tensor();
+  for (int64_t t = 0; t < mt * nt; ++t) {
+    const int64_t m0 = (t % mt) * tm, n0 = (t / mt) * tn;
+    const int64_t rows = std::min(tm, m - m0), cols = std::min(tn, n - n0);
+    at::Tensor acc = acc_buf.narrow(0, 0, rows * cols).view({rows, cols});
+    for (int64_t g = 0; g < groups; ++g) {
+      at::_int_mm_out(acc, aq.narrow(0, m0, rows).narrow(1, g * gs_gemm, gs_gemm),
+                      wq.narrow(0, n0, cols).narrow(1, g * gs_gemm, gs_gemm).t());
+      int8::EpilogueArgs e{acc.data_ptr<int32_t>(), as.data_ptr<float>(), ar.data_ptr<int32_t>(),
+                           ao.data_ptr<int32_t>(), cs.data_ptr<int32_t>(), ws.data_ptr<float>(),
+                           wz.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr, n, groups, g, gs,
+                           m0, n0, n0 + cols, cols, w_bits == 8 ? 128 : 0, grouped,
+                           with_partial ? part_buf.data_ptr<float>() : nullptr, out.data_ptr(),
+                           tag_of(out.scalar_type())};
+      at::parallel_for(m0, m0 + rows, grain(cols), [&](int64_t r0, int64_t r1) { int8::epilogue_rows(e, r0, r1); });
     }
-  });
+  }
   return out;
 }
 
