@@ -5,6 +5,7 @@ pull in heavier dependencies.
 """
 
 from .config import ARCH_SKIP_PRESETS, QuantConfig
+from .deployed import DeployedLinear
 from .io import load_quantized, save_quantized
 from .qlinear import QLinear
 from .rank_decay import RankDecay
@@ -12,6 +13,6 @@ from .swap import iter_qlinears, quantize_model, to_deploy
 from .timestep import set_timesteps, timestep_to_group
 
 __all__ = [
-    "ARCH_SKIP_PRESETS", "QLinear", "QuantConfig", "RankDecay", "iter_qlinears", "load_quantized",
+    "ARCH_SKIP_PRESETS", "DeployedLinear", "QLinear", "QuantConfig", "RankDecay", "iter_qlinears", "load_quantized",
     "quantize_model", "save_quantized", "set_timesteps", "timestep_to_group", "to_deploy",
 ]

@@ -19,8 +19,9 @@ from . import atomic_dir
 from .config import QuantConfig
 from .integrity import (check_digests, digests, fsync_path, read_safetensors, text_digest, write_error,
                         write_text_durably)
+from .deployed import DeployedLinear
 from .qlinear import QLinear
-from .swap import attach, iter_qlinears, model_config, swap_linears
+from .swap import QUANTIZED, attach, iter_qlinears, model_config, replace_modules, swap_linears
 
 CHECKPOINT_VERSION = 2  # 2: content hashes in the safetensors metadata
 READABLE_VERSIONS = (1, 2)
@@ -58,7 +59,7 @@ def state_for_file(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _metadata(model: nn.Module, layers: list[tuple[str, QLinear]]) -> dict[str, Any]:
+def _metadata(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> dict[str, Any]:
     modes = {q.mode for _, q in layers}
     meta: dict[str, Any] = {
         "format_version": CHECKPOINT_VERSION,
@@ -82,7 +83,7 @@ def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
     every tensor, so a config copied from another checkpoint or damaged data fails at load. Returns the folder."""
     layers = list(iter_qlinears(model))
     if not layers:
-        fail("save_quantized", "model", "a model with QLinear layers", "none")
+        fail("save_quantized", "model", "a model with QLinear / DeployedLinear layers", "none")
     path = Path(path)
     meta_text = json.dumps(_metadata(model, layers), indent=2)
     tensors = state_for_file(model.state_dict())
@@ -204,7 +205,8 @@ def _instantiate(model_or_class: Any, meta: dict[str, Any]) -> nn.Module:
          repr(model_or_class), TypeError)
 
 
-def _prepare(model: nn.Module, meta: dict[str, Any], cfg: QuantConfig) -> None:
+def _prepare(model: nn.Module, meta: dict[str, Any], cfg: QuantConfig,
+             state: dict[str, torch.Tensor]) -> nn.Module:
     """Make model's structure match the checkpoint: same config, modules swapped, Phi widths, modes."""
     op = "load_quantized"
     existing = model_config(model)
@@ -220,17 +222,45 @@ def _prepare(model: nn.Module, meta: dict[str, Any], cfg: QuantConfig) -> None:
             module = model.get_submodule(name)
         except AttributeError:
             module = None
-        if not isinstance(module, nn.Linear) or (not name and not isinstance(module, QLinear)):
+        if not isinstance(module, nn.Linear) or (not name and not isinstance(module, QUANTIZED)):
             fail(op, "model", f"an nn.Linear at '{name}' (as in the checkpoint)", type(module).__name__)
-    swap_linears(model, cfg, names, calibrate=False)
+    deployed = {n for n in names if meta["modes"][n] == "deploy"}
+    swap_linears(model, cfg, [n for n in names if n not in deployed], calibrate=False)
+    # Deployed layers are built empty (on the device of the Linear they replace: meta for a model built
+    # empty), never through a QLinear: no fp weight is quantized only to be overwritten.
+    model = replace_modules(model, lambda name, m: _empty_deployed(m, cfg, state, name)
+                            if name in deployed and not isinstance(m, DeployedLinear) else None)
     attach(model, cfg)
     for name, q in iter_qlinears(model):
-        mode = meta["modes"][name]
-        if q.mode == "deploy" and mode == "qat":
+        if q.mode == "deploy" and meta["modes"][name] == "qat":
             fail(op, "model", f"layer '{name}' in qat mode (as in the checkpoint)", "deploy mode")
-        q.set_phi_width(int(meta["phi_ranks"][name]))
-        if mode == "deploy":
-            q.to_deploy(keep_phi=True)
+        if isinstance(q, QLinear):
+            q.set_phi_width(int(meta["phi_ranks"][name]))
+    return model
+
+
+def _empty_deployed(linear: nn.Linear, cfg: QuantConfig, state: dict[str, torch.Tensor],
+                   name: str) -> DeployedLinear:
+    ref = linear.bias if linear.weight is None else linear.weight
+    phi = state.get(f"{name}.phi_l" if name else "phi_l")
+    return DeployedLinear(linear.in_features, linear.out_features, linear.bias is not None, cfg,
+                          device=ref.device if ref is not None else None,
+                          dtype=ref.dtype if ref is not None else None,
+                          phi_capacity=0 if phi is None else phi.shape[1])
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path, op: str) -> None:
+    """Load every entry of `state` into `model` (strict), assigning the tensors when the model was built on
+    the meta device; afterwards no parameter or buffer may be left uninitialised on meta."""
+    empty = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    try:
+        model.load_state_dict(state, strict=True, assign=empty)
+    except RuntimeError as e:
+        raise ValueError(f"{op}: checkpoint {source} does not fit the model: {e}") from e
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        fail(op, str(source), "a value for every parameter and buffer of the model",
+             f"{len(left)} left uninitialised ({', '.join(left[:4])})")
 
 
 def load_quantized(model_or_class: Any, path: str | os.PathLike) -> nn.Module:
@@ -244,11 +274,8 @@ def load_quantized(model_or_class: Any, path: str | os.PathLike) -> nn.Module:
     except (TypeError, ValueError) as e:
         fail("load_quantized", f"{path / META_NAME}: quant_config", "a valid QuantConfig", str(e))
     model = _instantiate(model_or_class, meta)
-    _prepare(model, meta, cfg)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"load_quantized: checkpoint {path} does not fit the model: {e}") from e
+    model = _prepare(model, meta, cfg, state)
+    load_state_strict(model, state, path, "load_quantized")
     return model
 
 

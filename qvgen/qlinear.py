@@ -1,4 +1,5 @@
-"""QLinear: the drop-in quantized nn.Linear (QAT fake quant with the auxiliary module Phi, or packed deploy)."""
+"""QLinear: the drop-in quantized nn.Linear for QAT (fake quant with the auxiliary module Phi). Its deployed
+form is a module of its own, `qvgen.deployed.DeployedLinear` (`QLinear.to_deploy`, `qvgen.to_deploy`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qvgen_kernels import ops
 from qvgen_kernels.format import fail
 
 from .config import QuantConfig
@@ -22,13 +22,11 @@ _DEPLOY_KEYS = ("w_packed", "w_scale", "w_zero")
 
 
 class QLinear(nn.Linear):
-    """nn.Linear with QVGen quantization. Keeps the `weight` / `bias` names.
+    """nn.Linear with QVGen fake quantization. Keeps the `weight` / `bias` names.
 
-    mode "qat":    y = Qw(W) Qa(x) + b + (L * gamma) (R Qa(x))   (Phi while its rank > 0)
-    mode "deploy": packed weight codes (the checkpoint layout) + the low-bit kernels: the codes are prepacked
-                   once into the layout of the backend that runs them (`qvgen_kernels.ops.prepack_linear`;
-                   rebuilt after `.to()` / loading), then every call is one `prepacked_linear`.
-    Activation clips are chosen per sample from the model's timestep groups (see qvgen.timestep).
+    y = Qw(W) Qa(x) + b + (L * gamma) (R Qa(x))   (Phi while its rank > 0)
+    `to_deploy()` returns the packed DeployedLinear computing the same function. Activation clips are chosen
+    per sample from the model's timestep groups (see qvgen.timestep).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, cfg: QuantConfig | None = None,
@@ -46,7 +44,6 @@ class QLinear(nn.Linear):
         # A standalone layer takes no timestep: clip group 0 until one is set (quantize_model replaces this
         # state by the model's, which follows the model's `timestep` argument).
         setattr(self, STATE_ATTR, TimestepState(cfg.clip_groups, cfg.num_train_timesteps, default_group=0))
-        self._packed: ops.PackedLinear | None = None  # deploy mode: the backend's weight layout
         self._set_phi_shape(cfg.rank, device)
 
     def _set_phi_shape(self, rank: int, device: torch.device | None = None) -> None:
@@ -71,12 +68,11 @@ class QLinear(nn.Linear):
 
     @property
     def weight_device(self) -> torch.device:
-        src = self.weight if self.weight is not None else self.w_scale
-        return src.device
+        return self.weight.device
 
     @property
     def weight_dtype(self) -> torch.dtype:
-        return self.weight.dtype if self.weight is not None else self._weight_dtype
+        return self.weight.dtype
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, cfg: QuantConfig, calibrate: bool = True) -> "QLinear":
@@ -162,80 +158,22 @@ class QLinear(nn.Linear):
             fail("QLinear", "x", f"a tensor [..., {self.in_features}]", tuple(x.shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "deploy":  # prepacked_linear checks x itself
-            return self._forward_deploy(x)
         self._check_input(x)
         x_hat = x if self.act_quant is None else self.act_quant(x, self._row_index(x))
         y = F.linear(x_hat, self.weight_quant(self.weight), self.bias)
         return y if self.phi_l is None else y + self._phi(x_hat)
 
-    def _deploy_clips(self, x: torch.Tensor) -> tuple[Any, Any]:
-        if self.cfg.a_bits == 16:
-            return 1.0, 1.0
-        if self.cfg.clip_groups == 1:  # one clip pair for every row: the [1] tables as they are
-            return self.a_clip_lo, self.a_clip_hi
-        index = self._row_index(x)
-        # take, not [index]: a 0-d tensor index calls .item(), a graph break under torch.compile.
-        return torch.take(self.a_clip_lo, index), torch.take(self.a_clip_hi, index)
-
-    def _forward_deploy(self, x: torch.Tensor) -> torch.Tensor:
-        packed = self._packed if self._packed is not None else self.prepack()
-        c_lo, c_hi = self._deploy_clips(x)
-        y = ops.prepacked_linear(x, packed, self.bias, c_lo, c_hi)
-        if self.phi_l is None:
-            return y
-        with torch.no_grad():
-            x_hat = x if self.cfg.a_bits == 16 else ops.fake_quant_act(x, self.cfg.a_bits, c_lo, c_hi)
-        return y + self._phi(x_hat).to(y.dtype)
-
-    @torch.no_grad()
-    def prepack(self, backend: str | None = None) -> ops.PackedLinear:
-        """(Re)build the deployed weights in the layout of `backend` (None: the automatic choice for the
-        weights' device, or $QVGEN_BACKEND). Done at `to_deploy` and lazily after `.to()` / loading."""
-        self._require_mode("deploy", "prepack")
-        self._packed = ops.prepack_linear(self.w_packed, self.w_scale, self.w_zero, w_bits=self.cfg.w_bits,
-                                          a_bits=self.cfg.a_bits, k=self.in_features, backend=backend)
-        return self._packed
-
-    def _apply(self, fn: Any, recurse: bool = True) -> "QLinear":
-        self._packed = None  # the buffers may move or change: rebuild the layout from them on next use
-        return super()._apply(fn, recurse)
-
     # --- conversion ----------------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def to_deploy(self, keep_phi: bool = False) -> "QLinear":
-        """Switch to packed weights + low-bit kernels; the latent fp `weight` is dropped. Refuses while Phi
-        has rank > 0 unless keep_phi (Phi is then evaluated on the fake-quantized activation)."""
-        if self.mode == "deploy":
-            return self
-        if self.phi_l is not None and not keep_phi:
-            if self.phi_rank > 0:
-                fail("QLinear.to_deploy", "keep_phi", "True while Phi has rank > 0 (finish rank decay first)",
-                     f"False with Phi rank {self.phi_rank}")
-            self.remove_phi()
-        wq = self.weight_quant
-        codes = wq.codes(self.weight)
-        self.register_buffer("w_packed", ops.pack(codes, self.cfg.w_bits))
-        self.register_buffer("w_scale", wq.effective_scale().detach().float().clone())
-        self.register_buffer("w_zero", wq.zero.detach().float().clone())
-        if self.act_quant is not None:
-            c_lo, c_hi = self.act_quant.clip_table()
-            self.register_buffer("a_clip_lo", c_lo.detach().float().clone())
-            self.register_buffer("a_clip_hi", c_hi.detach().float().clone())
-        self._weight_dtype = self.weight.dtype
-        self.weight = None
-        self.weight_quant = None
-        self.act_quant = None
-        self.mode = "deploy"
-        self.prepack()
-        return self
+    def to_deploy(self, keep_phi: bool = False) -> nn.Module:
+        """The packed deployment module computing this layer's function (a new DeployedLinear sharing the
+        bias; this layer is left as it is). Refuses while Phi has rank > 0 unless keep_phi (Phi is then
+        evaluated on the fake-quantized activation)."""
+        from .deployed import DeployedLinear  # deployed.py knows QLinear's fields, not the other way
+        return DeployedLinear.from_qlinear(self, keep_phi=keep_phi)
 
     def _dequantized_weight(self) -> torch.Tensor:
-        if self.mode == "qat":
-            return self.weight_quant(self.weight).detach().float()
-        codes = ops.unpack(self.w_packed, self.cfg.w_bits, self.in_features)
-        return ops.dequantize_weight(codes, self.w_scale, self.w_zero)
+        return self.weight_quant(self.weight).detach().float()
 
     @torch.no_grad()
     def to_linear(self) -> nn.Linear:
@@ -306,7 +244,6 @@ class QLinear(nn.Linear):
             self._phi_active = width if gamma is None else int((gamma != 0).sum())
         elif layer_present and self.phi_l is not None:
             self.remove_phi()
-        self._packed = None  # new codes or scales: rebuild the deployed layout on next use
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _pad_phi_entries(self, state_dict: dict, keys: dict[str, str], width: int) -> None:

@@ -1,29 +1,69 @@
-"""Model-level operations: swap nn.Linear -> QLinear, iterate the QLinears, convert to deployment."""
+"""Model-level operations: swap nn.Linear -> QLinear, iterate the quantized layers, swap QLinear ->
+DeployedLinear for deployment."""
 
 from __future__ import annotations
 
 import fnmatch
 import logging
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Union
 
 from torch import nn
 
 from qvgen_kernels.format import fail
 
 from .config import QuantConfig
+from .deployed import DeployedLinear
 from .qlinear import QLinear
 from .timestep import STATE_ATTR, attach_state
 
 logger = logging.getLogger("qvgen")
 
 CONFIG_ATTR = "qvgen_config"
+QUANTIZED = (QLinear, DeployedLinear)
+QuantizedLinear = Union[QLinear, DeployedLinear]
+
+# Parents that read their Linear child's `.weight` directly instead of calling it: a swapped child would be
+# bypassed (QAT quantizes nothing) or break them (a DeployedLinear has no weight). Type -> why it is skipped.
+WEIGHT_READERS: dict[type, str] = {
+    nn.MultiheadAttention: "nn.MultiheadAttention reads out_proj.weight directly (F.multi_head_attention_forward)",
+}
 
 
-def iter_qlinears(model: nn.Module) -> Iterator[tuple[str, QLinear]]:
-    """(qualified name, QLinear) pairs, in module order (the root itself is named "")."""
+def iter_qlinears(model: nn.Module) -> Iterator[tuple[str, QuantizedLinear]]:
+    """(qualified name, layer) pairs of the quantized layers, QLinear (QAT) or DeployedLinear, in module
+    order (the root itself is named "")."""
     for name, module in model.named_modules():
-        if isinstance(module, QLinear):
+        if isinstance(module, QUANTIZED):
             yield name, module
+
+
+def _weight_readers(model: nn.Module) -> dict[int, str]:
+    """id of each Linear child of a WEIGHT_READERS parent -> the reason it must stay an nn.Linear."""
+    out = {}
+    for parent in model.modules():
+        reason = next((r for t, r in WEIGHT_READERS.items() if isinstance(parent, t)), None)
+        if reason is not None:
+            out.update({id(c): reason for c in parent.children() if isinstance(c, nn.Linear)})
+    return out
+
+
+def replace_modules(model: nn.Module, new_for: Callable[[str, nn.Module], nn.Module | None]) -> nn.Module:
+    """Replace, at every path, each submodule for which new_for(name, module) gives a module (called once per
+    module object, so a shared module stays shared). Returns the model, or the replacement of the root."""
+    made: dict[int, nn.Module | None] = {}
+    root = None
+    for name, module in list(model.named_modules(remove_duplicate=False)):
+        if id(module) not in made:
+            made[id(module)] = new_for(name, module)
+        new = made[id(module)]
+        if new is None:
+            continue
+        if not name:
+            root = new
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, new)
+    return root if root is not None else model
 
 
 def model_config(model: nn.Module) -> QuantConfig | None:
@@ -45,26 +85,33 @@ def _check_same_config(op: str, model: nn.Module, cfg: QuantConfig) -> None:
 def swap_linears(model: nn.Module, cfg: QuantConfig, select: Iterable[str] | None, calibrate: bool) -> int:
     """Replace the nn.Linear modules named in `select` (None: all not matching cfg's skip patterns) by
     QLinears, in place. A Linear shared by several parents gets one shared QLinear. Returns the count."""
+    readers = _weight_readers(model)
     candidates = [(name, m) for name, m in model.named_modules(remove_duplicate=False)
-                  if name and isinstance(m, nn.Linear) and not isinstance(m, QLinear)]
+                  if name and isinstance(m, nn.Linear) and not isinstance(m, QUANTIZED)]
+    for name, m in candidates:
+        if id(m) in readers:
+            logger.info("qvgen: not quantizing '%s': %s", name, readers[id(m)])
+    candidates = [(name, m) for name, m in candidates if id(m) not in readers]
     if select is None:
         patterns = cfg.skip_patterns
         chosen = {id(m) for name, m in candidates if not any(fnmatch.fnmatchcase(name, p) for p in patterns)}
     else:
         wanted = set(select)
         chosen = {id(m) for name, m in candidates if name in wanted}
-    # Every path to a chosen module is swapped, so a shared Linear stays shared.
-    targets = [(name, m) for name, m in candidates if id(m) in chosen]
-    swapped: dict[int, QLinear] = {}
-    for name, module in targets:
-        if id(module) not in swapped:
-            try:
-                swapped[id(module)] = QLinear.from_linear(module, cfg, calibrate=calibrate)
-            except (ValueError, TypeError) as e:
-                raise type(e)(f"quantize_model: layer '{name}': {e}") from e
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, swapped[id(module)])
-    return len(swapped)
+    count = 0
+
+    def new_for(name: str, module: nn.Module) -> QLinear | None:
+        nonlocal count
+        if id(module) not in chosen:
+            return None
+        count += 1
+        try:
+            return QLinear.from_linear(module, cfg, calibrate=calibrate)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"quantize_model: layer '{name}': {e}") from e
+
+    replace_modules(model, new_for)  # every path to a chosen module, so a shared Linear stays shared
+    return count
 
 
 def attach(model: nn.Module, cfg: QuantConfig) -> None:
@@ -100,18 +147,18 @@ def quantize_model(model: nn.Module, cfg: QuantConfig, *, calibrate: bool = True
 
 
 def to_deploy(model: nn.Module, keep_phi: bool = False) -> nn.Module:
-    """Convert every QLinear to packed weights + low-bit kernels, in place. Refuses, naming the first layer,
-    while any layer's Phi has rank > 0, unless keep_phi."""
-    layers = list(iter_qlinears(model))
+    """Swap every QLinear for its DeployedLinear (packed weights + low-bit kernels), in place, and return the
+    model (or, for a bare QLinear, its DeployedLinear). Refuses, naming the first layer, while any layer's
+    Phi has rank > 0, unless keep_phi."""
+    layers = [(name, q) for name, q in iter_qlinears(model) if isinstance(q, QLinear)]
     if not keep_phi:
         for name, q in layers:
             if q.phi_rank > 0:
                 fail("to_deploy", "keep_phi", "True, or every Phi removed by rank decay first (call "
                      "RankDecay.finish() after the training loop)",
                      f"False with layer '{name or type(model).__name__}' still holding Phi of rank {q.phi_rank}")
-    for _, q in layers:
-        q.to_deploy(keep_phi=keep_phi)
-    return model
+    return replace_modules(model, lambda _, m: m.to_deploy(keep_phi) if isinstance(m, QLinear) else None)
 
 
-__all__ = ["attach", "iter_qlinears", "model_config", "quantize_model", "swap_linears", "to_deploy"]
+__all__ = ["QUANTIZED", "WEIGHT_READERS", "attach", "iter_qlinears", "model_config", "quantize_model",
+           "replace_modules", "swap_linears", "to_deploy"]

@@ -125,7 +125,7 @@ def test_compile_single_qlinear_no_graph_break(mode: str, groups: int, t: object
     torch.manual_seed(7)
     layer = QLinear.from_linear(nn.Linear(33, 17), qvgen.QuantConfig.preset("w4a4", rank=0, clip_groups=groups))
     if mode == "deploy":
-        layer.to_deploy()
+        layer = layer.to_deploy()
     qvgen.set_timesteps(layer, t)
     x = torch.randn(2, 9, 33)
     with torch.no_grad():

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from qat_helpers import rel_err
-from qvgen import QLinear, QuantConfig, set_timesteps
+from qvgen import DeployedLinear, QLinear, QuantConfig, set_timesteps
 
 PRESETS = ["w4a4", "w3a3", "w4a8", "w8a8", "w4a16"]
 
@@ -30,7 +30,8 @@ def test_fake_quant_equals_deploy(gen, preset, group):
     set_timesteps(q, torch.tensor([0, 555, 999]))
     with torch.no_grad():
         y_qat = q(x)
-    q.to_deploy()
+    q = q.to_deploy()
+    assert isinstance(q, DeployedLinear) and isinstance(q, nn.Linear)
     assert q.mode == "deploy" and q.weight is None and "weight" not in q.state_dict()
     assert q.w_packed.dtype == torch.uint8
     y_dep = q(x)
@@ -110,7 +111,7 @@ def test_to_deploy_refuses_with_phi_and_keep_phi(gen):
         ref = q(x)
     with pytest.raises(ValueError, match="keep_phi"):
         q.to_deploy()
-    q.to_deploy(keep_phi=True)
+    q = q.to_deploy(keep_phi=True)
     assert q.phi_rank == 4 and q.mode == "deploy"
     assert rel_err(q(x), ref) <= 1e-5  # same codes; fp32 GEMM order only
 
@@ -141,8 +142,7 @@ def test_to_linear(gen):
         q.remove_phi()
         ref = q(x)
         lin_qat = q.to_linear()
-        q.to_deploy()
-        lin_dep = q.to_linear()
+        lin_dep = q.to_deploy().to_linear()
         torch.testing.assert_close(lin_dep.weight, lin_qat.weight, rtol=0, atol=1e-6)
         assert rel_err(lin_dep(x), ref) <= 1e-5
 
@@ -180,6 +180,6 @@ def test_non_positive_learned_scale_is_floored(gen):
     with torch.no_grad():
         y_qat = q(x)
     assert bool(torch.isfinite(y_qat).all())
-    q.to_deploy()
+    q = q.to_deploy()
     assert float(q.w_scale.min()) > 0
     assert rel_err(q(x), y_qat) <= 1e-5  # same floored scale on both sides; fp32 GEMM order only
