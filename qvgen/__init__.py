@@ -12,6 +12,14 @@ from .rank_decay import RankDecay
 from .swap import iter_qlinears, quantize_model, to_deploy
 from .timestep import set_timesteps, timestep_to_group
 
+
+
+def __getattr__(name: str):
+    """qvgen.Quantized<diffusers class> (and ModelMixin), as diffusers resolves model_index.json entries."""
+    from .pretrained import lookup
+    return lookup(name)
+
+
 __all__ = [
     "ARCH_SKIP_PRESETS", "DeployedLinear", "QLinear", "QuantConfig", "RankDecay", "iter_qlinears", "load_quantized",
     "quantize_model", "save_quantized", "set_timesteps", "timestep_to_group", "to_deploy",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -76,11 +77,13 @@ def _metadata(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> dict[str
     return meta
 
 
-def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
+def save_quantized(model: nn.Module, path: str | os.PathLike, extra_files: dict[str, str] | None = None) -> Path:
     """Write `path/model.safetensors` and `path/qvgen.json`. A complete, loadable checkpoint is at `path` at
     every instant: the new copy is written and fsynced beside it, then swapped in atomically (see
     `qvgen.atomic_dir`). The safetensors metadata records the sha256 of qvgen.json (and its text) and of
-    every tensor, so a config copied from another checkpoint or damaged data fails at load. Returns the folder."""
+    every tensor, so a config copied from another checkpoint or damaged data fails at load. `extra_files`
+    (name -> text, e.g. diffusers' config.json) are written into the same folder, inside the same swap.
+    Returns the folder."""
     layers = list(iter_qlinears(model))
     if not layers:
         fail("save_quantized", "model", "a model with QLinear / DeployedLinear layers", "none")
@@ -93,7 +96,7 @@ def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
         atomic_dir.clean(path)  # leftovers of killed saves; kept while they may be the only complete copy
     tmp = atomic_dir.new_tmp(path)
     try:
-        _write(tmp, tensors, record, meta_text, kept=f"the checkpoint at {path} is unchanged")
+        _write(tmp, tensors, record, meta_text, extra_files or {}, kept=f"the checkpoint at {path} is unchanged")
         atomic_dir.publish(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -101,11 +104,15 @@ def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
     return path
 
 
-def _write(tmp: Path, tensors: dict[str, torch.Tensor], record: dict[str, str], meta_text: str, kept: str) -> None:
+def _write(tmp: Path, tensors: dict[str, torch.Tensor], record: dict[str, str], meta_text: str,
+           extra_files: dict[str, str], kept: str) -> None:
     file = tmp / WEIGHTS_NAME
     try:
         save_file(tensors, str(file), metadata=record)
         fsync_path(file)
+        for name, text in extra_files.items():
+            file = tmp / name
+            write_text_durably(file, text)
         # qvgen.json last, whole or absent: its presence marks a complete copy.
         file = tmp / (META_NAME + ".part")
         write_text_durably(file, meta_text)
@@ -200,9 +207,20 @@ def _instantiate(model_or_class: Any, meta: dict[str, Any]) -> nn.Module:
         if "model_config" not in meta:
             fail("load_quantized", "model_or_class", "a model instance (the checkpoint has no model config)",
                  model_or_class.__name__)
-        return model_or_class.from_config(meta["model_config"])
+        with _empty_weights():  # parameters on meta, filled by the checkpoint's tensors (assigned)
+            return model_or_class.from_config(meta["model_config"])
     fail("load_quantized", "model_or_class", "an nn.Module or a class with from_config",
          repr(model_or_class), TypeError)
+
+
+def _empty_weights() -> Any:
+    """A context building modules with their parameters on the meta device and buffers real (non-persistent
+    buffers such as rotary tables are not in the checkpoint), or a no-op without accelerate."""
+    try:
+        from accelerate import init_empty_weights
+    except ImportError:
+        return contextlib.nullcontext()
+    return init_empty_weights(include_buffers=False)
 
 
 def _prepare(model: nn.Module, meta: dict[str, Any], cfg: QuantConfig,
@@ -265,7 +283,8 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
 
 def load_quantized(model_or_class: Any, path: str | os.PathLike) -> nn.Module:
     """Rebuild a model saved by save_quantized. model_or_class: the FP architecture (or a model already
-    quantized with the same config), or a class with `from_config` (diffusers) built from the saved config.
+    quantized with the same config), or a class with `from_config` (diffusers) built from the saved config
+    with its parameters on the meta device (host memory: the checkpoint's tensors, assigned, not copied).
     Layers are swapped without calibration, converted to the saved mode, Phi resized to the saved ranks,
     then the state dict is loaded strictly. Returns the model."""
     path, meta, state = _read(Path(path))

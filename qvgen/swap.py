@@ -116,6 +116,8 @@ def swap_linears(model: nn.Module, cfg: QuantConfig, select: Iterable[str] | Non
 
 def attach(model: nn.Module, cfg: QuantConfig) -> None:
     """Record cfg on the model and share one timestep state (set by a forward pre-hook) with every QLinear."""
+    from .pretrained import adopt  # a diffusers model gets its qvgen class (save_pretrained / from_pretrained)
+    adopt(model)
     setattr(model, CONFIG_ATTR, cfg)
     state = attach_state(model, cfg.clip_groups, cfg.num_train_timesteps)
     for _, q in iter_qlinears(model):
