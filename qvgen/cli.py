@@ -4,6 +4,7 @@ latent shards) and ``qvgen train`` (a real diffusers model; one process or torch
     qvgen demo [--fast] [--out runs/demo] [--bits w4a4|w3a3] [--steps N] [--seed S] [--device cuda|cpu]
     qvgen precompute --pipeline DIR (--videos DIR | --list FILE) --out SHARDS [--frames 49 --fps 16] ...
     qvgen train --model DIR [--preset w4a4] [--steps N] [--out DIR] [--data SHARDS|FILE] [--arch NAME] ...
+    qvgen generate --pipeline DIR [--transformer QDIR] --prompt TEXT [--compare-fp] [--out DIR] ...
     torchrun --nproc_per_node N -m qvgen train ... [--parallel fsdp|ddp]
 
 ``python -m qvgen ...`` is the same program.
@@ -19,6 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from qvgen.rank_decay import DEFAULT_DECAY_END
 from qvgen_kernels.format import fail
 
 from qvgen.models.adapters import ADAPTERS
@@ -90,6 +92,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=_positive_int, default=2000, help="distillation steps (default: %(default)s)")
     p.add_argument("--batch-size", type=_positive_int, default=1, help="batch size (default: %(default)s)")
     p.add_argument("--lr", type=float, default=3e-5, help="learning rate (default: %(default)s)")
+    p.add_argument("--decay-end", type=float, default=DEFAULT_DECAY_END,
+                   help="fraction of training by whose end Phi is gone; 1.0 = the paper's schedule "
+                        "(default: %(default)s, from benchmarks/results/quality.md)")
     p.add_argument("--out", default="runs/train", help="output folder (default: %(default)s)")
     p.add_argument("--data", help="a shard folder written by qvgen precompute (streamed, shuffled per epoch, split "
                                   "by rank), or a .pt / .safetensors file with 'latents' [N, ...] and "
@@ -236,6 +241,62 @@ def _run_precompute(args: argparse.Namespace) -> int:
     return run_precompute(args)
 
 
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate", help="generate clips with a quantized transformer in its diffusers pipeline",
+        description="Load a diffusers pipeline folder (FP components, or a saved quantized pipeline), put the "
+                    "quantized transformer in it, and write one mp4 + GIF + PNG strip per prompt. --compare-fp "
+                    "also runs the FP transformer with the same seed and prints PSNR / SSIM against it.")
+    p.add_argument("--pipeline", required=True, help="diffusers pipeline folder (model_index.json)")
+    p.add_argument("--transformer", help="quantized transformer folder (default: the pipeline's own)")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--prompts-file", help="a text file with one prompt per line")
+    p.add_argument("--negative-prompt")
+    p.add_argument("--out", default="runs/generate", help="output folder (default: %(default)s)")
+    p.add_argument("--compare-fp", action="store_true", help="also run the FP transformer; print PSNR / SSIM")
+    p.add_argument("--fp-transformer", help="FP transformer folder for --compare-fp (default: the pipeline's)")
+    p.add_argument("--seed", type=int, default=0, help="generator seed of every clip (default: %(default)s)")
+    p.add_argument("--steps", type=_positive_int, default=30, help="denoising steps (default: %(default)s)")
+    p.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default: %(default)s)")
+    p.add_argument("--height", type=_positive_int)
+    p.add_argument("--width", type=_positive_int)
+    p.add_argument("--frames", type=_positive_int, help="number of frames (the pipeline's default if unset)")
+    p.add_argument("--fps", type=_positive_int, default=16, help="frame rate of the mp4 / GIF")
+    p.add_argument("--max-sequence-length", type=_positive_int, help="text tokens (the pipeline's default)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto = cuda when available (default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from qvgen.generate import GenerateConfig, generate
+
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
+    if not prompts:
+        fail("qvgen generate", "--prompt", "at least one prompt (--prompt or --prompts-file)", "none")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    cfg = GenerateConfig(
+        pipeline=Path(args.pipeline), prompts=prompts, out=Path(args.out),
+        transformer=Path(args.transformer) if args.transformer else None,
+        fp_transformer=Path(args.fp_transformer) if args.fp_transformer else None, compare_fp=args.compare_fp,
+        negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
+        height=args.height, width=args.width, frames=args.frames, fps=args.fps,
+        max_sequence_length=args.max_sequence_length, dtype=args.dtype, device=device,
+        progress=not args.no_progress)
+    summary = generate(cfg)
+    for clip in summary["clips"]:
+        line = f"{clip['prompt']!r}: {clip['files'][0]}"
+        if "psnr" in clip:
+            line += f"  vs FP: PSNR {clip['psnr']:.2f} dB, SSIM {clip['ssim']:.4f}"
+        print(line)
+    if "psnr" in summary:
+        print(f"all clips vs FP: PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.4f}")
+    return 0
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from qvgen.train.launch import run_train
 
@@ -246,10 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qvgen", description="QVGen: quantization-aware training of video diffusion transformers at "
                                   "W4A4/W3A3 with a decaying low-rank auxiliary module, and packed deployment.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,precompute,train}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,precompute,train,generate}")
     _add_demo(sub)
     _add_precompute(sub)
     _add_train(sub)
+    _add_generate(sub)
     return parser
 
 

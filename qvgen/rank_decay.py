@@ -9,6 +9,12 @@ training, so a loop that keeps the previous loss alive, DDP and FSDP2 (re-SVD th
 distribute_tensor) all work. After the last stage Phi contributes nothing; it is deleted from the layers
 and the optimizer when nothing can hold it: in a single process at the end step, otherwise by finish()
 (under FSDP2 it stays masked until the model is gathered for deployment, where to_deploy drops it).
+
+``decay_end`` is the fraction of training by whose end Phi is gone: the stages share the first
+``floor(decay_end * total_steps)`` steps and the weights train on without Phi for the rest. ``decay_end = 1``
+is the paper's schedule exactly (T = total_steps // stages). The default, ``DEFAULT_DECAY_END``, comes from the
+quality study (``benchmarks/results/quality.md``): with the paper's schedule the last halvings of Phi land near the
+end of the learning-rate schedule, too late for the weights to absorb what Phi drops.
 """
 
 from __future__ import annotations
@@ -26,13 +32,15 @@ from .qlinear import QLinear
 from .swap import iter_qlinears, model_config
 
 _SCHEDULES = ("cosine", "linear")
+DEFAULT_DECAY_END = 0.5
+PAPER_DECAY_END = 1.0
 
 
 class RankDecay:
     """Drives gamma and the rank of Phi in every QLinear of `model`; call `step(i)` before the forward of
     step i (0-based) and `finish()` after the loop (it removes Phi, which `step(total_steps - 1)` does not
-    when total_steps is a multiple of the stage count). Stage length T = total_steps // (log2(rank) + 1);
-    Phi is gone from step 6T on for rank 32. A model quantized with rank 0 has nothing to decay: every step
+    when total_steps is a multiple of the stage count). Stage length
+    T = floor(decay_end * total_steps) // (log2(rank) + 1); Phi is gone from step 6T on for rank 32. A model quantized with rank 0 has nothing to decay: every step
     is a no-op.
 
         decay = RankDecay(model, total_steps=N, optimizer=opt)
@@ -44,7 +52,7 @@ class RankDecay:
     """
 
     def __init__(self, model: nn.Module, total_steps: int, schedule: str = "cosine",
-                 optimizer: torch.optim.Optimizer | None = None) -> None:
+                 optimizer: torch.optim.Optimizer | None = None, decay_end: float = DEFAULT_DECAY_END) -> None:
         op = "RankDecay"
         self.layers = list(iter_qlinears(model))
         if not self.layers:
@@ -53,6 +61,8 @@ class RankDecay:
             fail(op, "total_steps", "a positive int", repr(total_steps))
         if schedule not in _SCHEDULES:
             fail(op, "schedule", f"one of {_SCHEDULES}", repr(schedule))
+        if isinstance(decay_end, bool) or not isinstance(decay_end, (int, float)) or not 0 < decay_end <= 1:
+            fail(op, "decay_end", "a fraction of training in (0, 1] (1 = the paper's schedule)", repr(decay_end))
         rank = model_config(model).rank
         if rank & (rank - 1):
             fail(op, "rank", "a power of two (QuantConfig.rank)", rank)
@@ -60,10 +70,12 @@ class RankDecay:
         self.total_steps = total_steps
         self.schedule = schedule
         self.optimizer = optimizer
+        self.decay_end = float(decay_end)
         self.num_stages = rank.bit_length()  # log2(rank) + 1
-        self.stage_len = total_steps // self.num_stages if rank else total_steps
+        decay_steps = math.floor(self.decay_end * total_steps + 1e-9)  # 1e-9: 0.5 * 10 is 5, not 4.999...
+        self.stage_len = decay_steps // self.num_stages if rank else total_steps
         if rank and self.stage_len < 1:
-            fail(op, "total_steps", f"at least {self.num_stages} (one step per rank stage)", total_steps)
+            fail(op, "total_steps", f"at least {self.num_stages} / decay_end (one step per rank stage)", total_steps)
         self.last_step: int | None = None
 
     @property
@@ -172,11 +184,13 @@ class RankDecay:
 
     def state_dict(self) -> dict[str, Any]:
         return {"rank0": self.rank0, "total_steps": self.total_steps, "schedule": self.schedule,
-                "last_step": self.last_step}
+                "decay_end": self.decay_end, "last_step": self.last_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the schedule position (re-applying the last step: shapes and gamma follow it)."""
-        for key in ("rank0", "total_steps", "schedule"):
+        """Restore the schedule position (re-applying the last step: shapes and gamma follow it). A state
+        saved before decay_end existed ran the paper's schedule."""
+        state = {"decay_end": PAPER_DECAY_END, **state}
+        for key in ("rank0", "total_steps", "schedule", "decay_end"):
             if key not in state:
                 fail("RankDecay.load_state_dict", "state", f"a dict with key '{key}'", sorted(state))
             if state[key] != getattr(self, key):
@@ -185,4 +199,4 @@ class RankDecay:
             self.step(int(state["last_step"]))
 
 
-__all__ = ["RankDecay"]
+__all__ = ["DEFAULT_DECAY_END", "PAPER_DECAY_END", "RankDecay"]

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from qvgen.rank_decay import DEFAULT_DECAY_END
 from qvgen_kernels.format import fail
 
 _OP = "TrainConfig"
@@ -37,6 +38,8 @@ class TrainConfig:
         one more consecutive skip than this is an error.
     seed: every step draws from its own generator seeded with seed * 1_000_003 + step.
     rank_schedule: gamma schedule of the rank decay ("cosine" or "linear").
+    decay_end: fraction of training by whose end Phi is gone (the weights train on without it after);
+        1.0 is the paper's schedule (see qvgen.rank_decay).
     target: objective target ("auto": velocity for flow models, x0 for v-prediction models).
     grad_checkpointing: use the model's enable_gradient_checkpointing() when it has one.
     caption_dropout: per-step probability of replacing the whole batch's conditioning by the null one
@@ -60,6 +63,7 @@ class TrainConfig:
     max_skipped_steps: int = 3
     seed: int = 0
     rank_schedule: str = "cosine"
+    decay_end: float = DEFAULT_DECAY_END
     target: str = "auto"
     grad_checkpointing: bool = False
     caption_dropout: float = 0.0
@@ -91,6 +95,7 @@ class TrainConfig:
         _pos_int("max_skipped_steps", self.max_skipped_steps, allow_zero=True)
         if self.rank_schedule not in ("cosine", "linear"):
             fail(_OP, "rank_schedule", "'cosine' or 'linear'", repr(self.rank_schedule))
+        _float("decay_end", self.decay_end, 0.0, 1.0, "a fraction of training in (0, 1]", closed_lo=False)
         if self.target not in ("auto", "x0", "eps", "v"):
             fail(_OP, "target", "'auto', 'x0', 'eps' or 'v'", repr(self.target))
         if self.autocast not in AUTOCAST:

@@ -136,7 +136,7 @@ class Distiller:
             from qvgen.rank_decay import RankDecay
 
             return RankDecay(self.student, self.cfg.steps, schedule=self.cfg.rank_schedule,
-                             optimizer=self.optimizer)
+                             optimizer=self.optimizer, decay_end=self.cfg.decay_end)
         if not all(hasattr(rank_decay, a) for a in ("step", "state_dict", "load_state_dict")):
             fail("Distiller", "rank_decay", "True, False or a RankDecay", type(rank_decay).__name__, TypeError)
         rank_decay.optimizer = self.optimizer  # the trainer owns the optimizer whose Phi state is reset

@@ -100,7 +100,8 @@ def run_train(args: argparse.Namespace) -> int:
         fully_shard_model(teacher, args.mixed_precision, device)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       out_dir=str(Path(args.out) / "train"), progress=not args.no_progress and rank == 0,
-                      ckpt_every=args.ckpt_every, grad_checkpointing=args.grad_checkpointing)
+                      ckpt_every=args.ckpt_every, grad_checkpointing=args.grad_checkpointing,
+                      decay_end=args.decay_end)
     Distiller(student, teacher, adapter, data_fn, cfg, rank_decay=args.rank > 0).run(
         resume=args.resume, override=args.resume_override)
     _deploy(args, student, qcfg, mode == "fsdp", rank)

@@ -27,7 +27,7 @@ def _io(seed=7):
 def test_round_trip_identical(tmp_path, mode):
     m = _trained()
     if mode == "deploy":
-        RankDecay(m, total_steps=3).step(3)
+        RankDecay(m, decay_end=1.0, total_steps=3).step(3)
         to_deploy(m)
     x, t = _io()
     with torch.no_grad():
@@ -44,7 +44,7 @@ def test_round_trip_identical(tmp_path, mode):
 
 def test_mid_decay_and_overwrite(tmp_path):
     m = _trained(rank=8)
-    RankDecay(m, total_steps=40).step(25)  # Phi width 2, gamma mid-stage
+    RankDecay(m, decay_end=1.0, total_steps=40).step(25)  # Phi width 2, gamma mid-stage
     x, t = _io()
     with torch.no_grad():
         ref = m(x, timestep=t)

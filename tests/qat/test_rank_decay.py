@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from qvgen import QuantConfig, RankDecay, iter_qlinears, quantize_model
+from qvgen.rank_decay import PAPER_DECAY_END as PAPER
 
 
 def _model(gen, rank=32, **kw):
@@ -16,7 +17,7 @@ def _model(gen, rank=32, **kw):
 def test_rank_schedule_and_removal(gen):
     m = _model(gen)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
-    decay = RankDecay(m, total_steps=62, optimizer=opt)  # T = 62 // 6 = 10; Phi gone at step 60
+    decay = RankDecay(m, decay_end=PAPER, total_steps=62, optimizer=opt)  # T = 62 // 6 = 10; Phi gone at step 60
     assert decay.stage_len == 10 and decay.end_step == 60
     expected = {0: 32, 9: 32, 10: 16, 20: 8, 30: 4, 40: 2, 49: 2, 50: 1, 59: 1, 60: 0, 61: 0}
     for i in range(62):
@@ -34,7 +35,7 @@ def test_rank_schedule_and_removal(gen):
 @pytest.mark.parametrize("schedule", ["cosine", "linear"])
 def test_gamma_values(gen, schedule):
     m = _model(gen, rank=8)
-    decay = RankDecay(m, total_steps=40, schedule=schedule)  # 4 stages, T = 10
+    decay = RankDecay(m, decay_end=PAPER, total_steps=40, schedule=schedule)  # 4 stages, T = 10
     q = m[0]
     for i in (0, 3, 10, 17, 34):
         decay.step(i)
@@ -49,7 +50,7 @@ def test_gamma_values(gen, schedule):
 def test_boundary_resvd_keeps_product_and_resets_state(gen):
     m = _model(gen, rank=8)
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-    decay = RankDecay(m, total_steps=40, optimizer=opt)
+    decay = RankDecay(m, decay_end=PAPER, total_steps=40, optimizer=opt)
     decay.step(9)
     set_timestep_free = torch.randn(4, 48, generator=gen)
     m(set_timestep_free).sum().backward()
@@ -74,7 +75,7 @@ def test_boundary_resvd_keeps_product_and_resets_state(gen):
 
 def test_idempotent_and_jump(gen):
     m = _model(gen, rank=4)
-    decay = RankDecay(m, total_steps=30)  # T = 10
+    decay = RankDecay(m, decay_end=PAPER, total_steps=30)  # T = 10
     decay.step(12)
     snap = {k: v.clone() for k, v in m.state_dict().items()}
     decay.step(12)
@@ -87,7 +88,7 @@ def test_idempotent_and_jump(gen):
 
 def test_state_dict_resume(gen):
     m = _model(gen, rank=8)
-    decay = RankDecay(m, total_steps=40, schedule="linear")
+    decay = RankDecay(m, decay_end=PAPER, total_steps=40, schedule="linear")
     for i in range(23):
         decay.step(i)
     model_sd = {k: v.clone() for k, v in m.state_dict().items()}
@@ -95,12 +96,12 @@ def test_state_dict_resume(gen):
     fresh = _model(gen, rank=8)
     fresh.load_state_dict(model_sd)
     assert fresh[2].phi_width == 2
-    d2 = RankDecay(fresh, total_steps=40, schedule="linear")
+    d2 = RankDecay(fresh, decay_end=PAPER, total_steps=40, schedule="linear")
     d2.load_state_dict(sd)
     assert d2.current_rank == 2 and d2.last_step == 22
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in model_sd.items())
     with pytest.raises(ValueError, match="schedule"):
-        RankDecay(fresh, total_steps=40).load_state_dict(sd)
+        RankDecay(fresh, decay_end=PAPER, total_steps=40).load_state_dict(sd)
 
 
 def test_errors_and_rank_zero(gen):
@@ -113,7 +114,7 @@ def test_errors_and_rank_zero(gen):
     with pytest.raises(ValueError, match="QLinear"):
         RankDecay(nn.Linear(2, 2), total_steps=5)
     m = _model(gen, rank=0)
-    d = RankDecay(m, total_steps=10)
+    d = RankDecay(m, decay_end=PAPER, total_steps=10)
     d.step(3)
     assert d.current_rank == 0 and m[0].phi_l is None
 
@@ -126,7 +127,7 @@ def test_finish_after_plain_loop_allows_deploy(gen, rank, total):
 
     m = _model(gen, rank=rank)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
-    decay = RankDecay(m, total_steps=total, optimizer=opt)
+    decay = RankDecay(m, decay_end=PAPER, total_steps=total, optimizer=opt)
     for i in range(total):
         decay.step(i)
     if rank and total % decay.num_stages == 0:
@@ -145,7 +146,7 @@ def test_finish_after_plain_loop_allows_deploy(gen, rank, total):
 def test_gamma_shared_per_device_copy(gen):
     """Every layer gets the same gamma values for a step (the per-device copy is shared, not aliased)."""
     m = _model(gen, rank=8)
-    decay = RankDecay(m, total_steps=40, schedule="linear")
+    decay = RankDecay(m, decay_end=PAPER, total_steps=40, schedule="linear")
     decay.step(13)
     want = decay.gamma_at(13)
     gammas = [q.phi_gamma for _, q in iter_qlinears(m)]
@@ -159,7 +160,7 @@ def test_previous_loss_alive_across_boundaries(gen):
     boundary and the removal of Phi: no Parameter changes shape or identity while training."""
     m = _model(gen, rank=8)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
-    decay = RankDecay(m, total_steps=10, optimizer=opt)  # 4 stages, T = 2, Phi gone at step 8
+    decay = RankDecay(m, decay_end=PAPER, total_steps=10, optimizer=opt)  # 4 stages, T = 2, Phi gone at step 8
     phi = (m[0].phi_l, m[0].phi_r)
     x = torch.randn(6, 48, generator=gen)
     prev = None
@@ -181,7 +182,7 @@ def test_previous_loss_alive_across_boundaries(gen):
 def test_masked_columns_stay_zero_and_get_zero_grad(gen):
     m = _model(gen, rank=8)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1)
-    decay = RankDecay(m, total_steps=40, optimizer=opt)
+    decay = RankDecay(m, decay_end=PAPER, total_steps=40, optimizer=opt)
     x = torch.randn(5, 48, generator=gen)
     for i in (10, 11, 12):
         decay.step(i)
@@ -197,7 +198,7 @@ def test_masked_columns_stay_zero_and_get_zero_grad(gen):
 def test_loads_older_narrower_checkpoint(gen):
     """Checkpoints written when Phi shrank in place hold [N, w] factors: zero-padded into the capacity."""
     m = _model(gen, rank=8)
-    decay = RankDecay(m, total_steps=40)
+    decay = RankDecay(m, decay_end=PAPER, total_steps=40)
     decay.step(25)  # width 2, gamma mid-stage
     x = torch.randn(3, 48, generator=gen)
     with torch.no_grad():
