@@ -5,6 +5,8 @@ eager baseline (``benchmarks.eager_official``), for a single block and the whole
     python -m benchmarks.bench_model                     # CPU: the "-small" shapes, fp32
     python -m benchmarks.bench_model --shapes full       # GPU: the real shapes, bf16 (needs CUDA)
     python -m benchmarks.bench_model --check-shapes      # real shapes on the meta device -> results/meta/
+    python -m benchmarks.bench_model --dtype bf16 --variants fp,w4a4-deploy,w3a3-deploy --threads 2 \
+        --out benchmarks/results/cpu-bf16                # CPU: deployed models against the bf16 model
 
 Writes ``benchmarks/results/<device>/model_bench.{json,png,md}``. Random weights are created on the device
 from a seed (no downloads). The QAT step uses Phi of rank 32 (the method's default) for both implementations.
@@ -160,6 +162,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-grad-ckpt", action="store_true", help="no gradient checkpointing in whole-model QAT")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="model dtype (auto: bf16 on CUDA, fp32 on CPU); the deployed layers run in it too")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: on a small shared machine "
                     "more threads than idle cores make OpenMP spin-waits dominate)")
     ap.add_argument("--out", default=None, help="output folder (default benchmarks/results/<device>)")
@@ -194,7 +198,10 @@ def main(argv: list[str] | None = None) -> dict:
     names = _select(args.shapes, device)
     if any(not n.endswith("-small") for n in names) and device.type != "cuda":
         fail("bench_model", "--shapes", "small shapes on a CPU (the real shapes need a GPU)", names)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # bf16 matmul is slow on CPU
+    if args.dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     variants = [v for v in args.variants.split(",") if v]
     for v in variants:
         if v not in VARIANTS:

@@ -25,6 +25,7 @@ import torch
 from qvgen.demo import report
 from qvgen.demo.metrics import EvalSet, denoising_error, make_eval_set, model_bytes, predict, psnr, ssim
 from qvgen.demo.sampling import make_noise, sample_model
+from qvgen.demo.speed import forward_speed, speed_line
 from qvgen.demo.sprites import NUM_CLASSES, SpriteData, class_name
 from qvgen.demo.teacher import TeacherConfig, get_teacher
 from qvgen_kernels.format import fail
@@ -243,12 +244,15 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _print) -> dict:
         row, samples[name.split(" (")[0]] = evaluate(name, model, probe, cfg)
         rows.append(row)
     summary = report.verdict(rows[1], rows[-1], cfg.bits.upper())
+    speed = forward_speed(teacher, models[-1][1], probe.ev, device)
+    summary += "\n" + speed_line(speed, f"QVGen {cfg.bits.upper()}")
     report.save_sample_grid(out / "samples.png", samples, probe.captions)
     report.save_curves(out / "curves.png", {k: report.read_metrics_jsonl(p) for k, p in logs.items()},
                        tinfo.get("loss_curve", ()))
     settings = {**{k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"},
                 "device": str(device), "teacher cache": tinfo["path"], "teacher cached": tinfo["cached"],
                 "QVGen training seconds": round(train_seconds, 1), "round trip": round_trip,
+                "forward ms (fp32 / bf16 / deployed)": " / ".join(f"{v:.2f}" for v in speed["ms"].values()),
                 "total seconds": round(time.perf_counter() - t0, 1)}
     path = report.write_report(out, rows, summary, settings,
                                {"sampled clips (" + " | ".join(samples) + ")": "samples.png",
@@ -256,4 +260,4 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _print) -> dict:
     log(report.results_table(rows))
     log(summary)
     log(f"[demo] report: {path} ({settings['total seconds']} s)")
-    return {"rows": rows, "summary": summary, "report": path, "settings": settings}
+    return {"rows": rows, "summary": summary, "report": path, "settings": settings, "speed": speed}

@@ -31,6 +31,11 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
     # The printed table and verdict carry the same numbers.
     assert re.search(r"^(YES|NO|MIXED): deployed QVGen W4A4", printed, re.M)
     assert f"{qv['denoise_mse']:.6f}" in printed and f"{ptq['denoise_mse']:.6f}" in printed
+    # The deployed model's forward speed against the FP model, measured on this machine.
+    speed = re.search(r"^Deployed QVGen W4A4 forward \(\d+ clips\): ([\d.]+) ms vs FP ([\d.]+) ms fp32 \(([\d.]+)x\)",
+                      printed, re.M)
+    assert speed and float(speed.group(1)) > 0 and "forward ms (fp32 / bf16 / deployed)" in report
+    assert abs(float(speed.group(2)) / float(speed.group(1)) - float(speed.group(3))) < 0.02
     # The saved quantized model exists, and the teacher was cached: a second run loads it.
     assert (out / "qvgen-w4a4" / "qvgen.json").is_file()
     teacher_dirs = list(cache.glob("demo-teacher-*"))
