@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from .. import _extension, registry
+from . import cpu_int8
 from ..reference import linear as reference_linear
 
 
@@ -37,3 +38,31 @@ for _name in ("pack", "unpack", "quantize_per_token", "lowbit_gemm"):
 
 registry.register_impl("lowbit_linear", "ext", reference_linear.composite_linear(
     _op("quantize_per_token"), _op("lowbit_gemm")))
+
+
+# Deployed layers. On CUDA: the tensor-core GEMMs (wgmma on sm_90a, mma.sync on sm_80/89) when the extension was
+# built with them (CUTLASS headers found at build time), on Triton's load-time layout; never chosen
+# automatically until a GPU benchmark shows them ahead of Triton (QVGEN_BACKEND=ext selects them). On CPU the
+# extension's deployed path is the int8 one (the same compiled ops the cpu_int8 backend calls).
+def _has_tc() -> bool:
+    return _extension.available() and hasattr(torch.ops.qvgen_ext, "tc_linear")
+
+
+@registry.register_impl("prepack_weight", "ext")
+def prepack_weight(w_packed, w_scale, w_zero, w_bits, a_bits, k):
+    if w_packed.is_cuda:
+        if a_bits == 16 or not _has_tc():
+            return reference_linear.prepack_weight(w_packed, w_scale, w_zero, w_bits, a_bits, k)
+        return tuple(torch.ops.qvgen_ext.tc_prepack_weight(w_packed, w_scale, w_zero, w_bits, a_bits, k))
+    return cpu_int8.prepack_weight(w_packed, w_scale, w_zero, w_bits, a_bits, k)
+
+
+@registry.register_impl("prepacked_linear", "ext")
+def prepacked_linear(x, weights, bias, w_bits, a_bits, k, n, clip_lo, clip_hi):
+    if x.is_cuda:
+        if len(weights) == 3:  # the reference layout (weight-only, or built without the tensor-core GEMMs)
+            return reference_linear.prepacked_linear(x, weights, bias, w_bits, a_bits, k, n, clip_lo, clip_hi)
+        m = x.shape[0]
+        return torch.ops.qvgen_ext.tc_linear(x, *weights, bias, w_bits, a_bits, k, n, clip_lo.expand(m).contiguous(),
+                                             clip_hi.expand(m).contiguous())
+    return cpu_int8.prepacked_linear(x, weights, bias, w_bits, a_bits, k, n, clip_lo, clip_hi)

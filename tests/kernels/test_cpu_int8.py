@@ -142,8 +142,9 @@ def test_backend_choice_and_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     # int8 copy (1 byte per weight) + column sums, scales, zero points; the reference keeps 4 bits.
     assert int8.nbytes == 16 * 64 + 3 * 16 * 4 and ref.nbytes == wp.numel() + 2 * 16 * 4
     assert torch.equal(ops.prepacked_linear(x, int8, bias), ops.prepacked_linear(x, ref, bias))
-    monkeypatch.setenv(registry.ENV_VAR, "ext")  # ext has no layout of its own: the reference's is used
-    assert ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=4, k=64).backend == "reference"
+    monkeypatch.setenv(registry.ENV_VAR, "ext")  # the extension's CPU deployed path is the int8 one
+    ext = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=4, k=64)
+    assert ext.backend == "ext" and torch.equal(ops.prepacked_linear(x, ext, bias), ops.prepacked_linear(x, ref, bias))
     monkeypatch.setenv(registry.ENV_VAR, "cpu_int8")
     w16 = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=16, k=64)  # weight-only: dequantize + F.linear
     assert torch.equal(ops.prepacked_linear(x, w16, bias),
