@@ -150,8 +150,11 @@ class DeployedLinear(nn.Linear):
         if self.cfg.clip_groups == 1:  # one clip pair for every row: the [1] tables as they are
             return self.a_clip_lo, self.a_clip_hi
         index = row_group_index(getattr(self, STATE_ATTR), x, self.cfg.clip_groups, "DeployedLinear")
-        # take, not [index]: a 0-d tensor index calls .item(), a graph break under torch.compile.
-        return torch.take(self.a_clip_lo, index), torch.take(self.a_clip_hi, index)
+        # index_select, not [index] (a 0-d tensor index calls .item(), a graph break under torch.compile)
+        # nor take (Inductor's decomposition of take guards on the index's value).
+        flat = index.reshape(-1)
+        return (self.a_clip_lo.index_select(0, flat).view(index.shape),
+                self.a_clip_hi.index_select(0, flat).view(index.shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packed = self._packed if self._packed is not None else self.prepack()

@@ -36,10 +36,11 @@ class QuantizedModelMixin:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None,
-                        torch_dtype: torch.dtype | None = None, device_map: Any = None,
-                        quantization_config: Any = None, **_: Any) -> nn.Module:
-        """Load a folder written by `save_pretrained` (local only). torch_dtype sets the compute dtype
-        (codes and scales stay exact, see qvgen.deployed); device_map may name one device."""
+                        dtype: torch.dtype | None = None, device_map: Any = None, quantization_config: Any = None,
+                        torch_dtype: torch.dtype | None = None, **_: Any) -> nn.Module:
+        """Load a folder written by `save_pretrained` (local only). dtype (or the older torch_dtype) sets
+        the compute dtype as diffusers does (its _keep_in_fp32_modules stay fp32; the quantized layers keep
+        codes and scales exact, see qvgen.deployed); device_map may name one device."""
         op = f"{cls.__name__}.from_pretrained"
         path = Path(pretrained_model_name_or_path) / (subfolder or "")
         if not path.is_dir():
@@ -53,8 +54,9 @@ class QuantizedModelMixin:
         model = load_quantized(cls, path)
         if not isinstance(model, cls):
             fail(op, str(path), f"a checkpoint of {base_class(cls).__name__}", type(model).__name__)
-        if torch_dtype is not None:
-            model.to(torch_dtype)
+        dtype = dtype if dtype is not None else torch_dtype
+        if dtype is not None:
+            cast(model, dtype)
         if device_map is not None:
             model.to(device_map)
         return model.eval()
@@ -65,6 +67,20 @@ class QuantizedModelMixin:
         other diffusers options, e.g. variants and sharding, do not apply)."""
         if is_main_process:
             save_quantized(self, save_directory, extra_files={CONFIG_NAME: self.to_json_string()})
+
+
+def cast(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """model's floating tensors to dtype, except in the modules the model keeps in fp32 (diffusers'
+    `_keep_in_fp32_modules`, matched on a name component as diffusers does)."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+
+    def to(t: torch.Tensor) -> torch.Tensor:
+        return t.to(dtype) if t.is_floating_point() else t
+
+    for name, module in model.named_modules():
+        if not keep.intersection(name.split(".")):
+            module._apply(to, recurse=False)
+    return model
 
 
 def base_class(cls: type) -> type:
@@ -111,4 +127,4 @@ def lookup(name: str) -> Any:
     raise AttributeError(f"module 'qvgen' has no attribute '{name}'")
 
 
-__all__ = ["QuantizedModelMixin", "adopt", "base_class", "lookup", "quantized_class"]
+__all__ = ["QuantizedModelMixin", "adopt", "base_class", "cast", "lookup", "quantized_class"]

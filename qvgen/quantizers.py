@@ -122,8 +122,10 @@ class ActQuantizer(nn.Module):
     def clips(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(c_lo, c_hi) at group index (any shape, int64)."""
         lo, hi = self.clip_table()
-        # take, not lo[index]: indexing with a 0-d tensor calls .item(), a graph break under torch.compile.
-        return torch.take(lo, index), torch.take(hi, index)
+        # index_select, not lo[index] (indexing with a 0-d tensor calls .item(), a graph break under
+        # torch.compile) nor take (Inductor's decomposition of take guards on the index's value).
+        flat = index.reshape(-1)
+        return lo.index_select(0, flat).view(index.shape), hi.index_select(0, flat).view(index.shape)
 
     def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Fake-quantize x [..., K] per token; index (from `row_group_index`) broadcasts to x.shape[:-1]."""
