@@ -54,7 +54,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bits", choices=("w4a4", "w3a3"), default="w4a4", help="bit setting (default: %(default)s)")
     p.add_argument("--steps", type=_positive_int, help="QVGen distillation steps (default 600; --fast: 4)")
     p.add_argument("--rank", type=_positive_int, help="initial Phi rank, a power of two (default 16; --fast: 2)")
-    p.add_argument("--teacher-steps", type=_positive_int, help="FP teacher training steps (default 3000)")
+    p.add_argument("--teacher-steps", type=_positive_int, help="FP teacher training steps (default: the shipped teacher's; "
+                   "another value trains and caches a new one)")
     p.add_argument("--seed", type=int, default=0, help="seed of everything (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto = cuda when available (default)")
     p.add_argument("--cache-dir", help="teacher cache root (default: $QVGEN_CACHE or ~/.cache/qvgen)")

@@ -8,6 +8,8 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
+from benchmarks.quality import mechanism
+
 # (key, header, format, higher is better)
 METRICS = (
     ("denoise_mse", "denoise MSE vs teacher", "{:.4f}", False),
@@ -65,14 +67,31 @@ def _curve_mean(runs: Sequence[dict], key: str) -> list[float]:
 
 
 def plot_study(path: Path, result: dict) -> None:
-    """Gradient-norm (latent weights) and loss curves (mean over seeds) of every trained configuration."""
+    """Gradient-norm (latent weights) and loss curves (mean over seeds) of every trained configuration, and
+    the Phi-free held-out error every 10% of training when the runs logged it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     runs = result["runs"]
+    bits = mechanism.bit_settings(runs)
+    has_curves = any(r.get("log", {}).get("curve") for r in runs)
+    ncols = 2 + (len(bits) if has_curves else 0)
+    fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, 4.5))
+    if has_curves:
+        for ax, b in zip(axes[2:], bits):
+            for label in [k for k in dict.fromkeys(r["label"] for r in runs) if k.endswith(b)]:
+                rs = [r for r in runs if r["label"] == label and r["log"].get("curve")]
+                if rs:
+                    n = min(len(r["log"]["curve"]) for r in rs)
+                    x = [100 * pt["frac"] for pt in rs[0]["log"]["curve"][:n]]
+                    y = [statistics.fmean(r["log"]["curve"][i]["phi_free"] for r in rs) for i in range(n)]
+                    ax.plot(x, y, marker="o", ms=3, label=label)
+            ax.set_title(f"{b}: held-out error without Phi (gamma = 0), mean over seeds", fontsize=9)
+            ax.set_xlabel("% of training")
+            ax.set_yscale("log")
+            ax.legend(fontsize=7)
     for label in dict.fromkeys(r["label"] for r in runs):
         rs = [r for r in runs if r["label"] == label]
         for ax, key in zip(axes, ("grad_norm_weights", "loss")):
@@ -81,7 +100,7 @@ def plot_study(path: Path, result: dict) -> None:
                 ax.plot(range(len(c)), c, label=label, lw=1.2)
     axes[0].set_title("gradient norm of the latent weights (pre-clip, mean over seeds)")
     axes[1].set_title("distillation loss (mean over seeds)")
-    for ax in axes:
+    for ax in axes[:2]:
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
@@ -160,6 +179,10 @@ def reading(result_by_study: dict[str, dict]) -> list[str]:
     return lines
 
 
+GUIDANCE = """\
+(guidance text: written after the studies)
+"""
+
 CAVEATS = """\
 How to read this at this scale (fixed text; the comparisons above are generated from the numbers):
 - The teacher is the demo's 2-layer Wan-architecture DiT (hidden width 64, FFN 128) on 16x16x8 sprite clips,
@@ -179,25 +202,70 @@ How to read this at this scale (fixed text; the comparisons above are generated 
 """
 
 
+MECHANISM_STUDIES = ("mechanism", "budget")
+STUDIES = MECHANISM_STUDIES + ("methods", "ablations")
+
+
+def mechanism_sections(study: str, res: dict) -> list[str]:
+    """The paired, convergence, gradient, decomposition and cost tables of a mechanism-style study."""
+    runs = res["runs"]
+    table_paired, _ = mechanism.paired_table(runs)
+    out = ["### Paired differences vs LSQ (same seed: same data, held-out set and noise)", "",
+           "Relative difference of the deployed model's held-out denoising MSE, (method - LSQ) / LSQ per seed; "
+           "mean, 95% Student-t interval of the mean, and the number of seeds where the method is lower. "
+           "'verdict' is 'not resolved' when the interval contains 0.", "", table_paired, "",
+           "### Convergence: held-out error without Phi (gamma = 0) every 10% of training, mean over seeds", "",
+           "The error the deployed model would have if Phi were dropped at that point (LSQ has no Phi).", "",
+           mechanism.convergence_table(runs), "",
+           "### Latent-weight gradient norm, ratio to LSQ per decay stage (same seed, same steps)", "",
+           "Stages are the runs of equal Phi rank in the training log; r0 is after Phi is gone. Below 1: Phi "
+           "absorbs part of the error the weights' gradient would otherwise carry (the paper's argument).", "",
+           mechanism.grad_ratio_table(runs), ""]
+    if any(r.get("log", {}).get("decomposition_init") for r in runs):
+        out += ["### Error decomposition (held-out MSE, mean over seeds)", "",
+                "'weights': only the weights quantized; 'acts': only the activations; '+phi': with Phi (init: as "
+                "initialised from the SVD of W - Q(W)). Phi acts on the quantized activation, so it can only "
+                "repair the weight share. 'end' is after training (Phi gone, except keep).", "",
+                mechanism.decomposition_table(runs), ""]
+    out += ["### Cost", "", mechanism.cost_table(runs), ""]
+    return out
+
+
+def mechanism_reading(by_study: dict[str, dict]) -> list[str]:
+    lines = []
+    for res in by_study.values():
+        if res["study"] in MECHANISM_STUDIES:
+            lines += mechanism.verdict_lines(res["runs"], res["budget"]["steps"])
+    return lines
+
+
+def _study_order(path: Path) -> tuple[int, str]:
+    """Mechanism studies first, then budget, methods, ablations; parts of a study by name."""
+    name = path.stem.removeprefix("quality_")
+    base = name.split("-")[0]
+    return (STUDIES.index(base) if base in STUDIES else len(STUDIES), name)
+
+
 def write_markdown(results_dir: Path) -> Path:
     """Regenerate ``quality.md`` from the study JSONs present in ``results_dir``."""
     by_study = {}
-    for study in ("methods", "ablations"):
-        p = results_dir / f"quality_{study}.json"
-        if p.is_file():
-            by_study[study] = json.loads(p.read_text())
-    lines = ["# Quality study (generated by benchmarks/quality/run_study.py; do not edit by hand)", "",
+    for p in sorted(results_dir.glob("quality_*.json"), key=_study_order):
+        by_study[p.stem.removeprefix("quality_")] = json.loads(p.read_text())
+    lines = ["# Quality study (generated by benchmarks/quality/report.py; do not edit by hand)", "",
              "Each study's command is below; `python -m benchmarks.quality.report` regenerates this page from "
-             "the study JSONs.", ""]
+             "the study JSONs.", "", GUIDANCE, ""]
     for study, res in by_study.items():
         prov = res["provenance"]
         lines += [f"## {study}", "", f"Command: `{prov['command']}`  ",
                   f"{prov['device']} ({prov['cpu_count']} CPUs, {prov['torch_threads']} torch threads), torch "
                   f"{prov['torch']}, commit {prov['commit']}, {prov['utc']}, {res['total_seconds'] / 60:.1f} min  ",
-                  f"Budget per trained run: {res['budget']}; seeds: {res['settings']['seeds']}; teacher: "
-                  f"{res['teacher_config']}", "", "Mean +- std over seeds.", "",
+                  f"Budget per trained run: {res['budget']}; seeds: {res['settings']['seeds']}; Phi rank: "
+                  f"{res['settings']['rank']}; teacher: {res['teacher_config']}", "", "Mean +- std over seeds.", "",
                   table(aggregate(res["runs"])), "", f"![curves](quality_{study}.png)", ""]
-    lines += ["## Reading", ""] + [f"- {line}" for line in reading(by_study)] + ["", CAVEATS]
+        if res["study"] in MECHANISM_STUDIES:
+            lines += mechanism_sections(study, res)
+    lines += ["## Reading (generated)", ""] + [f"- {line}" for line in mechanism_reading(by_study) + reading(by_study)]
+    lines += ["", CAVEATS]
     path = results_dir / "quality.md"
     path.write_text("\n".join(lines))
     return path

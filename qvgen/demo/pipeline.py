@@ -51,9 +51,9 @@ class DemoConfig:
     batch_size: int = 8
     lr: float = 5e-4
     clip_lr: float = 1e-2
-    teacher_steps: int = 3000
-    teacher_batch: int = 8
-    teacher_layers: int = 2
+    teacher_steps: int = TeacherConfig.steps  # the shipped teacher's recipe: loaded, not trained
+    teacher_batch: int = TeacherConfig.batch_size
+    teacher_layers: int = TeacherConfig.num_layers
     sample_steps: int = 20
     shift: float = 1.0
     num_samples: int = 8

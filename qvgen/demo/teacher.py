@@ -5,8 +5,15 @@ rectified-flow objective (x_t = (1 - s) x0 + s eps, target velocity eps - x0, t 
 clips of ``qvgen.demo.sprites``. The trained weights are cached under
 ``~/.cache/qvgen/demo-teacher-<hash>`` (hash of the teacher config, which includes the seed and the step count):
 ``config.json`` + ``diffusion_pytorch_model.safetensors`` (diffusers' ``save_pretrained`` layout) and
-``teacher.json`` (the config and the training log). The command that builds (or rebuilds) it is the demo
-itself: ``qvgen demo`` (``--retrain-teacher`` forces a rebuild).
+``teacher.json`` (the config and the training log).
+
+The default teacher is shipped (``qvgen/demo/assets/teacher/``, about 1 MB) so the demo and the quality study
+start from the same weights on every machine; it was built by
+
+    OMP_NUM_THREADS=1 python -m qvgen.demo.teacher --out qvgen/demo/assets/teacher
+
+(``TeacherConfig()`` defaults, one torch thread). A config without a shipped file is trained and cached on first
+use; ``qvgen demo --retrain-teacher`` forces a rebuild into the cache.
 """
 
 from __future__ import annotations
@@ -38,13 +45,13 @@ class TeacherConfig:
 
     size: int = 16
     frames: int = 8
-    num_layers: int = 2
+    num_layers: int = 4
     num_heads: int = 2
     head_dim: int = 32
     ffn_dim: int = 128
     text_dim: int = 32
     freq_dim: int = 64
-    steps: int = 3000
+    steps: int = 1600
     batch_size: int = 8
     lr: float = 2e-3
     warmup: int = 50
@@ -174,10 +181,23 @@ def load_teacher(path: Path, cfg: TeacherConfig, device: torch.device | str = "c
     return model.to(device).eval(), meta
 
 
+SHIPPED = Path(__file__).resolve().parent / "assets" / "teacher"
+
+
+def shipped_key() -> str | None:
+    """The config key of the shipped teacher (None when the package has none)."""
+    meta = SHIPPED / "teacher.json"
+    return json.loads(meta.read_text()).get("key") if meta.is_file() else None
+
+
 def get_teacher(cfg: TeacherConfig, device: torch.device | str = "cpu", cache_root: str | None = None,
                 retrain: bool = False, log: Callable[[str], None] | None = None
                 ) -> tuple[torch.nn.Module, dict]:
-    """Load the cached teacher for ``cfg`` or train and cache it; info["cached"] says which happened."""
+    """The shipped teacher when ``cfg`` is its config, else the cached one, else train and cache it;
+    info["cached"] says whether it was loaded. ``retrain`` skips both and rebuilds into the cache."""
+    if not retrain and shipped_key() == cfg.key():
+        model, meta = load_teacher(SHIPPED, cfg, device)
+        return model, {**meta, "cached": True, "shipped": True, "path": str(SHIPPED)}
     path = cache_dir_for(cfg, cache_root)
     if not retrain and (path / "teacher.json").is_file():
         model, meta = load_teacher(path, cfg, device)
@@ -185,3 +205,22 @@ def get_teacher(cfg: TeacherConfig, device: torch.device | str = "cpu", cache_ro
     model, info = train_teacher(cfg, device, log)
     save_teacher(model, cfg, info, path)
     return model, {**info, "cached": False, "path": str(path)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train the default teacher (``TeacherConfig()``) and write it to ``--out`` (the shipped file's command)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m qvgen.demo.teacher", description=main.__doc__)
+    ap.add_argument("--out", required=True, help="directory to write (replaced atomically)")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    cfg = TeacherConfig()
+    model, info = train_teacher(cfg, args.device, log=print)
+    save_teacher(model.cpu(), cfg, {**info, "torch_threads": torch.get_num_threads(),
+                                    "command": "python -m qvgen.demo.teacher --out " + args.out}, Path(args.out))
+    print(f"wrote {args.out} ({info['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

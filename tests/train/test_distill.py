@@ -59,7 +59,8 @@ class _Interrupt(Exception):
 def test_resume_is_bit_identical(tmp_path, dropout):
     # 12 steps, rank 4: stages of 4 steps (rank 4 -> 2 at step 4, 2 -> 1 at step 8, removal at the end).
     # A checkpoint at 5 and a crash at step 7 put one stage boundary before and one after the resume.
-    cfg = _cfg(tmp_path / "a", steps=12, ckpt_every=5, lr=3e-3, warmup=0.2, caption_dropout=dropout)
+    cfg = _cfg(tmp_path / "a", steps=12, ckpt_every=5, lr=3e-3, warmup=0.2, caption_dropout=dropout,
+               decay_end=1.0)  # the paper schedule: stages of 12 // 3 steps
     student, teacher = _quantized_pair()
     Distiller(student, teacher, GenericAdapter(), toy_data_fn(), cfg).run()
 
