@@ -123,6 +123,12 @@ class DeployedLinear(nn.Linear):
         d.prepack()
         return d
 
+    @property
+    def qweight(self) -> torch.Tensor:
+        """The packed codes under the name adapter libraries (PEFT) look for on quantized layers to find the
+        layer's device when `weight` is None; the dtype they use is `compute_dtype`."""
+        return self.w_packed
+
     # --- Φ (kept only with keep_phi) ------------------------------------------------------------------------
 
     @property

@@ -74,12 +74,24 @@ def cast(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     `_keep_in_fp32_modules`, matched on a name component as diffusers does)."""
     keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
 
+    from .deployed import DeployedLinear
+
     def to(t: torch.Tensor) -> torch.Tensor:
         return t.to(dtype) if t.is_floating_point() else t
 
     for name, module in model.named_modules():
-        if not keep.intersection(name.split(".")):
+        if keep.intersection(name.split(".")):
+            continue
+        if isinstance(module, DeployedLinear):  # its own _apply keeps codes and scales exact
             module._apply(to, recurse=False)
+            continue
+        for table in (module._parameters, module._buffers):
+            for key, t in table.items():
+                if t is not None and key not in keep:
+                    if isinstance(t, nn.Parameter):
+                        t.data = to(t.data)
+                    else:
+                        table[key] = to(t)
     return model
 
 
