@@ -7,7 +7,7 @@ import torch
 
 import qvgen
 from benchmarks.quality.methods import Budget, MethodSpec, build
-from benchmarks.quality.run_study import evaluate, study_specs
+from benchmarks.quality.run_study import evaluate, rank_for_width, study_specs
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def setup(tmp_path_factory):
     from qvgen.demo.teacher import TeacherConfig, get_teacher
 
     torch.manual_seed(0)
-    tcfg = TeacherConfig(steps=3, batch_size=2)
+    tcfg = TeacherConfig(steps=3, batch_size=2, num_layers=1)
     teacher, _ = get_teacher(tcfg, "cpu", str(tmp_path_factory.mktemp("teacher")))
     teacher.requires_grad_(False)
     data = SpriteData(tcfg.sprites(), batch_size=2)
@@ -55,11 +55,33 @@ def test_fp_row_is_exact_reference(setup, tmp_path):
 
 
 def test_study_specs_and_errors():
-    assert [s.label for s in study_specs("methods", 16)][:3] == ["fp teacher", "ptq W4A4", "svdquant W4A4"]
+    assert [s.label for s in study_specs("methods", 16)][:3] == ["fp teacher", "ptq W4A4", "svdquant r16 W4A4"]
     ablations = {s.label for s in study_specs("ablations", 16)}
-    assert {"qvgen r8 cosine W4A4", "qvgen r32 cosine W4A4", "qvgen r16 linear W4A4", "drop r16 W4A4",
+    assert {"qvgen r8 end1 W4A4", "qvgen r32 end1 W4A4", "qvgen r16 linear end1 W4A4", "drop r16 W4A4",
             "keep r16 W4A4"} <= ablations
+    mech = [s.label for s in study_specs("mechanism", 2, ("w3a16",))]
+    assert mech == ["fp teacher", "ptq W3A16", "svdquant r2 W3A16", "lsq W3A16", "qvgen r2 end1 W3A16",
+                    "qvgen r2 end0.5 W3A16", "keep r2 W3A16"]
+    assert [s.label for s in study_specs("budget", 4)] == ["lsq W3A3", "qvgen r4 end1 W3A3", "qvgen r4 end0.5 W3A3"]
+    assert [rank_for_width(w) for w in (64, 128, 512, 1536, 5120)] == [2, 2, 8, 32, 128]
     with pytest.raises(ValueError, match="study"):
         study_specs("speed", 16)
     with pytest.raises(ValueError, match="method"):
         MethodSpec("gptq")
+
+
+def test_mechanism_logs(setup, tmp_path):
+    """With the probe: the Phi-free curve every 10% (11 points), the decomposition before and after, and the
+    decay_end schedule in the rank log (Phi gone after half of training)."""
+    teacher, data, demo_cfg, probe = setup
+    spec = MethodSpec("qvgen", "w3a16", rank=2, decay_end=0.5)
+    model, log = build(spec, teacher, data, Budget(steps=10, batch_size=2), seed=0, out=tmp_path, probe=probe)
+    assert log["rank"] == [2, 2, 1, 1] + [0] * 6  # 5 decay steps: stages of 2
+    assert [pt["step"] for pt in log["curve"]] == list(range(11))
+    assert all(pt["phi_free"] > 0 for pt in log["curve"])
+    assert log["curve"][0]["with_phi"] != log["curve"][0]["phi_free"] and log["curve"][-1]["with_phi"] == \
+        log["curve"][-1]["phi_free"]
+    init, end = log["decomposition_init"], log["decomposition_end"]
+    assert {"both", "both+phi", "weights", "weights+phi", "acts"} == set(init) and "both+phi" not in end
+    assert init["acts"] < 1e-9  # W3A16: activations are not quantized
+    assert all(q.phi_rank == 0 for _, q in qvgen.iter_qlinears(model))
