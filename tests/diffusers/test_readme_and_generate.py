@@ -1,0 +1,63 @@
+"""The README's "Use with diffusers" example runs (tiny components), and `qvgen generate` writes clips and
+compares them with the FP pipeline."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny_pipes import CALL, PROMPT, fp_pipeline_dir, quantize, transformer
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _readme_python() -> str:
+    section = README.read_text().split("## Use with diffusers", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_use_with_diffusers_runs(tmp_path):
+    code = _readme_python()
+    fp = fp_pipeline_dir(tmp_path / "fp", "wan")
+    for old, new in (('"Wan2.1-T2V-1.3B-Diffusers"', repr(str(fp))), ('"wan-w4a8"', repr(str(tmp_path / "q"))),
+                     ("num_inference_steps=30", "**CALL")):
+        assert old in code
+        code = code.replace(old, new)
+    scope = {"CALL": CALL["wan"]}
+    exec(compile(code, str(README), "exec"), scope)
+    assert scope["video"].shape[0] == CALL["wan"]["num_frames"]
+    assert type(scope["transformer"]).__name__ == "QuantizedWanTransformer3DModel"
+
+
+def test_generate_cli_compare_fp(tmp_path, capsys):
+    from qvgen.cli import main
+
+    fp = fp_pipeline_dir(tmp_path / "fp", "wan")
+    quantize(transformer("wan")).save_pretrained(tmp_path / "qt")
+    out = tmp_path / "out"
+    assert main(["generate", "--pipeline", str(fp), "--transformer", str(tmp_path / "qt"), "--prompt", PROMPT,
+                 "--compare-fp", "--steps", "2", "--guidance", "3", "--height", "32", "--width", "32",
+                 "--frames", "5", "--seed", "1", "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    stem = "00_a-red-square-moving-left"
+    assert names == sorted([f"{stem}{s}{e}" for s in ("", "_fp") for e in (".gif", ".mp4", ".png")] +
+                           ["summary.json"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < summary["psnr"] < float("inf") and -1 <= summary["ssim"] <= 1
+    assert "vs FP: PSNR" in capsys.readouterr().out
+    import av
+    with av.open(str(out / f"{stem}.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 5
+
+
+def test_generate_refuses_fp_transformer(tmp_path):
+    from qvgen.cli import main
+
+    fp = fp_pipeline_dir(tmp_path / "fp", "wan")
+    with pytest.raises(ValueError, match="quantized transformer"):
+        main(["generate", "--pipeline", str(fp), "--prompt", PROMPT, "--steps", "1", "--device", "cpu",
+              "--out", str(tmp_path / "o"), "--no-progress"])
