@@ -147,5 +147,26 @@ def verdict_lines(runs: Sequence[dict], steps: int) -> list[str]:
     return out
 
 
-__all__ = ["bit_settings", "convergence_table", "cost_table", "decomposition_table", "grad_ratio_table",
-           "paired_table", "verdict_lines"]
+def decision_table(results: Sequence[dict]) -> str:
+    """Per study and bit setting: every Phi configuration against LSQ with its paired difference, verdict and
+    training-time cost, best first (the answer to 'Phi or plain LSQ QAT, and with which schedule')."""
+    lines = ["| QAT steps | bits | Phi configuration | Δ vs LSQ (95% CI, seeds lower) | verdict | train time vs LSQ |",
+             "|---|---|---|---|---|---|"]
+    for res in results:
+        runs = res["runs"]
+        _, found = paired_table(runs)
+        for bits in bit_settings(runs):
+            ref = _ref(runs, bits)
+            rows = sorted(((p.mean, label, p) for (b, label), p in found.items()
+                           if b == bits and label.startswith(("qvgen", "keep"))), key=lambda t: t[0])
+            for _, label, p in rows:
+                secs = [r["log"]["train_seconds"] for r in runs if r["label"] == label]
+                ref_secs = [r["log"]["train_seconds"] for r in runs if r["label"] == ref]
+                cost = statistics.fmean(secs) / statistics.fmean(ref_secs) if secs and ref_secs else None
+                lines.append(f"| {res['budget']['steps']} | {bits} | {label} | {p.cell()} | {p.verdict} | "
+                             + (f"{cost:.2f}x" if cost else "-") + " |")
+    return "\n".join(lines)
+
+
+__all__ = ["bit_settings", "convergence_table", "cost_table", "decision_table", "decomposition_table",
+           "grad_ratio_table", "paired_table", "verdict_lines"]

@@ -125,6 +125,14 @@ def main(argv: list[str] | None = None) -> dict:
     specs = [s for s in study_specs(args.study, args.rank, tuple(args.bits))
              if args.methods is None or s.method in args.methods or s.method == "fp"]
     runs = []
+    out, name = Path(args.out), args.name or args.study
+    prov = _harness.provenance(device)
+
+    def result(seeds_done: int) -> dict:
+        return {"study": args.study, "provenance": prov, "budget": dataclasses.asdict(budget),
+                "settings": dict(vars(args)), "seeds_done": seeds_done, **tinfo, "runs": runs,
+                "total_seconds": time.perf_counter() - t0}
+
     with tempfile.TemporaryDirectory(prefix="qvgen-study-") as tmp:
         for seed in range(args.seeds):
             demo_cfg = DemoConfig(eval_size=args.eval_size, num_samples=args.samples,
@@ -137,16 +145,14 @@ def main(argv: list[str] | None = None) -> dict:
                 runs.append({"spec": dataclasses.asdict(spec), "label": spec.label, "seed": seed, **row,
                              "log": log, "seconds": time.perf_counter() - start})
                 print(report.run_line(runs[-1]), flush=True)
-    result = {"study": args.study, "provenance": _harness.provenance(device), "budget": dataclasses.asdict(budget),
-              "settings": {k: v for k, v in vars(args).items()}, **tinfo, "runs": runs,
-              "total_seconds": time.perf_counter() - t0}
-    out = Path(args.out)
-    name = args.name or args.study
-    _harness.write_json(out / f"quality_{name}.json", result)
-    report.plot_study(out / f"quality_{name}.png", result)
+            # Every finished seed is written: a study stopped early keeps its complete (paired) seeds.
+            _harness.write_json(out / f"quality_{name}.json", result(seed + 1))
+    final = result(args.seeds)
+    _harness.write_json(out / f"quality_{name}.json", final)
+    report.plot_study(out / f"quality_{name}.png", final)
     md = report.write_markdown(out)
-    print(f"wrote {out}/quality_{name}.json, .png and {md} ({result['total_seconds']:.0f} s)")
-    return result
+    print(f"wrote {out}/quality_{name}.json, .png and {md} ({final['total_seconds']:.0f} s)")
+    return final
 
 
 if __name__ == "__main__":
