@@ -20,7 +20,7 @@ DType tag_of(at::ScalarType s) {
   return s == at::kHalf ? DType::kFloat16 : (s == at::kBFloat16 ? DType::kBFloat16 : DType::kFloat32);
 }
 
-constexpr int64_t kSlabBytes = 4 << 20;  // int32 products per engine call
+constexpr int64_t kTileRows = 2048, kTileBytes = 4 << 20;  // int32 products per engine call
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -98,12 +98,15 @@ at::Tensor int8_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::T
   const at::Tensor cs = w_colsum.contiguous(), ws = w_scale.contiguous(), wz = w_zero.contiguous();
   const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const int64_t gs = k / groups, gs_gemm = k_gemm / groups;  // k_gemm > k only with one group
-  // Row slabs of the output, one after the other: each engine call parallelises itself (a call inside
-  // at::parallel_for would nest thread pools), and the epilogue runs over the slab's rows while its int32
-  // products are still in cache (a whole [M, N] int32 buffer would go through DRAM). Slabs of a few MB keep
-  // the number of parallel regions per call small: each is a barrier that a busy core delays.
-  const int64_t tm = std::min<int64_t>(m, std::max<int64_t>(16, kSlabBytes / (4 * n) / 16 * 16)), mt = ceil_div(m, tm);
-  const int64_t tn = n, nt = 1;
+  // Output tiles of up to kTileRows rows and a few MB of int32, column-major order, one after the other:
+  // each engine call parallelises itself (a call inside at::parallel_for would nest thread pools), the
+  // epilogue runs over the tile while its int32 products are still in cache (a whole [M, N] int32 buffer
+  // would go through DRAM), and each weight column block is prepared by the engine once per kTileRows
+  // rows (the engine re-lays-out its B operand on every call). Few, large tiles also keep the number of
+  // parallel regions per call small: each is a barrier that a busy core delays.
+  const int64_t tm = std::min<int64_t>(m, kTileRows), mt = ceil_div(m, tm);
+  const int64_t tn = std::min<int64_t>(n, std::max<int64_t>(64, kTileBytes / (4 * tm) / 16 * 16));
+  const int64_t nt = ceil_div(n, tn);
   const bool with_partial = grouped && groups > 1;
   at::Tensor acc_buf = at::empty({tm * tn}, opts.dtype(at::kInt));
   at::Tensor part_buf = with_partial ? at::empty({tm * tn}, opts.dtype(at::kFloat)) : at::Tensor();
