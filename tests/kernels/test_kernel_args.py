@@ -81,3 +81,21 @@ def test_empty_output_dim_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"^prepack_linear: argument 'w_packed' expected"):
         ops.prepack_linear(torch.zeros(0, 4, dtype=torch.uint8), torch.ones(0), torch.zeros(0), w_bits=4, a_bits=4,
                            k=8)
+
+
+def test_fp64_fake_quant_agrees_or_is_refused(backend: str) -> None:
+    """fp64 (gradcheck) inputs: a backend computes what the reference computes, or refuses with a clear error."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 40, dtype=torch.float64, generator=gen)
+    w = torch.randn(6, 40, dtype=torch.float64, generator=gen)
+    s = torch.rand(6, dtype=torch.float64, generator=gen) * 0.1 + 0.01
+    z = torch.rand(6, dtype=torch.float64, generator=gen) * 15
+    for call in (lambda b: ops.fake_quant_act(x, 4, 0.9, 1.0, backend=b),
+                 lambda b: ops.fake_quant_weight(w, s, z, 4, backend=b)):
+        want = call("reference")
+        try:
+            got = call(backend)
+        except TypeError as e:
+            assert "argument" in str(e) and "float64" in str(e)
+            continue
+        assert got.dtype == torch.float64 and torch.equal(got, want)
