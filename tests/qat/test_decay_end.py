@@ -96,3 +96,15 @@ def test_old_state_without_decay_end_is_the_paper_schedule():
     RankDecay(_model(5, rank=4), total_steps=30, decay_end=1.0).load_state_dict(sd)
     with pytest.raises(ValueError, match="decay_end"):
         RankDecay(_model(5, rank=4), total_steps=30, decay_end=0.5).load_state_dict(sd)
+
+
+def test_train_config_and_cli_carry_decay_end():
+    from qvgen.cli import build_parser
+    from qvgen.train import TrainConfig
+
+    assert TrainConfig().decay_end == DEFAULT_DECAY_END
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="decay_end"):
+            TrainConfig(decay_end=bad)
+    args = build_parser().parse_args(["train", "--model", "m", "--decay-end", "1.0"])
+    assert args.decay_end == 1.0
