@@ -163,7 +163,11 @@ class DeployedLinear(nn.Linear):
                 self.a_clip_hi.index_select(0, flat).view(index.shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        packed = self._packed if self._packed is not None else self.prepack()
+        packed = self._packed
+        # Rebuilt after .to() / loading (_packed reset) and after a move that bypasses _apply (diffusers' group
+        # offloading swaps tensor .data between devices).
+        if packed is None or packed.device != x.device:
+            packed = self.prepack()
         c_lo, c_hi = self._clips(x)
         if x.requires_grad and torch.is_grad_enabled():
             y = _LowbitLinearFn.apply(x, self.bias, self, packed, c_lo, c_hi)
