@@ -94,3 +94,14 @@ def test_dtype_on_load_keeps_codes(tmp_path):
     # diffusers' keep-in-fp32 modules stay fp32, as with its own from_pretrained.
     assert loaded.condition_embedder.time_embedder.linear_1.compute_dtype == torch.float32
     assert loaded.scale_shift_table.dtype == torch.float32
+
+
+def test_qat_model_round_trip_keeps_phi(tmp_path):
+    """A QAT checkpoint (QLinear with Phi) loads as QLinear layers, Phi ranks as saved, same output."""
+    model = qvgen.quantize_model(transformer("wan"), qvgen.QuantConfig.preset("w4a4", rank=4))
+    model.save_pretrained(tmp_path / "t")
+    loaded = type(model).from_pretrained(tmp_path / "t")
+    layers = list(qvgen.iter_qlinears(loaded))
+    assert layers and all(isinstance(q, qvgen.QLinear) and q.phi_rank == 4 for _, q in layers)
+    with torch.no_grad():
+        assert torch.equal(loaded(**_inputs("wan"))[0], model(**_inputs("wan"))[0])
