@@ -7,11 +7,11 @@ pull in heavier dependencies.
 from .config import ARCH_SKIP_PRESETS, QuantConfig
 from .deployed import DeployedLinear
 from .io import load_quantized, save_quantized
+from .pretrained import QuantizedModelMixin
 from .qlinear import QLinear
 from .rank_decay import RankDecay
 from .swap import iter_qlinears, quantize_model, to_deploy
 from .timestep import set_timesteps, timestep_to_group
-
 
 
 def __getattr__(name: str):
@@ -21,6 +21,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "ARCH_SKIP_PRESETS", "DeployedLinear", "QLinear", "QuantConfig", "RankDecay", "iter_qlinears", "load_quantized",
-    "quantize_model", "save_quantized", "set_timesteps", "timestep_to_group", "to_deploy",
+    "ARCH_SKIP_PRESETS", "DeployedLinear", "QLinear", "QuantConfig", "QuantizedModelMixin", "RankDecay",
+    "iter_qlinears", "load_quantized", "quantize_model", "save_quantized", "set_timesteps", "timestep_to_group",
+    "to_deploy",
 ]
