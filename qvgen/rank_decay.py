@@ -11,7 +11,8 @@ and the optimizer when nothing can hold it: in a single process at the end step,
 (under FSDP2 it stays masked until the model is gathered for deployment, where to_deploy drops it).
 
 ``decay_end`` is the fraction of training by whose end Phi is gone: the stages share the first
-``floor(decay_end * total_steps)`` steps and the weights train on without Phi for the rest. ``decay_end = 1``
+``floor(decay_end * total_steps)`` steps (at least one per stage) and the weights train on without Phi for the
+rest. ``decay_end = 1``
 is the paper's schedule exactly (T = total_steps // stages). The default, ``DEFAULT_DECAY_END``, comes from the
 quality study (``benchmarks/results/quality.md``): with the paper's schedule the last halvings of Phi land near the
 end of the learning-rate schedule, too late for the weights to absorb what Phi drops.
@@ -72,10 +73,11 @@ class RankDecay:
         self.optimizer = optimizer
         self.decay_end = float(decay_end)
         self.num_stages = rank.bit_length()  # log2(rank) + 1
-        decay_steps = math.floor(self.decay_end * total_steps + 1e-9)  # 1e-9: 0.5 * 10 is 5, not 4.999...
+        if rank and total_steps < self.num_stages:
+            fail(op, "total_steps", f"at least {self.num_stages} (one step per rank stage)", total_steps)
+        # 1e-9: 0.5 * 10 is 5, not 4.999...; a short run still gets one step per stage.
+        decay_steps = max(math.floor(self.decay_end * total_steps + 1e-9), self.num_stages)
         self.stage_len = decay_steps // self.num_stages if rank else total_steps
-        if rank and self.stage_len < 1:
-            fail(op, "total_steps", f"at least {self.num_stages} / decay_end (one step per rank stage)", total_steps)
         self.last_step: int | None = None
 
     @property

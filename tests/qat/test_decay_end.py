@@ -47,8 +47,10 @@ def test_bad_decay_end_and_too_short():
     for bad in (0, 0.0, -0.1, 1.5, True, "0.5"):
         with pytest.raises(ValueError, match="decay_end"):
             RankDecay(m, total_steps=40, decay_end=bad)
+    short = RankDecay(m, total_steps=10, decay_end=0.3)  # 3 decay steps for 4 stages: one step each
+    assert short.stage_len == 1 and short.end_step == 4
     with pytest.raises(ValueError, match="total_steps"):
-        RankDecay(m, total_steps=10, decay_end=0.3)  # 3 decay steps for 4 stages
+        RankDecay(m, total_steps=3, decay_end=1.0)
 
 
 def _train(model, decay, opt, steps, x):
