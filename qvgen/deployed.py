@@ -19,13 +19,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from qvgen_kernels import ops
 from qvgen_kernels.format import check_group_size, fail, packed_width
 
 from .config import QuantConfig
+from .lowrank import PhiView
 from .timestep import STATE_ATTR, TimestepState, row_group_index
 
 # Buffers whose values define the quantized function: never cast by `.to(dtype)`.
@@ -52,7 +52,7 @@ class _LowbitLinearFn(torch.autograd.Function):
         return grad_x, grad_b, None, None, None, None
 
 
-class DeployedLinear(nn.Linear):
+class DeployedLinear(PhiView, nn.Linear):
     """Packed low-bit linear (deployment). `weight` is None; the weights are `w_packed`, `w_scale`, `w_zero`.
 
     Built by `QLinear.to_deploy` (or `DeployedLinear.from_qlinear`), or empty (any device, `meta` included)
@@ -128,25 +128,6 @@ class DeployedLinear(nn.Linear):
         """The packed codes under the name adapter libraries (PEFT) look for on quantized layers to find the
         layer's device when `weight` is None; the dtype they use is `compute_dtype`."""
         return self.w_packed
-
-    # --- Φ (kept only with keep_phi) ------------------------------------------------------------------------
-
-    @property
-    def phi_rank(self) -> int:
-        return 0 if self.phi_gamma is None else int((self.phi_gamma != 0).sum())
-
-    @property
-    def phi_width(self) -> int:
-        return 0 if self.phi_l is None else self._phi_active
-
-    @property
-    def phi_capacity(self) -> int:
-        return 0 if self.phi_l is None else self.phi_l.shape[1]
-
-    def _phi(self, x_hat: torch.Tensor) -> torch.Tensor:
-        w = self._phi_active
-        l = self.phi_l[:, :w] * self.phi_gamma[:w].to(self.phi_l.dtype)
-        return F.linear(F.linear(x_hat.to(self.phi_l.dtype), self.phi_r[:w]), l)
 
     # --- forward -------------------------------------------------------------------------------------------
 

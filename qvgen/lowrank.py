@@ -74,3 +74,40 @@ def resvd(l: torch.Tensor, r: torch.Tensor, rank: int) -> tuple[torch.Tensor, to
 
 
 __all__ = ["RANDOMIZED_MIN_DIM", "init_phi", "resvd"]
+
+
+class PhiView:
+    """The read side of Φ shared by the QAT and the deployed layer (a mixin): its ranks and its product.
+
+    The layer holds ``phi_l [N, C]``, ``phi_r [C, K]``, ``phi_gamma [C]`` (None once Φ is removed) and
+    ``_phi_active``, the number of columns of the current rank-decay stage (C is fixed from quantization to
+    removal, so a live graph, DDP or FSDP2 never sees a shape change).
+    """
+
+    phi_l: torch.Tensor | None
+    phi_r: torch.Tensor | None
+    phi_gamma: torch.Tensor | None
+    _phi_active: int
+
+    @property
+    def phi_rank(self) -> int:
+        """Number of nonzero gamma entries (0 when Phi is removed)."""
+        return 0 if self.phi_gamma is None else int((self.phi_gamma != 0).sum())
+
+    @property
+    def phi_width(self) -> int:
+        """Active Phi columns: the current rank-decay stage's rank (0 when removed or fully decayed)."""
+        return 0 if self.phi_l is None else self._phi_active
+
+    @property
+    def phi_capacity(self) -> int:
+        """Allocated Phi columns (fixed from quantization to removal; 0 when removed)."""
+        return 0 if self.phi_l is None else self.phi_l.shape[1]
+
+    def _phi(self, x_hat: torch.Tensor) -> torch.Tensor:
+        # (L * gamma) (R x) over the active columns only: two thin GEMMs, no N x K product materialised.
+        # Slicing keeps the Parameters whole (their gradients are full-width, zero past the active columns),
+        # and a width of 0 still gives every factor a (zero) gradient, as DDP expects.
+        w = self._phi_active
+        l = self.phi_l[:, :w] * self.phi_gamma[:w].to(self.phi_l.dtype)
+        return torch.nn.functional.linear(torch.nn.functional.linear(x_hat.to(self.phi_l.dtype), self.phi_r[:w]), l)

@@ -12,7 +12,7 @@ from torch import nn
 from qvgen_kernels.format import fail
 
 from .config import QuantConfig
-from .lowrank import init_phi
+from .lowrank import PhiView, init_phi
 from .sharding import full_value, is_sharded, write_full_
 from .quantizers import ActQuantizer, WeightQuantizer
 from .timestep import STATE_ATTR, TimestepState, row_group_index
@@ -21,7 +21,7 @@ _PHI_KEYS = ("phi_l", "phi_r", "phi_gamma")
 _DEPLOY_KEYS = ("w_packed", "w_scale", "w_zero")
 
 
-class QLinear(nn.Linear):
+class QLinear(PhiView, nn.Linear):
     """nn.Linear with QVGen fake quantization. Keeps the `weight` / `bias` names.
 
     y = Qw(W) Qa(x) + b + (L * gamma) (R Qa(x))   (Phi while its rank > 0)
@@ -108,21 +108,6 @@ class QLinear(nn.Linear):
     # --- Phi -----------------------------------------------------------------------------------------------
 
     @property
-    def phi_rank(self) -> int:
-        """Number of nonzero gamma entries (0 when Phi is removed)."""
-        return 0 if self.phi_gamma is None else int((self.phi_gamma != 0).sum())
-
-    @property
-    def phi_width(self) -> int:
-        """Active Phi columns: the current rank-decay stage's rank (0 when removed or fully decayed)."""
-        return 0 if self.phi_l is None else self._phi_active
-
-    @property
-    def phi_capacity(self) -> int:
-        """Allocated Phi columns (fixed from quantization to removal; 0 when removed)."""
-        return 0 if self.phi_l is None else self.phi_l.shape[1]
-
-    @property
     def phi_sharded(self) -> bool:
         """Whether Phi's factors are sharded DTensors (FSDP2): they can then not be removed, only masked."""
         return is_sharded(self.phi_l)
@@ -131,14 +116,6 @@ class QLinear(nn.Linear):
         """Delete L, R and gamma: the layer becomes a plain quantized linear. Replaces Parameters: call it
         only when no graph, DDP wrapper or FSDP2 sharding holds them (RankDecay.finish decides)."""
         self._set_phi_shape(0)
-
-    def _phi(self, x_hat: torch.Tensor) -> torch.Tensor:
-        # (L * gamma) (R x) over the active columns only: two thin GEMMs, no N x K product materialised.
-        # Slicing keeps the Parameters whole (their gradients are full-width, zero past the active columns),
-        # and a width of 0 still gives every factor a (zero) gradient, as DDP expects.
-        w = self._phi_active
-        l = self.phi_l[:, :w] * self.phi_gamma[:w].to(self.phi_l.dtype)
-        return F.linear(F.linear(x_hat, self.phi_r[:w]), l)
 
     def phi_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The active factors as whole fp32 tensors, L [N, w] and R [w, K] (gathered when sharded)."""
