@@ -14,7 +14,8 @@ load from other processes hits all of them alike):
                         bf16 in and out (what a model runs)
     wXaY:gemm           the same without the activation quantize: ``int8_gemm`` on activations quantized
                         beforehand
-    reference           ``ops.lowbit_linear(backend="reference")`` (pure torch; M <= 256 only, it is slow)
+    reference           ``ops.lowbit_linear(backend="reference")`` (pure torch; M <= 256 at the Wan-1.3B and
+                        CogVideoX shapes only: it is slow)
 Ratios are bf16 time / provider time (> 1: faster than bf16). TOPS = 2MNK / time.
 Writes ``benchmarks/results/cpu/linear_bench.{json,png,md}``.
 """
@@ -28,12 +29,12 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import qvgen
 from benchmarks import _harness
 from benchmarks import _kernels_common as kc
 from qvgen_kernels import ops
+from qvgen_kernels.format import qmax
 
 BITS = ((4, 4), (3, 3), (8, 8))
 MODELS = ("wan-1.3b", "wan-14b", "cogvideox-2b")
@@ -70,11 +71,19 @@ def shapes(smoke: bool, m_values: tuple[int, ...]) -> list[kc.LayerShape]:
     return out
 
 
-def _deployed(k: int, n: int, w_bits: int, a_bits: int) -> qvgen.QLinear:
-    """A deployed bf16 layer as a user makes it (rank 0: no SVD at these sizes; one clip group)."""
+def _deployed(k: int, n: int, w_bits: int, a_bits: int, gen: torch.Generator) -> qvgen.DeployedLinear:
+    """A deployed bf16 layer (one clip group) holding random codes and scales: its forward is exactly a real
+    deployed layer's, without calibrating a large FP weight first (speed does not depend on the values)."""
     cfg = qvgen.QuantConfig.preset(f"w{w_bits}a{a_bits}", rank=0, clip_groups=1)
-    layer = qvgen.QLinear.from_linear(nn.Linear(k, n, dtype=torch.bfloat16), cfg)
-    return layer.to_deploy()
+    layer = qvgen.DeployedLinear(k, n, True, cfg, dtype=torch.bfloat16)
+    codes = torch.randint(0, qmax(w_bits) + 1, (n, k), generator=gen, dtype=torch.uint8)
+    with torch.no_grad():
+        layer.w_packed.copy_(ops.pack(codes, w_bits))
+        layer.w_scale.copy_(torch.rand(n, generator=gen) * 0.02 + 0.001)
+        layer.w_zero.copy_(torch.rand(n, generator=gen) * qmax(w_bits))
+        layer.bias.copy_(torch.randn(n, generator=gen))
+    layer.prepack()
+    return layer
 
 
 def providers(sh: kc.LayerShape, gen: torch.Generator, smoke: bool) -> dict[str, Callable[[], Any]]:
@@ -92,14 +101,14 @@ def providers(sh: kc.LayerShape, gen: torch.Generator, smoke: bool) -> dict[str,
     out["onednn_qlinear"] = lambda: torch.ops.onednn.qlinear_pointwise(
         u8, 1.0, 0, w_pre, ones, zps, None, 1.0, 0, torch.bfloat16, "none", [None], "")
     for w_bits, a_bits in BITS:
-        layer = _deployed(k, n, w_bits, a_bits)
+        layer = _deployed(k, n, w_bits, a_bits, gen)
         packed, one = layer._packed, torch.ones(1)
         tag = f"w{w_bits}a{a_bits}"
         out[tag] = lambda layer=layer: layer(xb)
         q = torch.ops.qvgen_ext.int8_quantize(xb, a_bits, 1, packed.tensors[0].shape[1], one, one)
         out[f"{tag}:gemm"] = lambda q=q, p=packed, lb=layer.bias: torch.ops.qvgen_ext.int8_gemm(
             *q, *p.tensors, lb, w_bits, k, False, torch.bfloat16)
-        if tag == "w4a4" and (m <= 256 or smoke):
+        if tag == "w4a4" and (smoke or (m <= 256 and k * n <= 1536 * 8960)):
             args = (layer.w_packed, layer.w_scale, layer.w_zero, layer.bias)
             out["reference"] = lambda args=args: ops.lowbit_linear(xb, *args, backend="reference")
     return out
@@ -126,7 +135,7 @@ def bench_shape(sh: kc.LayerShape, repeats: int, smoke: bool) -> list[dict[str, 
 
 def memory_row(k: int, n: int) -> dict[str, Any]:
     """Bytes of one layer's weights: bf16, the 4-bit checkpoint codes, the int8 layout the CPU runs on."""
-    layer = _deployed(k, n, 4, 4)
+    layer = _deployed(k, n, 4, 4, torch.Generator().manual_seed(0))
     return {"k": k, "n": n, "bf16_bytes": 2 * n * k, "w4_checkpoint_bytes": layer.w_packed.numel(),
             "cpu_int8_layout_bytes": layer._packed.nbytes}
 
