@@ -27,6 +27,27 @@ def _load_x(x_ptr, rows64, row_mask, cols, K, stride_x):
 
 
 @triton.jit
+def row_min_max(x_ptr, rows64, row_mask, cols, K, stride_x, BM: tl.constexpr, BK: tl.constexpr):
+    """Per-row min and max of x over K in tiles of BK (starting from 0: the range always contains 0)."""
+    mn = tl.full((BM,), 0, tl.float32)
+    mx = tl.full((BM,), 0, tl.float32)
+    for k0 in range(0, K, BK):
+        xc = _load_x(x_ptr, rows64, row_mask, k0 + cols, K, stride_x)
+        mn = tl.minimum(mn, tl.min(xc, axis=1))
+        mx = tl.maximum(mx, tl.max(xc, axis=1))
+    return mn, mx
+
+
+@triton.jit
+def row_qparams(clo_ptr, chi_ptr, rows, in_rows, mn, mx, P: tl.constexpr, EPS: tl.constexpr):
+    """Per-row (scale, zero) from the row min/max and the rows' clip factors."""
+    clip_lo = tl.load(clo_ptr + rows, mask=in_rows, other=1.0)
+    clip_hi = tl.load(chi_ptr + rows, mask=in_rows, other=1.0)
+    _, _, scale, zero = act_qparams(mn, mx, clip_lo, clip_hi, P, EPS)
+    return scale, zero
+
+
+@triton.jit
 def _emit_tile(x, cols, k0, out_rows, row_mask, scale, zero, K, K8,
                BM: tl.constexpr, BK: tl.constexpr, BITS: tl.constexpr, P: tl.constexpr):
     """Codes of one tile, packed and stored; returns the tile's row sum of (q - z) (int32)."""
@@ -52,15 +73,8 @@ def _quantize_act_kernel(x_ptr, clo_ptr, chi_ptr, packed_ptr, scale_ptr, zero_pt
         mn = tl.min(x, axis=1)
         mx = tl.max(x, axis=1)
     else:
-        mn = tl.full((BM,), 0, tl.float32)
-        mx = tl.full((BM,), 0, tl.float32)
-        for k0 in range(0, K, BK):
-            xc = _load_x(x_ptr, rows64, row_mask, k0 + cols, K, stride_x)
-            mn = tl.minimum(mn, tl.min(xc, axis=1))
-            mx = tl.maximum(mx, tl.max(xc, axis=1))
-    clip_lo = tl.load(clo_ptr + rows, mask=in_rows, other=1.0)
-    clip_hi = tl.load(chi_ptr + rows, mask=in_rows, other=1.0)
-    _, _, scale, zero = act_qparams(mn, mx, clip_lo, clip_hi, P, EPS)
+        mn, mx = row_min_max(x_ptr, rows64, row_mask, cols, K, stride_x, BM, BK)
+    scale, zero = row_qparams(clo_ptr, chi_ptr, rows, in_rows, mn, mx, P, EPS)
     if SINGLE_PASS:
         rowsum = _emit_tile(x, cols, 0, out_rows, row_mask, scale, zero, K, K8, BM, BK, BITS, P)
     else:

@@ -13,9 +13,9 @@ import triton.language as tl
 
 from ..format import ACT_EPS, qmax
 from ._configs import EXACT_FP
-from ._utils import act_codes, act_qparams
+from ._utils import act_codes
 from .layout import CHUNK, kernel_k
-from .quantize_act import _load_x, row_tiles
+from .quantize_act import _load_x, row_min_max, row_qparams, row_tiles
 
 
 @triton.jit
@@ -51,15 +51,8 @@ def _quantize_i8_kernel(x_ptr, clo_ptr, chi_ptr, a_ptr, scale_ptr, zero_ptr, row
         mn = tl.min(x, axis=1)
         mx = tl.max(x, axis=1)
     else:
-        mn = tl.full((BM,), 0, tl.float32)
-        mx = tl.full((BM,), 0, tl.float32)
-        for k0 in range(0, K, BK):
-            xc = _load_x(x_ptr, rows64, row_mask, k0 + cols, K, stride_x)
-            mn = tl.minimum(mn, tl.min(xc, axis=1))
-            mx = tl.maximum(mx, tl.max(xc, axis=1))
-    clip_lo = tl.load(clo_ptr + rows, mask=in_rows, other=1.0)
-    clip_hi = tl.load(chi_ptr + rows, mask=in_rows, other=1.0)
-    _, _, scale, zero = act_qparams(mn, mx, clip_lo, clip_hi, P, EPS)
+        mn, mx = row_min_max(x_ptr, rows64, row_mask, cols, K, stride_x, BM, BK)
+    scale, zero = row_qparams(clo_ptr, chi_ptr, rows, in_rows, mn, mx, P, EPS)
     off = tl.full((BM,), 128.0, tl.float32) if A8 else zero  # 8 bits: q - z spans [-255, 255]
     if SINGLE_PASS:
         rowsum = _emit_i8(x, cols, 0, a_rows, chunk_rows, row_mask, scale, off, zero, K, KP, NCHUNK,
