@@ -270,24 +270,32 @@ std::atomic<bool>& simd_flag() {
 bool set_simd(bool enabled) { return simd_flag().exchange(enabled && cpu_has_avx512()); }
 bool simd_active() { return simd_flag().load(); }
 
-void quantize_rows(const QuantArgs& args, int64_t r0, int64_t r1) {
+namespace {
+
+// Rows [r0, r1) through the AVX-512 code when it is active, else the portable code.
+template <typename Args>
+void for_rows(const Args& args, int64_t r0, int64_t r1, void (*simd)(const Args&, int64_t),
+              void (*portable)(const Args&, int64_t)) {
+  auto row = simd_active() && simd != nullptr ? simd : portable;
+  for (int64_t r = r0; r < r1; ++r) row(args, r);
+}
+
 #ifdef QVGEN_X86_SIMD
-  if (simd_active()) {
-    for (int64_t r = r0; r < r1; ++r) quantize_row_simd(args, r);
-    return;
-  }
+constexpr auto kQuantizeSimd = &quantize_row_simd;
+constexpr auto kEpilogueSimd = &epilogue_row_simd;
+#else
+constexpr void (*kQuantizeSimd)(const QuantArgs&, int64_t) = nullptr;
+constexpr void (*kEpilogueSimd)(const EpilogueArgs&, int64_t) = nullptr;
 #endif
-  for (int64_t r = r0; r < r1; ++r) quantize_row_scalar(args, r);
+
+}  // namespace
+
+void quantize_rows(const QuantArgs& args, int64_t r0, int64_t r1) {
+  for_rows(args, r0, r1, kQuantizeSimd, &quantize_row_scalar);
 }
 
 void epilogue_rows(const EpilogueArgs& args, int64_t r0, int64_t r1) {
-#ifdef QVGEN_X86_SIMD
-  if (simd_active()) {
-    for (int64_t r = r0; r < r1; ++r) epilogue_row_simd(args, r);
-    return;
-  }
-#endif
-  for (int64_t r = r0; r < r1; ++r) epilogue_row_scalar(args, r);
+  for_rows(args, r0, r1, kEpilogueSimd, &epilogue_row_scalar);
 }
 
 }  // namespace int8
