@@ -79,7 +79,7 @@ ext_modules, cmdclass = _extensions()
 
 setup(
     packages=find_packages(include=["qvgen", "qvgen.*", "qvgen_kernels", "qvgen_kernels.*"]),
-    package_data={"qvgen.demo": ["assets/teacher/*"]},  # the shipped demo teacher (about 1 MB)
+    package_data={"qvgen.apps.demo": ["assets/teacher/*"]},  # the shipped demo teacher (about 1 MB)
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     # One wheel for every CPython >= 3.10 (the binding uses the limited C API only).

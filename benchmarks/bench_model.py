@@ -120,7 +120,7 @@ def _setup(target: Target, variant: str, grad_ckpt: bool) -> tuple[nn.Module, Ca
 
 def run_variant(target: Target, variant: str, warmup: int, repeats: int, grad_ckpt: bool) -> dict:
     """One row: latency summary, peak memory and module bytes (or the error that stopped it)."""
-    from qvgen.demo.metrics import model_bytes
+    from qvgen.apps.demo.metrics import model_bytes
 
     row: dict[str, Any] = {"shape": target.shape.name, "scope": target.scope, "variant": variant}
     try:

@@ -4,19 +4,22 @@ The frontend API is imported here; the trainer (`qvgen.train`), demo and CLI are
 pull in heavier dependencies.
 """
 
-from .config import ARCH_SKIP_PRESETS, QuantConfig
-from .deployed import DeployedLinear
-from .io import load_quantized, save_quantized
-from .pretrained import QuantizedModelMixin
-from .qlinear import QLinear
-from .rank_decay import RankDecay
-from .swap import iter_qlinears, quantize_model, to_deploy
-from .timestep import set_timesteps, timestep_to_group
+from qvgen import _moved
+from qvgen.artifact.io import save_quantized
+from qvgen.artifact.pretrained import QuantizedModelMixin, load_quantized, quantize_model
+from qvgen.quant.config import ARCH_SKIP_PRESETS, QuantConfig
+from qvgen.quant.deployed import DeployedLinear
+from qvgen.quant.qlinear import QLinear
+from qvgen.quant.rank_decay import RankDecay
+from qvgen.quant.swap import iter_qlinears, to_deploy
+from qvgen.quant.timestep import set_timesteps, timestep_to_group
+
+_moved.install()
 
 
 def __getattr__(name: str):
     """qvgen.Quantized<diffusers class> (and ModelMixin), as diffusers resolves model_index.json entries."""
-    from .pretrained import lookup
+    from qvgen.artifact.pretrained import lookup
     return lookup(name)
 
 

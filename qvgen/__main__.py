@@ -1,7 +1,7 @@
-"""``python -m qvgen``: the command line of :mod:`qvgen.cli`."""
+"""``python -m qvgen``: the command line of :mod:`qvgen.apps.cli`."""
 
 import sys
 
-from qvgen.cli import main
+from qvgen.apps.cli import main
 
 sys.exit(main())

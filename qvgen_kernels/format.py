@@ -48,6 +48,8 @@ Packing (the checkpoint layout; kernels may repack at load time and document the
 
 from __future__ import annotations
 
+from .errors import fail  # re-exported for the kernel modules that import it from here
+
 WEIGHT_BITS = (3, 4, 8)
 ACT_BITS = (3, 4, 8, 16)  # 16: activations stay in floating point (weight-only, e.g. W4A16)
 PACKED_BITS = (3, 4, 8)
@@ -73,11 +75,6 @@ def padded_k(k: int, bits: int) -> int:
 def packed_width(k: int, bits: int) -> int:
     """Bytes per row of K codes in the checkpoint layout."""
     return padded_k(k, bits) * bits // 8
-
-
-def fail(op: str, arg: str, expected: str, got: object, exc: type[Exception] = ValueError):
-    """Raise the library's standard error: the op, the argument, what was expected and what came."""
-    raise exc(f"{op}: argument '{arg}' expected {expected}, got {got}")
 
 
 def check_bits(op: str, arg: str, bits: object, allowed: tuple[int, ...]) -> int:

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from qvgen import QLinear, QuantConfig, iter_qlinears
-from qvgen.swap import attach
+from qvgen.quant.swap import attach
 from qvgen_kernels.format import fail
 
 

@@ -105,7 +105,7 @@ def _train(student: nn.Module, teacher: nn.Module, data, budget: Budget, seed: i
 def build(spec: MethodSpec, teacher: nn.Module, data, budget: Budget, seed: int, out: Path,
           probe=None) -> tuple[nn.Module, dict]:
     """The deployed model of ``spec`` and its training log ({} for PTQ methods). With the held-out ``probe``
-    (``qvgen.demo.pipeline.Probe``) the log also holds the convergence curve (held-out error with and
+    (``qvgen.apps.demo.pipeline.Probe``) the log also holds the convergence curve (held-out error with and
     without Phi every 10% of training) and the error decomposition before and after training."""
     if spec.method == "fp":
         return teacher, {}

@@ -62,7 +62,7 @@ def quantizers_off(model: nn.Module, weights: bool, acts: bool) -> Iterator[None
 
 def heldout_error(model: nn.Module, probe: Any, phi: bool = True) -> float:
     """Denoising MSE vs the teacher on the probe's held-out clips (``phi=False``: Phi masked)."""
-    from qvgen.demo.metrics import denoising_error
+    from qvgen.apps.demo.metrics import denoising_error
 
     with torch.no_grad(), (contextlib.nullcontext() if phi else phi_masked(model)):
         return denoising_error(model, probe.teacher_v, probe.ev)

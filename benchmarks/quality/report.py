@@ -187,7 +187,7 @@ at hand cannot tell it from LSQ. The per-study sections below say why (convergen
 CAVEATS = """\
 How to read this at this scale (fixed text; every number above is generated from the study JSONs):
 - The teacher is the shipped demo teacher: a 4-layer Wan-architecture DiT (hidden width 64, FFN 128) on 16x16x8
-  sprite clips, trained for 1.6k steps on CPU (`python -m qvgen.demo.teacher`). The paper's regime (1.3B-14B
+  sprite clips, trained for 1.6k steps on CPU (`python -m qvgen.apps.demo.teacher`). The paper's regime (1.3B-14B
   parameters, thousands of steps on 8 GPUs) is far away; the GPU-sized study in benchmarks/gpu_suite.sh (8 layers,
   width 512) is the next step up.
 - Phi's rank is scaled to the width as in the paper (rank 32 on 1536-5120 wide layers is 0.6-2%): the power of two

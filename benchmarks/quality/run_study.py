@@ -29,7 +29,7 @@ import torch
 from benchmarks import _harness
 from benchmarks.quality import report
 from benchmarks.quality.methods import Budget, MethodSpec, build
-from qvgen.rank_decay import DEFAULT_DECAY_END, PAPER_DECAY_END
+from qvgen.quant.rank_decay import DEFAULT_DECAY_END, PAPER_DECAY_END
 from benchmarks.quality.video_metrics import motion_ratio, temporal_consistency, trajectory_error
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -66,7 +66,7 @@ def study_specs(study: str, rank: int, bits: tuple[str, ...] = ("w3a3", "w4a4", 
 
 def evaluate(spec: MethodSpec, model: torch.nn.Module, probe, demo_cfg) -> dict:
     """The demo's metrics (denoising MSE, PSNR, SSIM, bytes) plus motion and temporal consistency."""
-    from qvgen.demo.pipeline import evaluate as demo_evaluate
+    from qvgen.apps.demo.pipeline import evaluate as demo_evaluate
 
     row, samples = demo_evaluate(spec.label, model, probe, demo_cfg)
     s, ref = samples.clamp(-1, 1), probe.fp_samples.clamp(-1, 1)
@@ -98,8 +98,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _teacher(args, device, log):
-    from qvgen.demo.sprites import SpriteData
-    from qvgen.demo.teacher import TeacherConfig, get_teacher
+    from qvgen.apps.demo.sprites import SpriteData
+    from qvgen.apps.demo.teacher import TeacherConfig, get_teacher
 
     over = {k: v for k, v in (("steps", args.teacher_steps), ("num_layers", args.teacher_layers)) if v is not None}
     if args.teacher_width is not None:
@@ -112,7 +112,8 @@ def _teacher(args, device, log):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from qvgen.demo.pipeline import DemoConfig, make_probe, resolve_device
+    from qvgen.apps.demo.pipeline import DemoConfig, make_probe
+    from qvgen.distributed.devices import resolve_device
 
     args = _parse(argv)
     torch.set_num_threads(args.threads)

@@ -1,5 +1,5 @@
 """Motion and temporal-consistency measures of sampled clips (PSNR, SSIM and the denoising error are
-``qvgen.demo.metrics``; these complement them).
+``qvgen.apps.demo.metrics``; these complement them).
 
 Clips are (B, C, F, H, W) with values in [-1, 1] on a background of -1 (the demo's sprite clips).
 - :func:`frame_difference_energy`: mean squared difference of consecutive frames per clip, a stand-in for

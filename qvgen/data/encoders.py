@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
 
 class PipelineSpec:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
-from .shards import LATENTS, TEXT, LatentShards, pad_text
+from qvgen.data.shards import LATENTS, TEXT, LatentShards, pad_text
 
 
 class EpochSampler:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
 MANIFEST, NULL_FILE, FORMAT = "manifest.json", "null.safetensors", 1
 LATENTS, TEXT = "latents", "encoder_hidden_states"

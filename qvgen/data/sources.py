@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
 OP = "qvgen precompute"
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif")

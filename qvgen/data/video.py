@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
 OP = "qvgen precompute"
 

@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
 LAYOUTS = ("BCFHW", "BFCHW")
 PREDICTIONS = ("flow", "v", "eps", "x0")
@@ -284,7 +284,7 @@ class GenericAdapter(ModelAdapter):
 
     def forward(self, model, latents, t, cond):
         t = _timesteps("GenericAdapter.forward", t, latents.shape[0], latents.device)
-        from qvgen.timestep import STATE_ATTR, set_timesteps
+        from qvgen.quant.timestep import STATE_ATTR, set_timesteps
 
         inner = getattr(model, "module", model)
         if hasattr(inner, STATE_ATTR):

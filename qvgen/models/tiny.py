@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
 # Constructor kwargs per architecture. CogVideoX needs heads * head_dim divisible by 16 (its sincos
 # position embedding splits the width in 4 axes of even size), hence 2 x 8.

@@ -29,11 +29,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
-from qvgen.integrity import (HashingWriter, check_digests, digests, file_digest, fsync_path, non_finite,
+from qvgen.storage.integrity import (HashingWriter, check_digests, digests, file_digest, fsync_path, non_finite,
                              read_safetensors, write_error, write_text_durably)
-from qvgen.io import state_for_file
+from qvgen.artifact.io import state_for_file
 
 LAST, PREV = "ckpt-last", "ckpt-prev"
 FORMAT = 2  # 2: meta.json records the sha256 of state.pt and of every tensor

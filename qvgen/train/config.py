@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from qvgen.rank_decay import DEFAULT_DECAY_END
-from qvgen_kernels.format import fail
+from qvgen.quant.rank_decay import DEFAULT_DECAY_END
+from qvgen_kernels.errors import fail
 
 _OP = "TrainConfig"
 AUTOCAST = ("auto", "off", "bf16")
@@ -39,7 +39,7 @@ class TrainConfig:
     seed: every step draws from its own generator seeded with seed * 1_000_003 + step.
     rank_schedule: gamma schedule of the rank decay ("cosine" or "linear").
     decay_end: fraction of training by whose end Phi is gone (the weights train on without it after);
-        1.0 is the paper's schedule (see qvgen.rank_decay).
+        1.0 is the paper's schedule (see qvgen.quant.rank_decay).
     target: objective target ("auto": velocity for flow models, x0 for v-prediction models).
     grad_checkpointing: use the model's enable_gradient_checkpointing() when it has one.
     caption_dropout: per-step probability of replacing the whole batch's conditioning by the null one

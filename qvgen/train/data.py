@@ -7,12 +7,13 @@ batches as an uninterrupted one.
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
 DataFn = Callable[[int, torch.Generator], tuple[torch.Tensor, dict]]
 
@@ -76,3 +77,39 @@ def check_batch(step: int, batch: object) -> tuple[torch.Tensor, dict]:
     if not isinstance(cond, dict):
         fail(op, f"cond at step {step}", "a dict of conditioning tensors", type(cond).__name__, TypeError)
     return x0, cond
+
+
+def load_data_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors or torch .pt file: 'latents' [N, ...] plus conditioning tensors [N, ...]."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(path))
+        else:
+            tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # text, truncated or foreign files raise anything from KeyError to UnpicklingError
+        fail("qvgen train", "--data", "a readable .pt or .safetensors file of tensors",
+             f"{path} ({type(e).__name__}: {e})")
+    if not isinstance(tensors, dict) or "latents" not in tensors:
+        fail("qvgen train", "--data", "a dict of tensors with a 'latents' entry", type(tensors).__name__)
+    n = tensors["latents"].shape[0]
+    for k, v in tensors.items():
+        if not isinstance(v, torch.Tensor) or v.dim() < 1 or v.shape[0] != n:
+            fail("qvgen train", f"--data[{k!r}]", f"a tensor with {n} rows (like 'latents')",
+                 tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__)
+    return tensors
+
+
+def make_data_fn(model: torch.nn.Module, adapter, batch: int, device: torch.device, data: dict | None,
+                 latent_fhw: Sequence[int]) -> DataFn:
+    """The trainer's ``data_fn(step, generator) -> (x0, cond)``: rows of ``data``, or random latents + cond."""
+    if data is None:
+        return random_data_fn(adapter, model, batch, *latent_fhw)
+
+    def from_file(step: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        idx = torch.randint(0, data["latents"].shape[0], (batch,), generator=generator, device=generator.device)
+        rows = {k: v[idx.cpu()].to(device) for k, v in data.items()}
+        return rows.pop("latents").float(), rows
+    return from_file

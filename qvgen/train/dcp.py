@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
 LAST, TMP, OLD, FORMAT = "dcp-last", ".dcp-tmp", ".dcp-old", 1
 

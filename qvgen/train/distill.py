@@ -25,12 +25,12 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
 from qvgen.models.adapters import ModelAdapter, adapter_for
-from qvgen.parallel import is_model_sharded, rank_noisy
-from qvgen.sharding import all_finite
-from qvgen.swap import model_config
+from qvgen.distributed.parallel import is_model_sharded, rank_noisy
+from qvgen.distributed.sharding import all_finite
+from qvgen.quant.swap import model_config
 from qvgen.train.checkpoint import (find_checkpoint, load_checkpoint, load_optimizer_state_by_name,
                                     save_checkpoint)
 from qvgen.train.config import TrainConfig
@@ -133,7 +133,7 @@ class Distiller:
         if rank_decay is None or rank_decay is False:
             return None
         if rank_decay is True:
-            from qvgen.rank_decay import RankDecay
+            from qvgen.quant.rank_decay import RankDecay
 
             return RankDecay(self.student, self.cfg.steps, schedule=self.cfg.rank_schedule,
                              optimizer=self.optimizer, decay_end=self.cfg.decay_end)
@@ -178,7 +178,7 @@ class Distiller:
         if self.world == 1:
             cond = caption_dropout(step, cond, self.cfg.caption_dropout, gen)  # drawn after the batch
             noisy = self.objective.make_noisy(x0.to(self.device), gen)
-        else:  # one draw for the global batch, shared by all ranks (see qvgen.parallel)
+        else:  # one draw for the global batch, shared by all ranks (see qvgen.distributed.parallel)
             shared = step_generator(self.cfg.seed, step)
             cond = caption_dropout(step, cond, self.cfg.caption_dropout, shared)
             noisy = rank_noisy(self.objective, x0.to(self.device), shared, self.rank, self.world)
@@ -360,7 +360,7 @@ class Distiller:
         if self.decay is not None:
             # cfg.steps >= end_step: Phi is removed from every layer (masked when sharded). RankDecay.finish();
             # step() for wrappers exposing only step/state_dict/load_state_dict.
-            from qvgen.rank_decay import RankDecay
+            from qvgen.quant.rank_decay import RankDecay
 
             if isinstance(self.decay, RankDecay):
                 self.decay.finish()

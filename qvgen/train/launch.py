@@ -16,13 +16,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qvgen_kernels.format import fail
+from qvgen.distributed.devices import resolve_device
+from qvgen.models.loading import load_diffusers_model
+from qvgen.train.data import load_data_file, make_data_fn
+from qvgen_kernels.errors import fail
 
 TEACHER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _data_fn(args: argparse.Namespace, teacher: nn.Module, adapter, device: torch.device, rank: int, world: int):
-    from qvgen.cli import load_data_file, make_data_fn
     from qvgen.data.shards import MANIFEST, LatentShards
     from qvgen.data.loader import shard_data_fn
 
@@ -56,8 +58,7 @@ def _parallel(args: argparse.Namespace, world: int) -> str:
 def _deploy(args: argparse.Namespace, student: nn.Module, cfg, sharded: bool, rank: int) -> Path | None:
     """Gather the trained student (a collective when sharded) and, on rank 0, deploy and save it."""
     from qvgen import iter_qlinears, quantize_model, save_quantized, to_deploy
-    from qvgen.cli import load_diffusers_model
-    from qvgen.parallel import full_state_dict
+    from qvgen.distributed.parallel import full_state_dict
 
     state = full_state_dict(student) if sharded else None
     if rank != 0:
@@ -75,10 +76,8 @@ def _deploy(args: argparse.Namespace, student: nn.Module, cfg, sharded: bool, ra
 
 def run_train(args: argparse.Namespace) -> int:
     from qvgen import QuantConfig, quantize_model
-    from qvgen.cli import load_diffusers_model
-    from qvgen.demo.pipeline import resolve_device
     from qvgen.models.adapters import adapter_for
-    from qvgen.parallel import fully_shard_model, init_from_env
+    from qvgen.distributed.parallel import fully_shard_model, init_from_env
     from qvgen.train import Distiller, TrainConfig
 
     if args.resume_override and not args.resume:

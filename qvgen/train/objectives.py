@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
 TARGETS = ("x0", "eps", "v")
 

@@ -15,9 +15,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
-from qvgen.sharding import is_sharded, local_value, squared_norm
+from qvgen.distributed.sharding import is_sharded, local_value, squared_norm
 
 GROUPS = ("clip", "phi", "quant", "other")
 # Name suffixes (the frontend's QLinear naming, matched at a "." boundary) that select a group.

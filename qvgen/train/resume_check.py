@@ -17,9 +17,9 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
-from qvgen.swap import model_config
+from qvgen.quant.swap import model_config
 from qvgen.train.config import TrainConfig
 from qvgen.train.optim import group_lrs
 

@@ -12,9 +12,9 @@ from benchmarks.quality.run_study import evaluate, rank_for_width, study_specs
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from qvgen.demo.pipeline import DemoConfig, make_probe
-    from qvgen.demo.sprites import SpriteData
-    from qvgen.demo.teacher import TeacherConfig, get_teacher
+    from qvgen.apps.demo.pipeline import DemoConfig, make_probe
+    from qvgen.apps.demo.sprites import SpriteData
+    from qvgen.apps.demo.teacher import TeacherConfig, get_teacher
 
     torch.manual_seed(0)
     tcfg = TeacherConfig(steps=3, batch_size=2, num_layers=1)

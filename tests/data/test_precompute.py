@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from qvgen.cli import main
+from qvgen.apps.cli import main
 from qvgen.data import LatentShards
 from qvgen.data.encoders import SPECS
 from qvgen.data.video import read_clip
-from qvgen.precompute import load_pipeline_parts
+from qvgen.data.precompute import load_pipeline_parts
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_pipeline import tiny  # noqa: E402,F401  (the fixture)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import qvgen
-from qvgen.cli import load_diffusers_model, main
+from qvgen.apps.cli import main
+from qvgen.models.loading import load_diffusers_model
 from qvgen.data import EpochSampler, LatentShards, shard_data_fn
 from qvgen.train import Distiller, TrainConfig
 

@@ -7,7 +7,8 @@ import re
 import pytest
 import torch
 
-from qvgen.cli import build_parser, load_data_file, main
+from qvgen.apps.cli import build_parser, main
+from qvgen.train.data import load_data_file
 
 
 def test_demo_fast_end_to_end(tmp_path, capsys):

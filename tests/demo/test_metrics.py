@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from qvgen.demo.metrics import denoising_error, make_eval_set, model_bytes, mse, psnr, ssim
-from qvgen.demo.sprites import SpriteConfig, SpriteData
+from qvgen.apps.demo.metrics import denoising_error, make_eval_set, model_bytes, mse, psnr, ssim
+from qvgen.apps.demo.sprites import SpriteConfig, SpriteData
 
 
 def test_psnr_known_answers():

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from qvgen.demo import report
-from qvgen.demo.teacher import TeacherConfig, cache_dir_for, get_teacher, load_teacher
+from qvgen.apps.demo import report
+from qvgen.apps.demo.teacher import TeacherConfig, cache_dir_for, get_teacher, load_teacher
 
 
 def test_table_and_verdict():

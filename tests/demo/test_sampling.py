@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from qvgen.demo.sampling import flow_sigmas, make_noise, sample_flow, sample_model
+from qvgen.apps.demo.sampling import flow_sigmas, make_noise, sample_flow, sample_model
 
 
 def test_sigmas_schedule():

@@ -2,12 +2,12 @@
 
 import torch
 
-from qvgen.demo.teacher import SHIPPED, TeacherConfig, get_teacher, shipped_key
+from qvgen.apps.demo.teacher import SHIPPED, TeacherConfig, get_teacher, shipped_key
 
 
 def test_default_config_loads_the_shipped_teacher(tmp_path):
     cfg = TeacherConfig()
-    assert shipped_key() == cfg.key(), "qvgen/demo/assets/teacher was built from another TeacherConfig"
+    assert shipped_key() == cfg.key(), "qvgen/apps/demo/assets/teacher was built from another TeacherConfig"
     model, info = get_teacher(cfg, "cpu", str(tmp_path))
     assert info["cached"] and info["shipped"] and info["path"] == str(SHIPPED)
     assert not any(tmp_path.iterdir())  # nothing trained or cached

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from qvgen.demo.sprites import (NUM_CLASSES, SpriteConfig, SpriteData, _bounce, caption_table, class_name,
+from qvgen.apps.demo.sprites import (NUM_CLASSES, SpriteConfig, SpriteData, _bounce, caption_table, class_name,
                                 decode_label, make_clips, render_clip)
 
 

@@ -56,9 +56,9 @@ def test_bf16_within_bf16_tolerance(kind):
         assert _rel(copy.deepcopy(layer).to(torch.bfloat16)(x), ref) < 1e-2
     fp = transformer(kind)
     q = quantize(copy.deepcopy(fp), "w4a8")
-    fp_drift = _rel(_run(qvgen.pretrained.cast(copy.deepcopy(fp), torch.bfloat16), kind, torch.bfloat16),
+    fp_drift = _rel(_run(qvgen.artifact.pretrained.cast(copy.deepcopy(fp), torch.bfloat16), kind, torch.bfloat16),
                     _run(fp, kind))
-    q_drift = _rel(_run(qvgen.pretrained.cast(copy.deepcopy(q), torch.bfloat16), kind, torch.bfloat16),
+    q_drift = _rel(_run(qvgen.artifact.pretrained.cast(copy.deepcopy(q), torch.bfloat16), kind, torch.bfloat16),
                    _run(q, kind))
     assert q_drift < max(3 * fp_drift, 1e-2), (q_drift, fp_drift)
 

@@ -60,7 +60,7 @@ def test_pipeline_save_load_bit_identical(kind, pipes, tmp_path):
     index = json.loads((tmp_path / "q" / "model_index.json").read_text())
     assert index["transformer"] == ["qvgen", type(pipe.transformer).__name__]
     again = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "q")
-    assert isinstance(again.transformer, qvgen.pretrained.QuantizedModelMixin)
+    assert isinstance(again.transformer, qvgen.artifact.pretrained.QuantizedModelMixin)
     assert torch.equal(_frames(again, kind), ref)
 
 

@@ -34,7 +34,7 @@ def test_readme_use_with_diffusers_runs(tmp_path):
 
 
 def test_generate_cli_compare_fp(tmp_path, capsys):
-    from qvgen.cli import main
+    from qvgen.apps.cli import main
 
     fp = fp_pipeline_dir(tmp_path / "fp", "wan")
     quantize(transformer("wan")).save_pretrained(tmp_path / "qt")
@@ -55,7 +55,7 @@ def test_generate_cli_compare_fp(tmp_path, capsys):
 
 
 def test_generate_refuses_fp_transformer(tmp_path):
-    from qvgen.cli import main
+    from qvgen.apps.cli import main
 
     fp = fp_pipeline_dir(tmp_path / "fp", "wan")
     with pytest.raises(ValueError, match="quantized transformer"):

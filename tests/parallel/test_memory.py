@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import qvgen
-from qvgen.memory import GIB, estimate
+from qvgen.distributed.memory import GIB, estimate
 
 
 def test_estimate_counts_student_teacher_and_gathered_block():

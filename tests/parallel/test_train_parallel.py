@@ -21,7 +21,7 @@ PRE = ["--frames", "9", "--height", "32", "--width", "32", "--fps", "8", "--shar
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from qvgen.cli import main
+    from qvgen.apps.cli import main
 
     root = tmp_path_factory.mktemp("par")
     tp.make_clips(root / "clips", 4)
@@ -39,7 +39,7 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_fsdp_and_ddp_match_one_process_and_resume_exactly(setup):
-    from qvgen.cli import main
+    from qvgen.apps.cli import main
 
     dit, shards, root = setup
     run_workers(w.worker, dit, shards, str(root), timeout=150)
@@ -57,7 +57,7 @@ def test_fsdp_and_ddp_match_one_process_and_resume_exactly(setup):
             else:  # packed codes: no weight of this run lies within 1e-5 of a rounding boundary
                 assert torch.equal(got[k], v), f"{mode}: {k}"
     import qvgen
-    from qvgen.cli import load_diffusers_model
+    from qvgen.models.loading import load_diffusers_model
 
     for mode, state in torch.load(root / "resumed.pt", weights_only=True).items():
         model = qvgen.quantize_model(load_diffusers_model(dit), qvgen.QuantConfig.preset("w4a4", rank=2),

@@ -16,9 +16,9 @@ def cli_args(dit: str, shards: str, out: Path, batch: int, *extra: str) -> list[
 
 def distiller(mode: str, dit: str, shards: str, out: Path, rank: int, world: int):
     import qvgen
-    from qvgen.cli import load_diffusers_model
+    from qvgen.models.loading import load_diffusers_model
     from qvgen.data import LatentShards, shard_data_fn
-    from qvgen.parallel import fully_shard_model
+    from qvgen.distributed.parallel import fully_shard_model
     from qvgen.train import Distiller, TrainConfig
 
     teacher = load_diffusers_model(dit)
@@ -34,8 +34,8 @@ def distiller(mode: str, dit: str, shards: str, out: Path, rank: int, world: int
 
 
 def worker(rank: int, world: int, dit: str, shards: str, root: str) -> None:
-    from qvgen.cli import main
-    from qvgen.parallel import full_state_dict
+    from qvgen.apps.cli import main
+    from qvgen.distributed.parallel import full_state_dict
 
     root = Path(root)
     for mode in ("fsdp", "ddp"):  # the CLI under torchrun's environment (set by the spawner)

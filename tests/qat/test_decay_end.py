@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from qvgen import QuantConfig, RankDecay, iter_qlinears, quantize_model
-from qvgen.rank_decay import DEFAULT_DECAY_END, PAPER_DECAY_END
+from qvgen.quant.rank_decay import DEFAULT_DECAY_END, PAPER_DECAY_END
 
 
 def _model(seed, rank=8):
@@ -101,7 +101,7 @@ def test_old_state_without_decay_end_is_the_paper_schedule():
 
 
 def test_train_config_and_cli_carry_decay_end():
-    from qvgen.cli import build_parser
+    from qvgen.apps.cli import build_parser
     from qvgen.train import TrainConfig
 
     assert TrainConfig().decay_end == DEFAULT_DECAY_END

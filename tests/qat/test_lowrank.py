@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from qvgen.lowrank import init_phi, resvd
+from qvgen.quant.lowrank import init_phi, resvd
 
 
 def _decaying(gen, n, k, decay=0.8):
@@ -36,7 +36,7 @@ def test_randomized_near_optimum(gen):
 
 def test_init_phi_reduces_quant_error(gen):
     from qvgen import QuantConfig
-    from qvgen.quantizers import WeightQuantizer
+    from qvgen.quant.quantizers import WeightQuantizer
     w = torch.randn(48, 80, generator=gen) * 0.1
     wq = WeightQuantizer(48, 80, QuantConfig(w_bits=3))
     wq.calibrate(w)

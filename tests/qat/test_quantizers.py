@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from qvgen import QuantConfig
-from qvgen.quantizers import ActQuantizer, WeightQuantizer
+from qvgen.quant.quantizers import ActQuantizer, WeightQuantizer
 from qvgen_kernels import ops
 
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from qvgen import QuantConfig, RankDecay, iter_qlinears, quantize_model
-from qvgen.rank_decay import PAPER_DECAY_END as PAPER
+from qvgen.quant.rank_decay import PAPER_DECAY_END as PAPER
 
 
 def _model(gen, rank=32, **kw):

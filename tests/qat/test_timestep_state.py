@@ -8,7 +8,7 @@ import torch._dynamo
 from torch import nn
 
 import qvgen
-from qvgen.timestep import TimestepState, row_group_index
+from qvgen.quant.timestep import TimestepState, row_group_index
 
 # Compiled and eager run the same ops in the same order (aot_eager does not fuse or reorder), and the
 # positional / keyword calls are the same computation: fp32 rounding of a reordered reduction at most.

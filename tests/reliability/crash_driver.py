@@ -117,7 +117,7 @@ def train(run_dir: Path, final: Path) -> None:
     Distiller(student, teacher, GenericAdapter(), train_toys.toy_data_fn(), cfg).run(resume=True)
     from safetensors.torch import save_file
 
-    from qvgen.io import state_for_file
+    from qvgen.artifact.io import state_for_file
 
     save_file(state_for_file(student.state_dict()), str(final))
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 import qvgen
-from qvgen.integrity import text_digest
+from qvgen.storage.integrity import text_digest
 
 ROOT = Path(__file__).resolve().parents[2]
 

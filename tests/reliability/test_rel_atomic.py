@@ -9,8 +9,9 @@ import shutil
 import pytest
 import torch
 
-from qvgen import atomic_dir, load_quantized, save_quantized
-from qvgen.cli import _weight_files
+from qvgen import load_quantized, save_quantized
+from qvgen.storage import atomic_dir
+from qvgen.models.loading import _weight_files
 
 from rel_helpers import dit_output, qat_toys, quantized_dit, rewrite_consistently
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from qvgen import QuantConfig, load_quantized, save_quantized
-from qvgen.cli import load_data_file, main
+from qvgen.apps.cli import main
+from qvgen.train.data import load_data_file
 from qvgen.train import checkpoint as ck
 from qvgen.train.optim import build_optimizer
 

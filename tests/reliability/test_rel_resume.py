@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from qvgen.cli import main
+from qvgen.apps.cli import main
 from qvgen.models import GenericAdapter
 from qvgen.train import Distiller
 from qvgen.train import checkpoint as ck
