@@ -110,6 +110,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="continue from the latest checkpoint under OUT/train (same settings, see --resume-override)")
     p.add_argument("--resume-override", action="append", default=[], choices=OVERRIDABLE, metavar="FIELD",
                    help="with --resume: let FIELD (lr, weight_decay, ...) differ from the checkpoint's, from then on")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in a non-empty --out (its train/ and quantized/); without it or --resume "
+                        "a non-empty --out is refused")
+    p.add_argument("--collective-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="under torchrun: the longest any rank waits for the others before the job ends with an "
+                        "error (default: %(default)s)")
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute the student's block activations in backward (less memory, slower)")
     p.add_argument("--arch", choices=sorted(ADAPTERS), help="adapter (calling convention) of the model; default: "

@@ -22,6 +22,7 @@ from qvgen_kernels.errors import fail
 from qvgen.distributed.sharding import is_sharded
 
 PARALLEL = ("none", "ddp", "fsdp")
+DEFAULT_COLLECTIVE_TIMEOUT_S = 300.0  # long enough for a checkpoint write, short enough to notice a hang
 # ModuleList attributes that hold a video DiT's repeated blocks (Wan, CogVideoX, HunyuanVideo, LTX, Mochi).
 BLOCK_LISTS = ("blocks", "transformer_blocks", "single_transformer_blocks", "layers")
 
@@ -34,16 +35,26 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def init_from_env(device: torch.device) -> tuple[int, int, torch.device]:
+def init_from_env(device: torch.device, timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S
+                  ) -> tuple[int, int, torch.device]:
     """Join the process group torchrun describes (WORLD_SIZE > 1): NCCL on CUDA (one GPU per LOCAL_RANK),
-    gloo on CPU. Returns (rank, world, device); (0, 1, device) outside torchrun."""
+    gloo on CPU. Every collective waits at most ``timeout_s`` seconds, so a stalled rank ends the job with
+    an error instead of blocking the others (gloo's own default is 30 min). Returns (rank, world, device);
+    (0, 1, device) outside torchrun."""
+    import datetime
+    import math
+
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not (
+            math.isfinite(timeout_s) and timeout_s > 0):
+        fail("init_from_env", "timeout_s", "a finite number of seconds > 0", repr(timeout_s))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dist = torch.distributed
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=float(timeout_s)))
     rank, world = dist_info()
     return rank, world, device
 
@@ -124,5 +135,5 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-__all__ = ["BLOCK_LISTS", "PARALLEL", "dist_info", "fully_shard_model", "full_state_dict", "init_from_env",
+__all__ = ["BLOCK_LISTS", "DEFAULT_COLLECTIVE_TIMEOUT_S", "PARALLEL", "dist_info", "fully_shard_model", "full_state_dict", "init_from_env",
            "is_model_sharded", "mixed_precision", "rank_noisy", "shard_units"]

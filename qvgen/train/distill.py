@@ -31,10 +31,11 @@ from qvgen.models.adapters import ModelAdapter, adapter_for
 from qvgen.distributed.parallel import is_model_sharded, rank_noisy
 from qvgen.distributed.sharding import all_finite
 from qvgen.quant.swap import model_config
+from qvgen.train.checkpoint import LAST as CKPT_LAST, PREV as CKPT_PREV
 from qvgen.train.checkpoint import (find_checkpoint, load_checkpoint, load_optimizer_state_by_name,
                                     save_checkpoint)
 from qvgen.train.config import TrainConfig
-from qvgen.train.dcp import find_sharded, load_sharded, save_sharded
+from qvgen.train.dcp import LAST as DCP_LAST, find_sharded, load_sharded, save_sharded
 from qvgen.train.data import caption_dropout, check_batch, step_generator
 from qvgen.train.metrics import MetricsLog
 from qvgen.train.objectives import objective_for
@@ -329,6 +330,33 @@ class Distiller:
         find = find_sharded if self.dcp else find_checkpoint
         return find(self.cfg.out_dir) is not None
 
+    def _check_resumable(self, resume: bool | str) -> bool:
+        """Whether to resume: True when a checkpoint of this run's kind exists. Never a silent restart:
+        ``resume=True`` without one, a checkpoint written by another number of processes, or checkpoint
+        remains that cannot be used are errors; ``resume="auto"`` starts fresh only from a folder holding
+        no checkpoint at all."""
+        if resume not in (True, False, "auto"):
+            fail("Distiller.run", "resume", "True, False or 'auto'", repr(resume))
+        if not resume:
+            return False
+        op, out = "Distiller.resume", self.cfg.out_dir
+        other = find_checkpoint(out) if self.dcp else find_sharded(out)
+        if not self.has_checkpoint() and other is not None:
+            wrote = "one process" if self.dcp else "torchrun (several processes)"
+            fail(op, "cfg.out_dir", f"a checkpoint written by {self.world} process(es) like this run "
+                 f"(resharding between the single-process and the torchrun formats is not supported; resume "
+                 f"with the original process count or start a new output folder)", f"one written by {wrote}: "
+                 f"{other}")
+        if self.has_checkpoint():
+            return True
+        remains = sorted(p.name for p in Path(out).glob("*") if p.name in (CKPT_LAST, CKPT_PREV, DCP_LAST)) \
+            if Path(out).is_dir() else []
+        if remains or resume is True:
+            what = f"only incomplete checkpoint folders {remains}" if remains else "no checkpoint"
+            fail(op, "cfg.out_dir", "a folder holding a complete checkpoint to resume from (without resume, "
+                 "training starts from step 0)", f"{what} in {out}")
+        return False
+
     # -- the loop -----------------------------------------------------------------------------------
 
     def _progress(self):
@@ -338,14 +366,17 @@ class Distiller:
         return tqdm(range(self.start_step, self.cfg.steps), initial=self.start_step, total=self.cfg.steps,
                     disable=not show, desc="distill", dynamic_ncols=True)
 
-    def run(self, resume: bool = False, override: Iterable[str] = ()) -> dict:
-        """Train to ``cfg.steps`` (continuing from the latest checkpoint when ``resume`` and one exists;
-        ``override``: config fields allowed to differ from the checkpoint's, see ``resume``).
+    def run(self, resume: bool | str = False, override: Iterable[str] = ()) -> dict:
+        """Train to ``cfg.steps``. ``resume``: True continues from the latest checkpoint and is an error
+        without one; "auto" continues when there is one and starts fresh from a folder with no checkpoint;
+        see ``_check_resumable``. ``override``: config fields allowed to differ from the checkpoint's.
 
         Returns a summary: final step, last loss, final rank, checkpoint and metrics paths.
         """
-        if resume and self.has_checkpoint():
+        if self._check_resumable(resume):
             self.resume(override)
+        elif self.is_main:
+            self.metrics.truncate(0)  # a fresh run: no records of an earlier run in its log
         last = None
         bar = self._progress()
         for step in bar:

@@ -19,6 +19,7 @@ from torch import nn
 from qvgen.distributed.devices import resolve_device
 from qvgen.models.loading import load_diffusers_model
 from qvgen.train.data import load_data_file, make_data_fn
+from qvgen.train.run_dir import claim_out_dir
 from qvgen_kernels.errors import fail
 
 TEACHER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -77,13 +78,17 @@ def _deploy(args: argparse.Namespace, student: nn.Module, cfg, sharded: bool, ra
 def run_train(args: argparse.Namespace) -> int:
     from qvgen import QuantConfig, quantize_model
     from qvgen.models.adapters import adapter_for
-    from qvgen.distributed.parallel import fully_shard_model, init_from_env
+    from qvgen.distributed.parallel import DEFAULT_COLLECTIVE_TIMEOUT_S, fully_shard_model, init_from_env
     from qvgen.train import Distiller, TrainConfig
 
     if args.resume_override and not args.resume:
         fail("qvgen train", "--resume-override", "to be used with --resume", args.resume_override)
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    rank, world, device = init_from_env(resolve_device(args.device))
+    rank, world, device = init_from_env(resolve_device(args.device),
+                                        getattr(args, "collective_timeout", DEFAULT_COLLECTIVE_TIMEOUT_S))
+    claim_out_dir(args.out, args.resume, getattr(args, "overwrite", False), rank == 0)
+    if world > 1:
+        torch.distributed.barrier()  # every rank checked --out before rank 0 writes into it
     mode = _parallel(args, world)
     model = load_diffusers_model(args.model).to(device)
     adapter = adapter_for(model, args.arch)

@@ -114,7 +114,7 @@ def fsize_phase(out: Path, report: Path) -> None:
 def train(run_dir: Path, final: Path) -> None:
     student, teacher = MODELS["pair"]
     cfg = train_cfg(run_dir, steps=STEPS, ckpt_every=1)
-    Distiller(student, teacher, GenericAdapter(), train_toys.toy_data_fn(), cfg).run(resume=True)
+    Distiller(student, teacher, GenericAdapter(), train_toys.toy_data_fn(), cfg).run(resume="auto")
     from safetensors.torch import save_file
 
     from qvgen.artifact.io import state_for_file
