@@ -5,6 +5,7 @@ pull in heavier dependencies.
 """
 
 from qvgen import _moved
+from qvgen.artifact import backend as _backend
 from qvgen.artifact.io import save_quantized
 from qvgen.artifact.pretrained import QuantizedModelMixin, load_quantized, quantize_model
 from qvgen.quant.config import ARCH_SKIP_PRESETS, QuantConfig
@@ -15,6 +16,7 @@ from qvgen.quant.swap import iter_qlinears, to_deploy
 from qvgen.quant.timestep import set_timesteps, timestep_to_group
 
 _moved.install()
+_backend.install()  # diffusers' 'qvgen' quantization backend (registered when diffusers loads)
 
 
 def __getattr__(name: str):

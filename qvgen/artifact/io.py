@@ -27,6 +27,8 @@ from qvgen.quant.swap import QUANTIZED, attach, iter_qlinears, model_config, rep
 CHECKPOINT_VERSION = 2  # 2: content hashes in the safetensors metadata
 READABLE_VERSIONS = (1, 2)
 WEIGHTS_NAME = "model.safetensors"
+DIFFUSERS_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # the name save_pretrained uses (diffusers reads it)
+WEIGHTS_NAMES = (WEIGHTS_NAME, DIFFUSERS_WEIGHTS_NAME)
 META_NAME = "qvgen.json"
 # Keys of the safetensors metadata that tie the tensors to qvgen.json.
 META_HASH_KEY, META_TEXT_KEY, TENSOR_HASH_KEY = "qvgen.meta_sha256", "qvgen.meta", "qvgen.tensor_sha256"
@@ -60,25 +62,38 @@ def state_for_file(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
+def layer_plan(model: nn.Module) -> dict[str, Any]:
+    """What rebuilding the model's quantized structure takes: its QuantConfig, the quantized layers, each
+    one's mode, Phi rank and Phi tensor width (the diffusers backend records this in config.json)."""
+    layers = list(iter_qlinears(model))
+    return {"quant_config": model_config(model).to_dict(), "modules": [name for name, _ in layers],
+            "modes": {name: q.mode for name, q in layers}, "phi_ranks": {name: q.phi_width for name, q in layers},
+            "phi_widths": {name: 0 if q.phi_l is None else int(q.phi_l.shape[1]) for name, q in layers}}
+
+
 def _metadata(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> dict[str, Any]:
     modes = {q.mode for _, q in layers}
+    plan = layer_plan(model)
     meta: dict[str, Any] = {
         "format_version": CHECKPOINT_VERSION,
-        "quant_config": model_config(model).to_dict(),
+        "quant_config": plan["quant_config"],
         "mode": modes.pop() if len(modes) == 1 else "mixed",
-        "modes": {name: q.mode for name, q in layers},
-        "modules": [name for name, _ in layers],
-        "phi_ranks": {name: q.phi_width for name, q in layers},
+        "modes": plan["modes"],
+        "modules": plan["modules"],
+        "phi_ranks": plan["phi_ranks"],
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
     }
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "items"):
-        meta["model_config"] = _json_safe(dict(config))
+        # The diffusers backend's entries are rebuilt from the layers, not from the config.
+        meta["model_config"] = _json_safe({k: v for k, v in dict(config).items()
+                                           if k not in ("quantization_config", "_pre_quantization_dtype")})
     return meta
 
 
-def save_quantized(model: nn.Module, path: str | os.PathLike, extra_files: dict[str, str] | None = None) -> Path:
-    """Write `path/model.safetensors` and `path/qvgen.json`. A complete, loadable checkpoint is at `path` at
+def save_quantized(model: nn.Module, path: str | os.PathLike, extra_files: dict[str, str] | None = None,
+                   weights_name: str = WEIGHTS_NAME) -> Path:
+    """Write `path/model.safetensors` (or `weights_name`, one of WEIGHTS_NAMES) and `path/qvgen.json`. A complete, loadable checkpoint is at `path` at
     every instant: the new copy is written and fsynced beside it, then swapped in atomically (see
     `qvgen.storage.atomic_dir`). The safetensors metadata records the sha256 of qvgen.json (and its text) and of
     every tensor, so a config copied from another checkpoint or damaged data fails at load. `extra_files`
@@ -87,6 +102,8 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, extra_files: dict[
     layers = list(iter_qlinears(model))
     if not layers:
         fail("save_quantized", "model", "a model with QLinear / DeployedLinear layers", "none")
+    if weights_name not in WEIGHTS_NAMES:
+        fail("save_quantized", "weights_name", f"one of {WEIGHTS_NAMES}", repr(weights_name))
     path = Path(path)
     meta_text = json.dumps(_metadata(model, layers), indent=2)
     tensors = state_for_file(model.state_dict())
@@ -96,7 +113,8 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, extra_files: dict[
         atomic_dir.clean(path)  # leftovers of killed saves; kept while they may be the only complete copy
     tmp = atomic_dir.new_tmp(path)
     try:
-        _write(tmp, tensors, record, meta_text, extra_files or {}, kept=f"the checkpoint at {path} is unchanged")
+        _write(tmp / weights_name, tensors, record, meta_text, extra_files or {},
+               kept=f"the checkpoint at {path} is unchanged")
         atomic_dir.publish(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -104,9 +122,9 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, extra_files: dict[
     return path
 
 
-def _write(tmp: Path, tensors: dict[str, torch.Tensor], record: dict[str, str], meta_text: str,
+def _write(file: Path, tensors: dict[str, torch.Tensor], record: dict[str, str], meta_text: str,
            extra_files: dict[str, str], kept: str) -> None:
-    file = tmp / WEIGHTS_NAME
+    tmp = file.parent
     try:
         save_file(tensors, str(file), metadata=record)
         fsync_path(file)
@@ -122,8 +140,12 @@ def _write(tmp: Path, tensors: dict[str, torch.Tensor], record: dict[str, str], 
         raise write_error("save_quantized", file, e, kept) from e
 
 
+def _weights_file(path: Path) -> Path | None:
+    return next((path / n for n in WEIGHTS_NAMES if (path / n).is_file()), None)
+
+
 def _complete(path: Path) -> bool:
-    return (path / META_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
+    return (path / META_NAME).is_file() and _weights_file(path) is not None
 
 
 def _json_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -138,7 +160,7 @@ def _json_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def _check_tied(path: Path, meta_text: str, state: dict[str, torch.Tensor], record: dict[str, str]) -> None:
     """qvgen.json and the tensors are those written together by save_quantized."""
-    op, weights = "load_quantized", path / WEIGHTS_NAME
+    op, weights = "load_quantized", _weights_file(path)
     if META_HASH_KEY not in record:
         log.warning("load_quantized: %s has no content hashes (written before format_version %d); "
                     "qvgen.json and the tensors are not verified", weights, CHECKPOINT_VERSION)
@@ -161,7 +183,8 @@ def _read(path: Path) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]]:
     op = "load_quantized"
     found = atomic_dir.resolve(path, _complete)
     if found is None:
-        fail(op, "path", f"a folder written by save_quantized (with {META_NAME} and {WEIGHTS_NAME})", str(path))
+        fail(op, "path", f"a folder written by save_quantized (with {META_NAME} and {WEIGHTS_NAME} or "
+             f"{DIFFUSERS_WEIGHTS_NAME})", str(path))
     if found != path:
         log.warning("load_quantized: %s is incomplete (a save was interrupted); loading the newest complete "
                     "copy %s", path, found)
@@ -174,10 +197,18 @@ def _read(path: Path) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]]:
     if not isinstance(meta, dict) or meta.get("format_version") not in READABLE_VERSIONS:
         got = meta.get("format_version") if isinstance(meta, dict) else type(meta).__name__
         fail(op, str(meta_file), f"checkpoint format_version in {READABLE_VERSIONS}", got)
-    state, record = read_safetensors(op, found / WEIGHTS_NAME)
+    state, record = read_safetensors(op, _weights_file(found))
+    state = {k: _aligned(t) for k, t in state.items()}
     _check_tied(found, meta_text, state, record)
     _check_meta(meta_file, meta, state)
     return found, meta, state
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """t, copied when its data is not 64-byte aligned: the file's offsets are only 8-byte aligned, and a CPU
+    GEMM takes another code path (other rounding) on unaligned data, so a loaded FP layer would not compute
+    bit for bit what the saved one did."""
+    return t.clone() if t.numel() and t.data_ptr() % 64 else t
 
 
 def _check_meta(meta_file: Path, meta: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
@@ -223,9 +254,9 @@ def _empty_weights() -> Any:
     return init_empty_weights(include_buffers=False)
 
 
-def _prepare(model: nn.Module, meta: dict[str, Any], cfg: QuantConfig,
-             state: dict[str, torch.Tensor]) -> nn.Module:
-    """Make model's structure match the checkpoint: same config, modules swapped, Phi widths, modes."""
+def prepare_layers(model: nn.Module, meta: dict[str, Any], cfg: QuantConfig, widths: dict[str, int]) -> nn.Module:
+    """Make model's structure match the checkpoint: same config, modules swapped, modes, Phi ranks (meta's
+    "modules", "modes", "phi_ranks"; widths: each layer's Phi tensor width). Deployed layers are built empty."""
     op = "load_quantized"
     existing = model_config(model)
     if existing is not None and existing != cfg:
@@ -246,7 +277,7 @@ def _prepare(model: nn.Module, meta: dict[str, Any], cfg: QuantConfig,
     swap_linears(model, cfg, [n for n in names if n not in deployed], calibrate=False)
     # Deployed layers are built empty (on the device of the Linear they replace: meta for a model built
     # empty), never through a QLinear: no fp weight is quantized only to be overwritten.
-    model = replace_modules(model, lambda name, m: _empty_deployed(m, cfg, state, name)
+    model = replace_modules(model, lambda name, m: _empty_deployed(m, cfg, widths.get(name, 0))
                             if name in deployed and not isinstance(m, DeployedLinear) else None)
     attach(model, cfg)
     for name, q in iter_qlinears(model):
@@ -257,14 +288,20 @@ def _prepare(model: nn.Module, meta: dict[str, Any], cfg: QuantConfig,
     return model
 
 
-def _empty_deployed(linear: nn.Linear, cfg: QuantConfig, state: dict[str, torch.Tensor],
-                   name: str) -> DeployedLinear:
+def _empty_deployed(linear: nn.Linear, cfg: QuantConfig, width: int) -> DeployedLinear:
     ref = linear.bias if linear.weight is None else linear.weight
-    phi = state.get(f"{name}.phi_l" if name else "phi_l")
     return DeployedLinear(linear.in_features, linear.out_features, linear.bias is not None, cfg,
                           device=ref.device if ref is not None else None,
-                          dtype=ref.dtype if ref is not None else None,
-                          phi_capacity=0 if phi is None else phi.shape[1])
+                          dtype=ref.dtype if ref is not None else None, phi_capacity=int(width))
+
+
+def phi_widths(state: dict[str, torch.Tensor], names: list[str]) -> dict[str, int]:
+    """Each layer's Phi tensor width in a state dict (0 without Phi)."""
+    out = {}
+    for name in names:
+        phi = state.get(f"{name}.phi_l" if name else "phi_l")
+        out[name] = 0 if phi is None or phi.dim() != 2 else int(phi.shape[1])
+    return out
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path, op: str) -> None:
@@ -294,9 +331,10 @@ def restore_quantized(model_or_class: Any, path: str | os.PathLike) -> nn.Module
     except (TypeError, ValueError) as e:
         fail("load_quantized", f"{path / META_NAME}: quant_config", "a valid QuantConfig", str(e))
     model = _instantiate(model_or_class, meta)
-    model = _prepare(model, meta, cfg, state)
+    model = prepare_layers(model, meta, cfg, phi_widths(state, meta["modules"]))
     load_state_strict(model, state, path, "load_quantized")
     return model
 
 
-__all__ = ["CHECKPOINT_VERSION", "restore_quantized", "save_quantized"]
+__all__ = ["CHECKPOINT_VERSION", "DIFFUSERS_WEIGHTS_NAME", "WEIGHTS_NAMES", "layer_plan", "load_state_strict",
+           "phi_widths", "prepare_layers", "restore_quantized", "save_quantized"]

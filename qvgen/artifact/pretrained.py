@@ -5,26 +5,28 @@ A quantized diffusers model becomes an instance of `qvgen.Quantized<Base>` (e.g.
 `save_pretrained` writes a qvgen checkpoint (`model.safetensors` + `qvgen.json`, hashed and swapped in
 atomically, see qvgen.artifact.io) plus diffusers' `config.json`, and whose `from_pretrained` reads one back, built
 on the meta device. Since the class lives in the `qvgen` namespace, `pipe.save_pretrained` records the
-component as ["qvgen", "Quantized..."] in model_index.json, and `DiffusionPipeline.from_pretrained` imports
-qvgen and loads it by itself.
+component as ["qvgen", "Quantized..."] in model_index.json; `DiffusionPipeline.from_pretrained` loads it once
+qvgen is imported (diffusers resolves the name in the `qvgen` module; it does not import qvgen by itself).
 
-Loading a qvgen folder with the plain diffusers class fails (there is no diffusion_pytorch_model file),
-never giving a model with uninitialised weights.
+The folder also loads with the plain diffusers class: its config.json records `quantization_config`
+({"quant_method": "qvgen", ...}), which selects qvgen's diffusers backend (qvgen.artifact.quantizer,
+registered on `import qvgen`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from qvgen_kernels.errors import fail
 
-from qvgen.artifact.io import META_NAME, restore_quantized, save_quantized
+from qvgen.artifact.io import DIFFUSERS_WEIGHTS_NAME, META_NAME, layer_plan, restore_quantized, save_quantized
 from qvgen.quant.config import QuantConfig
 from qvgen.quant.deployed import DeployedLinear
 from qvgen.quant.swap import quantize_linears
@@ -34,42 +36,186 @@ CONFIG_NAME = "config.json"  # diffusers' model config file
 _CLASSES: dict[type, type] = {}
 
 
+# Keywords diffusers' loaders pass that qvgen has nothing to do with while they hold these values.
+_NEUTRAL = {"provider": None, "sess_options": None, "provider_options": None, "max_memory": None,
+            "offload_folder": None, "offload_state_dict": None, "use_safetensors": (None, True),
+            "disable_mmap": (None, False), "use_flashpack": (None, False), "output_loading_info": (None, False),
+            "low_cpu_mem_usage": (None, True), "variant": None, "save_function": None,
+            "safe_serialization": (None, True), "ignore_mismatched_sizes": (None, False)}
+# Hub keywords forwarded to huggingface_hub.snapshot_download when the path is a repository id.
+_HUB_KEYS = ("cache_dir", "revision", "token", "local_files_only", "force_download", "proxies")
+# Run on every model adopt() gives a qvgen class (the diffusers backend attaches its quantizer there).
+ADOPT_HOOKS: list[Callable[[nn.Module], None]] = []
+
+
+def _refuse_unknown(op: str, kwargs: dict[str, Any]) -> None:
+    """Every keyword qvgen cannot honour fails naming it (a neutral value, e.g. None, is accepted)."""
+    for key, value in kwargs.items():
+        neutral = _NEUTRAL.get(key, None)
+        ok = value in neutral if isinstance(neutral, tuple) else value is neutral
+        if not ok:
+            expected = "not given" if key not in _NEUTRAL else f"{neutral!r} (qvgen cannot honour another value)"
+            fail(op, key, expected, repr(value))
+
+
+def _one_device(op: str, device_map: Any) -> torch.device | None:
+    """device_map as diffusers takes it, when it names one device ("auto": cuda when available, else cpu)."""
+    if device_map is None:
+        return None
+    if isinstance(device_map, dict):
+        devices = {str(v) for v in device_map.values()}
+        if len(devices) != 1:
+            fail(op, "device_map", "one device for the whole model (qvgen does not split or offload at load; "
+                 "use enable_group_offload after loading)", repr(device_map))
+        device_map = devices.pop()
+    if device_map in ("auto", "balanced", "sequential"):
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device_map if not isinstance(device_map, int) else f"cuda:{device_map}")
+    except (RuntimeError, TypeError):
+        fail(op, "device_map", "None, 'auto', a device or a dict mapping modules to one device", repr(device_map))
+
+
+def _download(op: str, repo_id: str, subfolder: str | None, hub: dict[str, Any]) -> Path:
+    """A Hub repository's files (only the subfolder's), through huggingface_hub as diffusers fetches them."""
+    import huggingface_hub
+
+    patterns = [f"{subfolder}/*"] if subfolder else None
+    try:
+        return Path(huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns,
+                                                      **{k: v for k, v in hub.items() if v is not None}))
+    except Exception as e:  # offline, unknown repository, no access: one clear error
+        raise OSError(f"{op}: '{repo_id}' is not a local folder and could not be fetched from the Hub "
+                      f"({type(e).__name__}: {e})") from e
+
+
 class QuantizedModelMixin:
     """The save / load methods a quantized diffusers model class gets (mixed in before its diffusers base)."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None,
                         dtype: torch.dtype | None = None, device_map: Any = None, quantization_config: Any = None,
-                        torch_dtype: torch.dtype | None = None, **_: Any) -> nn.Module:
-        """Load a folder written by `save_pretrained` (local only). dtype (or the older torch_dtype) sets
-        the compute dtype as diffusers does (its _keep_in_fp32_modules stay fp32; the quantized layers keep
-        codes and scales exact, see qvgen.quant.deployed); device_map may name one device."""
+                        torch_dtype: torch.dtype | None = None, **kwargs: Any) -> nn.Module:
+        """Load a folder written by `save_pretrained` (or a Hub repository holding one, fetched with
+        huggingface_hub). dtype (or the older torch_dtype) sets the compute dtype as diffusers does (its
+        _keep_in_fp32_modules stay fp32; the quantized layers keep codes and scales exact, see
+        qvgen.quant.deployed); device_map may name one device or be "auto". Other diffusers keywords fail
+        unless they hold a value qvgen honours (variant=None, low_cpu_mem_usage=True: loading is always on
+        meta, ...)."""
         op = f"{cls.__name__}.from_pretrained"
-        path = Path(pretrained_model_name_or_path) / (subfolder or "")
-        if not path.is_dir():
-            fail(op, "pretrained_model_name_or_path", "a local folder written by save_pretrained (qvgen does "
-                 "not download)", str(path))
+        hub = {k: kwargs.pop(k, None) for k in _HUB_KEYS}
+        _refuse_unknown(op, kwargs)
         if quantization_config is not None:
             fail(op, "quantization_config", "None (the checkpoint is quantized already; its config is in "
                  f"{META_NAME})", type(quantization_config).__name__)
-        if device_map is not None and not isinstance(device_map, (str, torch.device)):
-            fail(op, "device_map", "None or one device", repr(device_map))
+        device = _one_device(op, device_map)
+        root = Path(pretrained_model_name_or_path)
+        if not root.is_dir():
+            if root.is_absolute() or str(pretrained_model_name_or_path).count("/") != 1 or root.exists():
+                fail(op, "pretrained_model_name_or_path", "a local folder written by save_pretrained, or a Hub "
+                     "repository id 'owner/name'", str(root))
+            root = _download(op, str(pretrained_model_name_or_path), subfolder, hub)
+        path = root / (subfolder or "")
+        if not path.is_dir():
+            fail(op, "pretrained_model_name_or_path", "a local folder written by save_pretrained", str(path))
         model = restore_quantized(cls, path)
         if not isinstance(model, cls):
             fail(op, str(path), f"a checkpoint of {base_class(cls).__name__}", type(model).__name__)
         dtype = dtype if dtype is not None else torch_dtype
         if dtype is not None:
             cast(model, dtype)
-        if device_map is not None:
-            model.to(device_map)
+        if device is not None:
+            model.to(device)
+            model.hf_device_map = {"": str(device)}
+        adopt(model)
+        model.register_to_config(_name_or_path=str(pretrained_model_name_or_path),
+                                 _pre_quantization_dtype=dtype if dtype is not None else torch.float32)
         return model.eval()
 
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
-                        **_: Any) -> None:
-        """Write the qvgen checkpoint and diffusers' config.json into save_directory (safetensors only; the
-        other diffusers options, e.g. variants and sharding, do not apply)."""
-        if is_main_process:
-            save_quantized(self, save_directory, extra_files={CONFIG_NAME: self.to_json_string()})
+                        push_to_hub: bool = False, max_shard_size: int | str | None = None,
+                        **kwargs: Any) -> None:
+        """Write the qvgen checkpoint (diffusion_pytorch_model.safetensors + qvgen.json, hashed, swapped in
+        atomically) and diffusers' config.json with `quantization_config`, so that both this class and the
+        plain diffusers class load it. One file: max_shard_size must hold the whole model. push_to_hub
+        uploads the folder with huggingface_hub (repo_id, private, token, commit_message, create_pr as in
+        diffusers). variant and safe_serialization=False do not apply and fail."""
+        op = f"{type(self).__name__}.save_pretrained"
+        hub = {k: kwargs.pop(k, None) for k in ("repo_id", "private", "token", "commit_message", "create_pr")}
+        _refuse_unknown(op, kwargs)
+        if not push_to_hub and any(v is not None for v in hub.values()):
+            fail(op, "push_to_hub", f"True with {', '.join(k for k, v in hub.items() if v is not None)}", False)
+        if max_shard_size is not None:
+            _check_one_shard(op, self, max_shard_size)
+        if not is_main_process:
+            return
+        config = json.loads(self.to_json_string())
+        config.pop("_pre_quantization_dtype", None)
+        config["quantization_config"] = quantization_config(self)
+        save_quantized(self, save_directory, extra_files={CONFIG_NAME: json.dumps(config, indent=2, sort_keys=True)},
+                       weights_name=DIFFUSERS_WEIGHTS_NAME)
+        if push_to_hub:
+            _push(op, self, Path(save_directory), hub)
+
+    def fuse_lora(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: merging a LoRA into 4-bit codes would need requantizing the fused weight."""
+        fail(f"{type(self).__name__}.fuse_lora", "model", "an unquantized model (a fused LoRA would have to be "
+             "requantized; keep the adapter unfused, or call dequantize() first)", "a qvgen-quantized model")
+
+    # diffusers refuses dtype casts of quantized models; qvgen's keep the codes exact and change the compute
+    # dtype (docs/diffusers.md, "Deliberate differences").
+    def to(self, *args: Any, **kwargs: Any) -> nn.Module:
+        with _cast_allowed(self):
+            return super().to(*args, **kwargs)
+
+    def half(self) -> nn.Module:
+        return self.to(torch.float16)
+
+    def float(self) -> nn.Module:
+        return self.to(torch.float32)
+
+
+class _cast_allowed:
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.was = model, model.__dict__.get("is_quantized")
+
+    def __enter__(self) -> None:
+        if self.was:
+            self.model.is_quantized = False
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.was:
+            self.model.is_quantized = True
+
+
+def quantization_config(model: nn.Module) -> dict[str, Any]:
+    """The `quantization_config` entry of a quantized model's config.json (diffusers' qvgen backend)."""
+    plan = layer_plan(model)
+    return {"quant_method": "qvgen", **plan}
+
+
+def _check_one_shard(op: str, model: nn.Module, max_shard_size: int | str) -> None:
+    from huggingface_hub.serialization import parse_size_to_int
+
+    limit = parse_size_to_int(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size)
+    total = sum(t.numel() * t.element_size() for t in model.state_dict().values() if torch.is_tensor(t))
+    if total > limit:
+        fail(op, "max_shard_size", f"at least the model's {total} bytes (a qvgen checkpoint is one file, "
+             "hashed as a whole)", repr(max_shard_size))
+
+
+def _push(op: str, model: nn.Module, folder: Path, hub: dict[str, Any]) -> None:
+    import huggingface_hub
+
+    repo_id = hub["repo_id"] or folder.name
+    try:
+        repo_id = huggingface_hub.create_repo(repo_id, exist_ok=True, private=hub["private"],
+                                              token=hub["token"]).repo_id
+        model._upload_folder(folder, repo_id, token=hub["token"], commit_message=hub["commit_message"],
+                             create_pr=bool(hub["create_pr"]))
+    except Exception as e:  # offline or no access: the local folder is written; say so
+        raise OSError(f"{op}: the folder {folder} was written, but pushing it to the Hub repository "
+                      f"'{repo_id}' failed ({type(e).__name__}: {e})") from e
 
 
 def cast(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -121,8 +267,28 @@ def adopt(model: nn.Module) -> None:
     if "diffusers" not in sys.modules or isinstance(model, QuantizedModelMixin):
         return
     from diffusers import ModelMixin
-    if isinstance(model, ModelMixin) and type(model).__module__.split(".")[0] == "diffusers":
+    if not isinstance(model, ModelMixin):
+        return
+    if type(model).__module__.split(".")[0] == "diffusers":
         model.__class__ = quantized_class(type(model))
+    for hook in ADOPT_HOOKS:
+        hook(model)
+
+
+def dequantize(model: nn.Module) -> nn.Module:
+    """Every quantized layer back to an nn.Linear with its dequantized weight (plus Phi, if any), and a
+    Quantized<Class> back to its diffusers class (what diffusers' model.dequantize() does)."""
+    from qvgen.quant.swap import CONFIG_ATTR, iter_qlinears, replace_modules
+
+    layers = {id(q) for _, q in iter_qlinears(model)}
+    replace_modules(model, lambda name, m: m.to_linear() if id(m) in layers else None)
+    model.__dict__.pop(CONFIG_ATTR, None)
+    if isinstance(model, QuantizedModelMixin):
+        model.__class__ = base_class(type(model))
+    for attr in ("quantization_method",):  # diffusers itself deletes hf_quantizer afterwards
+        model.__dict__.pop(attr, None)
+    model.is_quantized = False
+    return model
 
 
 def lookup(name: str) -> Any:
@@ -164,5 +330,5 @@ def load_quantized(model_or_class: Any, path: str | os.PathLike) -> nn.Module:
     return model
 
 
-__all__ = ["QuantizedModelMixin", "adopt", "base_class", "cast", "load_quantized", "lookup", "quantize_model",
-           "quantized_class"]
+__all__ = ["ADOPT_HOOKS", "QuantizedModelMixin", "adopt", "base_class", "cast", "dequantize", "load_quantized",
+           "lookup", "quantization_config", "quantize_model", "quantized_class"]

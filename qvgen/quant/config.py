@@ -8,9 +8,10 @@ argparse defaults, which differ from its training scripts.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 from qvgen_kernels.format import ACT_BITS, WEIGHT_BITS
 
@@ -67,9 +68,18 @@ class QuantConfig:
     clip_groups: number of timestep groups with their own clips; num_train_timesteps: the timestep range.
     rank: rank of the auxiliary module Phi (0 = no Phi; a power of two for rank decay).
     svd: "exact", "randomized" or "auto" (randomized when min(N, K) > 1024).
-    skip: fnmatch patterns on qualified module names left in floating point.
+    skip: fnmatch patterns on qualified module names left in floating point (whole-name match).
+    modules_to_not_convert: names left in floating point when they occur anywhere in a module's qualified
+        name (substring match, as diffusers' quantization backends do: "proj_out" also keeps
+        "single_transformer_blocks.0.proj_out").
+    keep_fp32_modules: also leave the model's own `_keep_in_fp32_modules` (diffusers: e.g. Wan's
+        time_embedder) in floating point, matched on a name component as diffusers matches them. The
+        other Linears, the embedders and proj_out included, are quantized as in the method's released
+        recipe (docs/diffusers.md, "What is quantized").
     arch: optional key of ARCH_SKIP_PRESETS whose patterns are added to `skip`.
     """
+
+    quant_method: ClassVar[str] = "qvgen"  # the diffusers quantization backend this config selects
 
     w_bits: int = 4
     a_bits: int = 4
@@ -84,6 +94,8 @@ class QuantConfig:
     rank: int = 32
     svd: str = "auto"
     skip: tuple[str, ...] = field(default=())
+    modules_to_not_convert: tuple[str, ...] = field(default=())
+    keep_fp32_modules: bool = True
     arch: str | None = None
 
     def __post_init__(self) -> None:
@@ -106,10 +118,13 @@ class QuantConfig:
         _check_int("rank", self.rank, lambda v: v >= 0, "a non-negative int")
         if self.svd not in ("auto", "exact", "randomized"):
             fail(_OP, "svd", "'auto', 'exact' or 'randomized'", repr(self.svd))
-        skip = self.skip
-        if not isinstance(skip, (tuple, list)) or not all(isinstance(p, str) for p in skip):
-            fail(_OP, "skip", "a tuple of fnmatch pattern strings", repr(skip))
-        object.__setattr__(self, "skip", tuple(skip))
+        for name, what in (("skip", "fnmatch pattern strings"), ("modules_to_not_convert", "name strings")):
+            value = getattr(self, name)
+            if not isinstance(value, (tuple, list)) or not all(isinstance(p, str) for p in value):
+                fail(_OP, name, f"a tuple of {what}", repr(value))
+            object.__setattr__(self, name, tuple(value))
+        if not isinstance(self.keep_fp32_modules, bool):
+            fail(_OP, "keep_fp32_modules", "a bool", repr(self.keep_fp32_modules))
         if self.arch is not None and self.arch not in ARCH_SKIP_PRESETS:
             fail(_OP, "arch", f"None or one of {sorted(ARCH_SKIP_PRESETS)}", repr(self.arch))
 
@@ -117,6 +132,16 @@ class QuantConfig:
     def skip_patterns(self) -> tuple[str, ...]:
         """`skip` plus the architecture preset's patterns."""
         return self.skip + (ARCH_SKIP_PRESETS[self.arch] if self.arch else ())
+
+    def keeps(self, name: str, fp32_modules: tuple[str, ...] = ()) -> bool:
+        """Whether the module qualified `name` stays in floating point: it matches a `skip` pattern, contains
+        a `modules_to_not_convert` entry, or (with keep_fp32_modules) has one of `fp32_modules` (the model's
+        `_keep_in_fp32_modules`) as a name component."""
+        if any(fnmatch.fnmatchcase(name, p) for p in self.skip_patterns):
+            return True
+        if any(m in name for m in self.modules_to_not_convert):
+            return True
+        return self.keep_fp32_modules and bool(set(fp32_modules).intersection(name.split(".")))
 
     @property
     def clip_init_logit(self) -> float:
@@ -136,6 +161,7 @@ class QuantConfig:
         """A JSON-ready dict (skip as a list)."""
         d = dataclasses.asdict(self)
         d["skip"] = list(self.skip)
+        d["modules_to_not_convert"] = list(self.modules_to_not_convert)
         return d
 
     @classmethod
@@ -145,8 +171,9 @@ class QuantConfig:
             fail(f"{_OP}.from_dict", "d", "a mapping", type(d).__name__, TypeError)
         _check_fields(f"{_OP}.from_dict", d, ValueError)
         d = dict(d)
-        if isinstance(d.get("skip"), list):
-            d["skip"] = tuple(d["skip"])
+        for name in ("skip", "modules_to_not_convert"):
+            if isinstance(d.get(name), list):
+                d[name] = tuple(d[name])
         return cls(**d)
 
     def diff(self, other: "QuantConfig") -> dict[str, tuple[Any, Any]]:

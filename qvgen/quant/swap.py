@@ -3,7 +3,6 @@ DeployedLinear for deployment."""
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from typing import Callable, Iterable, Iterator, Union
 
@@ -83,7 +82,7 @@ def _check_same_config(op: str, model: nn.Module, cfg: QuantConfig) -> None:
 
 
 def swap_linears(model: nn.Module, cfg: QuantConfig, select: Iterable[str] | None, calibrate: bool) -> int:
-    """Replace the nn.Linear modules named in `select` (None: all not matching cfg's skip patterns) by
+    """Replace the nn.Linear modules named in `select` (None: all that cfg does not keep, see QuantConfig.keeps) by
     QLinears, in place. A Linear shared by several parents gets one shared QLinear. Returns the count."""
     readers = _weight_readers(model)
     candidates = [(name, m) for name, m in model.named_modules(remove_duplicate=False)
@@ -93,8 +92,8 @@ def swap_linears(model: nn.Module, cfg: QuantConfig, select: Iterable[str] | Non
             logger.info("qvgen: not quantizing '%s': %s", name, readers[id(m)])
     candidates = [(name, m) for name, m in candidates if id(m) not in readers]
     if select is None:
-        patterns = cfg.skip_patterns
-        chosen = {id(m) for name, m in candidates if not any(fnmatch.fnmatchcase(name, p) for p in patterns)}
+        fp32 = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+        chosen = {id(m) for name, m in candidates if not cfg.keeps(name, fp32)}
     else:
         wanted = set(select)
         chosen = {id(m) for name, m in candidates if name in wanted}

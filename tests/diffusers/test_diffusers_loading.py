@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import qvgen
-from tiny_pipes import CALL, PROMPT, fp_pipeline_dir, quantize, transformer
+from tiny_pipes import CALL, PROMPT, aligned, fp_pipeline_dir, quantize, transformer
 
 KINDS = ("wan", "cogvideox")
 
@@ -54,7 +54,7 @@ def test_pipeline_save_load_bit_identical(kind, pipes, tmp_path):
     import diffusers
 
     pipe = diffusers.DiffusionPipeline.from_pretrained(pipes[kind])
-    pipe.transformer = quantize(pipe.transformer)
+    pipe.transformer = aligned(quantize(pipe.transformer))  # Wan's time_embedder stays FP, see aligned
     ref = _frames(pipe, kind)
     pipe.save_pretrained(tmp_path / "q")
     index = json.loads((tmp_path / "q" / "model_index.json").read_text())
@@ -64,12 +64,19 @@ def test_pipeline_save_load_bit_identical(kind, pipes, tmp_path):
     assert torch.equal(_frames(again, kind), ref)
 
 
-def test_plain_class_refuses_quantized_folder(tmp_path):
+def test_plain_class_loads_quantized_folder(tmp_path):
+    """config.json records quantization_config: diffusers' own class loads the folder through qvgen's backend."""
     import diffusers
 
-    quantize(transformer("wan")).save_pretrained(tmp_path / "t")
-    with pytest.raises(OSError, match="diffusion_pytorch_model"):
-        diffusers.WanTransformer3DModel.from_pretrained(tmp_path / "t")
+    model = quantize(transformer("wan"))
+    model.save_pretrained(tmp_path / "t")
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "qvgen"
+    loaded = diffusers.WanTransformer3DModel.from_pretrained(tmp_path / "t")
+    assert loaded.is_quantized and loaded.hf_quantizer.quantization_config.quant_method == "qvgen"
+    assert dict(loaded.state_dict().items()).keys() == model.state_dict().keys()
+    for key, t in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], t), key
 
 
 def test_clear_errors(tmp_path):
@@ -92,7 +99,7 @@ def test_dtype_on_load_keeps_codes(tmp_path):
     assert layer.compute_dtype == torch.bfloat16 and layer.bias.dtype == torch.bfloat16
     assert torch.equal(layer.w_packed, ref.w_packed) and torch.equal(layer.w_scale, ref.w_scale)
     # diffusers' keep-in-fp32 modules stay fp32, as with its own from_pretrained.
-    assert loaded.condition_embedder.time_embedder.linear_1.compute_dtype == torch.float32
+    assert loaded.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
     assert loaded.scale_shift_table.dtype == torch.float32
 
 

@@ -60,3 +60,12 @@ def quantize(model: torch.nn.Module, preset: str = "w4a8") -> torch.nn.Module:
     """W4A8 (W4A4 on tiny random models is mostly noise), Phi removed, deployed."""
     model = qvgen.quantize_model(model, qvgen.QuantConfig.preset(preset, rank=0))
     return qvgen.to_deploy(model)
+
+
+def aligned(model: torch.nn.Module) -> torch.nn.Module:
+    """model with every parameter copied to fresh (64-byte aligned) memory. diffusers' mmap loading leaves FP
+    layers at the file's 8-byte aligned offsets and a CPU GEMM rounds differently there, so a comparison
+    with a model whose tensors were moved, copied or loaded by qvgen (aligned) starts from aligned tensors."""
+    for p in model.parameters():
+        p.data = p.data.clone()
+    return model
