@@ -156,6 +156,8 @@ def _add_precompute(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-sequence-length", type=_positive_int,
                    help="text tokens (default: the pipeline's, Wan 512, CogVideoX 226)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--skip-bad", action="store_true", help="leave out unreadable or too-short videos (listed in "
+                                                           "OUT/skipped.json) instead of stopping")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_precompute)
 

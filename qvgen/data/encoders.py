@@ -17,6 +17,8 @@ is a (small) approximation of its text conditioning.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -36,6 +38,13 @@ class PipelineSpec:
     def normalize(self, vae: nn.Module, mu: torch.Tensor) -> torch.Tensor:
         """VAE mode [B, C, F, H, W] -> the transformer's clean latents [B, *layout]."""
         raise NotImplementedError
+
+    def spatial_scale(self, vae: nn.Module) -> int:
+        """Pixels per latent row / column of the VAE."""
+        raise NotImplementedError
+
+    def check_vae(self, vae: nn.Module) -> None:
+        """Refuse a VAE config whose normalisation would write non-finite latents."""
 
     @torch.no_grad()
     def encode_video(self, vae: nn.Module, video: torch.Tensor) -> torch.Tensor:
@@ -64,6 +73,15 @@ class WanSpec(PipelineSpec):
     text_mask = True
     normalization = "(mode - vae.config.latents_mean) / vae.config.latents_std, per channel; [C, F, H, W]"
 
+    def spatial_scale(self, vae):
+        return int(getattr(vae.config, "scale_factor_spatial", 8))
+
+    def check_vae(self, vae):
+        std = list(getattr(vae.config, "latents_std", None) or [])
+        if not std or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in std):
+            fail("qvgen precompute", "--pipeline", "a VAE whose config latents_std is finite and > 0 (latents "
+                 "are divided by it)", std)
+
     def normalize(self, vae, mu):
         c = mu.shape[1]
         mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32, device=mu.device).view(1, c, 1, 1, 1)
@@ -75,6 +93,14 @@ class CogVideoXSpec(PipelineSpec):
     name, pipelines, layout, max_sequence_length = "cogvideox", ("CogVideoXPipeline",), "FCHW", 226
     text_mask = False
     normalization = "mode * vae.config.scaling_factor; [F, C, H, W]"
+
+    def spatial_scale(self, vae):
+        return 2 ** (len(vae.config.block_out_channels) - 1)
+
+    def check_vae(self, vae):
+        v = getattr(vae.config, "scaling_factor", None)
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            fail("qvgen precompute", "--pipeline", "a VAE whose config scaling_factor is finite and > 0", v)
 
     def normalize(self, vae, mu):
         return (mu * float(vae.config.scaling_factor)).permute(0, 2, 1, 3, 4).contiguous()

@@ -61,6 +61,7 @@ def shard_data_fn(shards: LatentShards, batch_size: int, seed: int, rank: int = 
         return x0, cond
 
     data_fn.sampler = sampler
+    data_fn.identity = shards.identity()  # a resume refuses another data set behind the same folder
     return data_fn
 
 

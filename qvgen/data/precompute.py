@@ -1,9 +1,13 @@
 """`qvgen precompute`: videos + prompts -> the pipeline's own VAE latents and text embeddings, as safetensors
 shards + a manifest (see qvgen.data.shards for the layout, qvgen.data.encoders for the normalisation).
 
-Shard k holds items [k * shard_size, (k + 1) * shard_size) of the input list in its order. A rerun with the
-same settings skips every shard already written (their files are renamed into place whole) and refuses
-different settings; the manifest is marked complete at the end, and training reads only complete ones.
+Shard k holds items [k * shard_size, (k + 1) * shard_size) of the input list in its order. What a shard
+depends on is recorded: the pipeline's identity (the hash of its model_index.json and of every file of its
+vae / text_encoder / tokenizer folders), the sampling settings, and each video's content hash and prompt.
+A rerun refuses another pipeline or other settings, and skips a shard only when its inputs are unchanged and
+its file still has the recorded hash; otherwise that shard is recomputed. Settings are validated before
+anything is decoded. With skip_bad, unreadable or too-short videos are left out and listed in the manifest
+and in skipped.json. The manifest is marked complete at the end, and training reads only complete ones.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from qvgen.data.shards import (FORMAT, LATENTS, NULL_FILE, TEXT, read_manifest, 
                           write_shard, write_tensors)
 from qvgen.data.sources import Item, list_items
 from qvgen.data.video import read_clip
+from qvgen.storage.integrity import file_digest, json_digest, write_text_durably
 
 OP = "qvgen precompute"
+SKIPPED = "skipped.json"  # the videos --skip-bad left out, with the reason
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class PrecomputeSettings:
     fps: float | None
     max_sequence_length: int
     shard_size: int
+    pipeline: str = ""  # the pipeline's identity (pipeline_identity)
 
 
 def load_pipeline_parts(folder: str | Path, kind: str | None = None):
@@ -63,6 +70,41 @@ def load_pipeline_parts(folder: str | Path, kind: str | None = None):
     return spec, part("vae", diffusers), tokenizer, part("text_encoder", transformers)
 
 
+def pipeline_identity(folder: str | Path) -> str:
+    """The hash of what the latents and embeddings depend on: model_index.json and every file of the vae,
+    text_encoder and tokenizer folders (configs and weights), by relative path."""
+    folder = Path(folder)
+    files = [folder / "model_index.json"] + sorted(f for part in ("vae", "text_encoder", "tokenizer")
+                                                   for f in (folder / part).rglob("*") if f.is_file())
+    return json_digest({str(f.relative_to(folder).as_posix()): file_digest(f) for f in files})
+
+
+def validate_settings(settings: PrecomputeSettings, spec: PipelineSpec, vae: nn.Module, patch: int = 2) -> None:
+    """Refuse settings that would write wrong data, before any video is decoded."""
+    import math
+
+    if settings.frames < 1 or (settings.frames - 1) % 4:
+        fail(OP, "--frames", "4k + 1 frames (the VAE compresses time 4x: 9, 17, ..., 49, 81)", settings.frames)
+    unit = spec.spatial_scale(vae) * patch
+    for name in ("height", "width"):
+        value = getattr(settings, name)
+        if value < unit or value % unit:
+            fail(OP, f"--{name}", f"a multiple of {unit} (VAE scale {unit // patch} x patch size {patch})", value)
+    if settings.fps is not None and not (math.isfinite(settings.fps) and settings.fps > 0):
+        fail(OP, "--fps", "a finite frame rate > 0", settings.fps)
+    if settings.max_sequence_length < 1:
+        fail(OP, "--max-sequence-length", "an int >= 1", settings.max_sequence_length)
+    spec.check_vae(vae)
+
+
+def _patch_size(folder: Path) -> int:
+    """The transformer's spatial patch size when the pipeline folder has one (Wan [1, 2, 2]; CogVideoX 2)."""
+    config = folder / "transformer" / "config.json"
+    patch = json.loads(config.read_text()).get("patch_size", 2) if config.is_file() else 2
+    patch = patch[-1] if isinstance(patch, list) and patch else patch
+    return patch if isinstance(patch, int) and patch > 0 else 2
+
+
 def _check_settings(out: Path, settings: PrecomputeSettings) -> None:
     old = read_manifest(out, complete=False)
     if old is None:
@@ -83,47 +125,83 @@ def _manifest(spec: PipelineSpec, settings: PrecomputeSettings, shards: list[dic
             "shards": shards, "null": null}
 
 
-def _sources(items: list[Item]) -> list[dict]:
-    return [{"video": str(it.video), "prompt": it.prompt} for it in items]
+def _source(item: Item, skip_bad: bool) -> tuple[dict, str | None]:
+    """The record of one input (its content hash included), and why it cannot be used (skip_bad only)."""
+    try:
+        digest = file_digest(item.video)
+    except OSError as e:
+        if not skip_bad:
+            fail(OP, "video", "a readable video file", f"{item.video} ({e})")
+        return {"video": str(item.video), "prompt": item.prompt, "sha256": None}, f"{type(e).__name__}: {e}"
+    return {"video": str(item.video), "prompt": item.prompt, "sha256": digest}, None
+
+
+def _reusable(old: dict | None, entry: dict, out: Path) -> bool:
+    """A shard written earlier from exactly these inputs whose file is intact."""
+    if not old or old.get("sources") != entry["sources"] or not (out / entry["file"]).is_file():
+        return False
+    return old.get("sha256") == file_digest(out / entry["file"])
 
 
 def precompute(items: list[Item], spec: PipelineSpec, vae: nn.Module, tokenizer, text_encoder: nn.Module,
-               out: str | Path, settings: PrecomputeSettings, progress: bool = True) -> Path:
-    """Encode `items` into shards under `out`; returns the manifest path. Resumes a partial run."""
+               out: str | Path, settings: PrecomputeSettings, progress: bool = True, skip_bad: bool = False,
+               patch: int = 2) -> Path:
+    """Encode `items` into shards under `out`; returns the manifest path. Resumes a partial run (see the
+    module docstring)."""
     from tqdm import tqdm
 
+    validate_settings(settings, spec, vae, patch)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, settings)
     old = read_manifest(out, complete=False)
-    done = {s["file"]: s for s in old["shards"]} if old else {}
+    done = {s.get("file"): s for s in old["shards"]} if old else {}
     size = settings.shard_size
     chunks = [items[k:k + size] for k in range(0, len(items), size)]
-    shards, sample = [], None
+    shards, sample, skipped = [], None, []
     bar = tqdm(total=len(items), desc="precompute", unit="video", disable=not progress, dynamic_ncols=True)
     for k, chunk in enumerate(chunks):
-        entry = {"file": shard_name(k), "samples": len(chunk), "sources": _sources(chunk)}
-        if done.get(entry["file"]) == entry and (out / entry["file"]).is_file():
-            shards.append(entry)  # written by an earlier run with these inputs
+        sources = [_source(it, skip_bad) for it in chunk]
+        entry = {"file": shard_name(k), "sources": [src for src, _ in sources]}
+        if _reusable(done.get(entry["file"]), entry, out):
+            shards.append(done[entry["file"]])  # written by an earlier run from these inputs, intact
+            skipped += done[entry["file"]].get("skipped", [])
             bar.update(len(chunk))
             continue
         texts = spec.encode_text(tokenizer, text_encoder, [it.prompt for it in chunk],
                                  settings.max_sequence_length)
-        samples = []
-        for it, text in zip(chunk, texts):
-            clip = read_clip(it.video, settings.frames, settings.height, settings.width, settings.fps)
-            samples.append({LATENTS: spec.encode_video(vae, clip[None])[0].cpu(), TEXT: text})
+        samples, bad = [], [{"video": src["video"], "reason": why} for src, why in sources if why]
+        for it, text, (src, why) in zip(chunk, texts, sources):
             bar.update(1)
+            if why:
+                continue
+            try:
+                clip = read_clip(it.video, settings.frames, settings.height, settings.width, settings.fps)
+            except ValueError as e:
+                if not skip_bad:
+                    raise
+                bad.append({"video": src["video"], "reason": str(e)})
+                continue
+            samples.append({LATENTS: spec.encode_video(vae, clip[None])[0].cpu(), TEXT: text})
         write_shard(out / entry["file"], samples)
+        entry.update(samples=len(samples), skipped=bad, sha256=file_digest(out / entry["file"]))
         shards.append(entry)
-        sample = sample or samples[0]
+        skipped += bad
+        sample = sample or (samples[0] if samples else None)
         write_manifest(out, _manifest(spec, settings, shards, False, sample, False))
     bar.close()
-    if sample is None:  # every shard was already there: shapes from the first one
-        sample = _first_sample(out, shards[0]["file"])
-    write_tensors(out / NULL_FILE, {TEXT: spec.encode_text(tokenizer, text_encoder, [""],
-                                                           settings.max_sequence_length)[0]})
-    write_manifest(out, _manifest(spec, settings, shards, True, sample, True))
+    if sample is None:  # every shard was already there: shapes from the first one holding a sample
+        first = next((s["file"] for s in shards if s["samples"]), None)
+        if first is None:
+            fail(OP, "--videos/--list", "at least one usable video", f"none of {len(items)} (see the skipped "
+                 "list)" if skip_bad else "none")
+        sample = _first_sample(out, first)
+    null = {TEXT: spec.encode_text(tokenizer, text_encoder, [""], settings.max_sequence_length)[0]}
+    write_tensors(out / NULL_FILE, null)
+    manifest = _manifest(spec, settings, shards, True, sample, True)
+    manifest["null_sha256"] = file_digest(out / NULL_FILE)
+    write_text_durably(out / SKIPPED, json.dumps(skipped, indent=1))
+    write_manifest(out, manifest)
     return out / "manifest.json"
 
 
@@ -146,13 +224,19 @@ def run_precompute(args) -> int:
         vae, text_encoder = vae.to(device), text_encoder.to(device)
     settings = PrecomputeSettings(kind=spec.name, frames=args.frames, height=args.height, width=args.width,
                                   fps=args.fps, max_sequence_length=args.max_sequence_length or
-                                  spec.max_sequence_length, shard_size=args.shard_size)
-    path = precompute(items, spec, vae, tokenizer, text_encoder, args.out, settings, not args.no_progress)
+                                  spec.max_sequence_length, shard_size=args.shard_size,
+                                  pipeline=pipeline_identity(args.pipeline))
+    path = precompute(items, spec, vae, tokenizer, text_encoder, args.out, settings, not args.no_progress,
+                      skip_bad=getattr(args, "skip_bad", False), patch=_patch_size(Path(args.pipeline)))
     manifest = json.loads(path.read_text())
+    bad = sum(len(s.get("skipped", [])) for s in manifest["shards"])
+    if bad:
+        print(f"[precompute] {bad} videos skipped (unreadable or too short), listed in {Path(args.out) / SKIPPED}")
     print(f"[precompute] {sum(s['samples'] for s in manifest['shards'])} videos -> {len(manifest['shards'])} "
           f"shards in {args.out}; latents {manifest['latent_shape']} ({spec.name}, {spec.layout}), text dim "
           f"{manifest['text_dim']}")
     return 0
 
 
-__all__ = ["PrecomputeSettings", "load_pipeline_parts", "precompute", "run_precompute"]
+__all__ = ["PrecomputeSettings", "load_pipeline_parts", "pipeline_identity", "precompute", "run_precompute",
+           "validate_settings"]

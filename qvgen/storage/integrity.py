@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -34,6 +35,17 @@ def digests(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
 
 def text_digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def canonical_json(value: Any) -> str:
+    """One text per JSON value (sorted keys, no spaces, no NaN): what a hash of JSON content covers, so that
+    pretty-printing or CRLF line ends leave it unchanged."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def json_digest(value: Any) -> str:
+    """sha256 of a JSON value's content (``canonical_json``), not of any one text of it."""
+    return text_digest(canonical_json(value))
 
 
 def check_digests(op: str, file: Path, state: Mapping[str, torch.Tensor], recorded: Mapping[str, str]) -> None:
@@ -122,4 +134,4 @@ def read_safetensors(op: str, file: Path, device: str = "cpu") -> tuple[dict[str
 
 
 __all__ = ["HashingWriter", "check_digests", "digests", "file_digest", "fsync_path", "non_finite",
-           "read_safetensors", "tensor_digest", "text_digest", "write_error", "write_text_durably"]
+           "canonical_json", "json_digest", "read_safetensors", "tensor_digest", "text_digest", "write_error", "write_text_durably"]

@@ -253,7 +253,7 @@ class Distiller:
             path = save_sharded(self.cfg.out_dir, self.student, self.optimizer, self.scheduler, self.decay,
                                 next_step, extra={"train_config": self.cfg.to_dict(),
                                                   "quant_config": _quant_dict(self.student),
-                                                  "skipped": self.skipped})
+                                                  "skipped": self.skipped, "data": self._data_identity()})
             if self.is_main:
                 self.metrics.plot()
             return path
@@ -264,11 +264,21 @@ class Distiller:
             path = save_checkpoint(self.cfg.out_dir, self.student, self.optimizer, self.scheduler, self.decay,
                                    next_step, extra={"rng": rng, "train_config": self.cfg.to_dict(),
                                                      "quant_config": _quant_dict(self.student),
-                                                     "skipped": self.skipped})
+                                                     "skipped": self.skipped, "data": self._data_identity()})
             self.metrics.plot()
         if self.world > 1:
             torch.distributed.barrier()
         return path
+
+    def _data_identity(self) -> str | None:
+        return getattr(self.data_fn, "identity", None)
+
+    def _check_data(self, extra: dict) -> None:
+        """The data set is the one the checkpoint trained on (when both record one)."""
+        saved, now = extra.get("data"), self._data_identity()
+        if saved is not None and now is not None and saved != now:
+            fail("Distiller.resume", "data_fn", f"the data set the checkpoint trained on (manifest {saved[:12]})",
+                 f"another one (manifest {now[:12]}): the shard folder was replaced or rewritten")
 
     def resume(self, override: Iterable[str] = ()) -> int:
         """Load the latest checkpoint under ``cfg.out_dir``; returns the step training continues from.
@@ -284,6 +294,7 @@ class Distiller:
         extra = ckpt.state["extra"]
         overridden = check_train_config(extra.get("train_config"), self.cfg, override)
         check_quant_config(extra.get("quant_config", "not recorded"), self.student)
+        self._check_data(extra)
         # QLinear adopts the saved Phi width (or drops Phi) while loading; then the schedule position.
         self.student.load_state_dict(ckpt.model_state)
         if self.decay is not None and ckpt.state["rank_decay"] is not None:
@@ -315,6 +326,7 @@ class Distiller:
         extra = state["extra"]
         overridden = check_train_config(extra.get("train_config"), self.cfg, override)
         check_quant_config(extra.get("quant_config", "not recorded"), self.student)
+        self._check_data(extra)
         if self.decay is not None and state["rank_decay"] is not None:
             self.decay.load_state_dict(state["rank_decay"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -97,3 +97,14 @@ def test_end_to_end_cli(tiny, shards, tmp_path):
     with pytest.raises(ValueError, match="layout"):
         main(["train", "--model", str(tiny["dit"]), "--data", str(shards), "--arch", "cogvideox", "--steps", "2",
               "--rank", "0", "--out", str(tmp_path / "x"), "--no-progress"])
+
+
+def test_resume_refuses_a_replaced_shard_folder(tiny, shards, tmp_path):
+    cut = _distiller(tiny, shards, tmp_path / "b")
+    cut.train_step(0)
+    cut.save(1)
+    other = tmp_path / "other"
+    main(["precompute", "--pipeline", str(tiny["wan"]), "--videos", str(tiny["clips"]), "--out", str(other),
+          "--frames", "9", "--height", "32", "--width", "32", "--fps", "16", "--shard-size", "2", "--no-progress"])
+    with pytest.raises(ValueError, match="shard folder was replaced"):
+        _distiller(tiny, other, tmp_path / "b").run(resume=True)
