@@ -18,8 +18,8 @@ from qvgen_kernels.errors import fail
 
 from qvgen.storage import atomic_dir
 from qvgen.quant.config import QuantConfig
-from qvgen.storage.integrity import (check_digests, digests, fsync_path, read_safetensors, text_digest, write_error,
-                        write_text_durably)
+from qvgen.storage.integrity import (check_digests, digests, fsync_path, json_digest, read_safetensors,
+                                     text_digest, write_error, write_text_durably)
 from qvgen.quant.deployed import DeployedLinear
 from qvgen.quant.qlinear import QLinear
 from qvgen.quant.swap import QUANTIZED, attach, iter_qlinears, model_config, replace_modules, swap_linears
@@ -107,7 +107,7 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, extra_files: dict[
     path = Path(path)
     meta_text = json.dumps(_metadata(model, layers), indent=2)
     tensors = state_for_file(model.state_dict())
-    record = {META_HASH_KEY: text_digest(meta_text), META_TEXT_KEY: meta_text,
+    record = {META_HASH_KEY: json_digest(json.loads(meta_text)), META_TEXT_KEY: meta_text,
               TENSOR_HASH_KEY: json.dumps(digests(tensors))}
     if _complete(path):
         atomic_dir.clean(path)  # leftovers of killed saves; kept while they may be the only complete copy
@@ -161,11 +161,17 @@ def _json_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 def _check_tied(path: Path, meta_text: str, state: dict[str, torch.Tensor], record: dict[str, str]) -> None:
     """qvgen.json and the tensors are those written together by save_quantized."""
     op, weights = "load_quantized", _weights_file(path)
+    meta = json.loads(meta_text)
     if META_HASH_KEY not in record:
+        if isinstance(meta, dict) and meta.get("format_version") != 1:  # no downgrade: 2 always has hashes
+            fail(op, str(weights), f"the content hashes that format_version {meta.get('format_version')} "
+                 f"(in {path / META_NAME}) requires", "none (the weights were re-saved or replaced)")
         log.warning("load_quantized: %s has no content hashes (written before format_version %d); "
                     "qvgen.json and the tensors are not verified", weights, CHECKPOINT_VERSION)
         return
-    if text_digest(meta_text) != record[META_HASH_KEY]:
+    # The hash covers qvgen.json's content (canonical JSON), so pretty-printing or CRLF line ends still
+    # verify; files written before that recorded the hash of the text, still accepted.
+    if record[META_HASH_KEY] not in (json_digest(meta), text_digest(meta_text)):
         try:
             diff = _json_diff(json.loads(meta_text), json.loads(record.get(META_TEXT_KEY, "null")))
         except json.JSONDecodeError:
