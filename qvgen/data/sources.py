@@ -5,6 +5,7 @@ the list's folder). Column names follow common datasets: video|path|file|video_p
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,16 +35,35 @@ def _from_folder(root: Path) -> list[Item]:
 def _pick(row: dict, keys: tuple[str, ...], path: Path, line: int, what: str) -> str:
     for k in keys:
         if k in row and row[k] is not None:
-            return str(row[k])
+            if not isinstance(row[k], str):  # a JSON list or number is not a caption / a path
+                fail(OP, "--list", f"a string in the {what} column '{k}'", f"{path}:{line} "
+                     f"({type(row[k]).__name__} {row[k]!r:.60})")
+            return row[k]
     fail(OP, "--list", f"a {what} column ({' or '.join(keys)}) in every row", f"{path}:{line} with {sorted(row)}")
 
 
+def _text(path: Path) -> str:
+    """The list's text: UTF-8, a byte-order mark allowed; anything else is an error naming the file."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        fail(OP, "--list", "a UTF-8 text file", f"{path}:{line} (byte {e.start}: {e.reason})")
+
+
 def _rows(path: Path) -> list[tuple[int, dict]]:
-    text = path.read_text(encoding="utf-8")
+    text = _text(path)
     if path.suffix.lower() == ".csv":
-        return [(i + 2, row) for i, row in enumerate(csv.DictReader(text.splitlines()))]
+        # The csv module splits records itself: quoted fields keep their newlines, and characters that
+        # str.splitlines() would break at (U+2028, form feed) stay inside their caption.
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            return [(reader.line_num, row) for row in reader]
+        except csv.Error as e:
+            fail(OP, "--list", "a valid CSV file", f"{path}:{reader.line_num} ({e})")
     rows = []
-    for i, line in enumerate(text.splitlines(), 1):
+    for i, line in enumerate(text.split("\n"), 1):  # JSON Lines: records end at \n only
         if line.strip():
             try:
                 row = json.loads(line)
