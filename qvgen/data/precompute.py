@@ -64,7 +64,12 @@ def load_pipeline_parts(folder: str | Path, kind: str | None = None):
             fail(OP, "--pipeline", f"model_index.json naming a {lib.__name__} class for '{name}'",
                  f"{entry!r} in {index_path}")
         extra = {"low_cpu_mem_usage": False} if lib is diffusers else {}  # no accelerate needed
-        return getattr(lib, entry[1]).from_pretrained(str(folder / name), **extra).float().eval()
+        try:
+            return getattr(lib, entry[1]).from_pretrained(str(folder / name), **extra).float().eval()
+        except (TypeError, ValueError, KeyError, AttributeError, OSError, RuntimeError) as e:
+            # a class swapped in model_index.json meets the other component's config or weights
+            fail(OP, "--pipeline", f"'{name}' loadable as the {entry[1]} that model_index.json names",
+                 f"{type(e).__name__}: {str(e)[:200]} ({folder / name})")
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
     return spec, part("vae", diffusers), tokenizer, part("text_encoder", transformers)

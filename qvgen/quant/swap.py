@@ -89,7 +89,7 @@ def swap_linears(model: nn.Module, cfg: QuantConfig, select: Iterable[str] | Non
                   if name and isinstance(m, nn.Linear) and not isinstance(m, QUANTIZED)]
     for name, m in candidates:
         if id(m) in readers:
-            logger.info("qvgen: not quantizing '%s': %s", name, readers[id(m)])
+            logger.warning("qvgen: not quantizing '%s': %s", name, readers[id(m)])
     candidates = [(name, m) for name, m in candidates if id(m) not in readers]
     if select is None:
         fp32 = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())

@@ -79,6 +79,15 @@ def check_batch(step: int, batch: object) -> tuple[torch.Tensor, dict]:
     return x0, cond
 
 
+def non_finite_rows(x0: torch.Tensor, cond: dict) -> list[int]:
+    """Batch rows whose latents or conditioning tensors hold NaN/Inf (named when the step is skipped)."""
+    rows = ~torch.isfinite(x0.reshape(x0.shape[0], -1)).all(1)
+    for v in cond.values():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dim() and v.shape[0] == x0.shape[0]:
+            rows |= ~torch.isfinite(v.reshape(v.shape[0], -1)).all(1).to(rows.device)
+    return rows.nonzero().flatten().tolist()
+
+
 def load_data_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors or torch .pt file: 'latents' [N, ...] plus conditioning tensors [N, ...]."""
     path = Path(path)

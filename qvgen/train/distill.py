@@ -36,7 +36,7 @@ from qvgen.train.checkpoint import (find_checkpoint, load_checkpoint, load_optim
                                     save_checkpoint)
 from qvgen.train.config import TrainConfig
 from qvgen.train.dcp import LAST as DCP_LAST, find_sharded, load_sharded, save_sharded
-from qvgen.train.data import caption_dropout, check_batch, step_generator
+from qvgen.train.data import caption_dropout, check_batch, non_finite_rows, step_generator
 from qvgen.train.metrics import MetricsLog
 from qvgen.train.objectives import objective_for
 from qvgen.train.optim import build_optimizer, build_scheduler, clip_gradients, named_trainable
@@ -176,6 +176,10 @@ class Distiller:
         """Build step ``step``'s batch and return the distillation loss (student graph attached)."""
         gen = step_generator(self.cfg.seed, step, self.rank, self.world)
         x0, cond = check_batch(step, self.data_fn(step, gen))
+        bad = non_finite_rows(x0, cond)
+        if bad and not self.dcp:  # ranks of a data-parallel run must not diverge: there the step is skipped
+            self._bad_sample = f"non-finite input in sample(s) {bad} of step {step}'s batch"  # by its norm
+            return None
         if self.world == 1:
             cond = caption_dropout(step, cond, self.cfg.caption_dropout, gen)  # drawn after the batch
             noisy = self.objective.make_noisy(x0.to(self.device), gen)
@@ -199,6 +203,13 @@ class Distiller:
             self.decay.step(step)  # before the batch: Phi's shape and gamma for this step
         self.optimizer.zero_grad(set_to_none=True)
         loss = self._forward_pair(step)
+        if loss is None:  # a non-finite sample: nothing to learn from this step
+            self._skip(step, float("nan"), [], what=self._bad_sample)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`")
+                self.scheduler.step()
+            return {"step": step, "loss": float("nan"), "grad_norm": float("nan"), "rank": self.current_rank(),
+                    "lr": float(self.optimizer.param_groups[-1]["lr"]), "seconds": time.perf_counter() - t0}
         loss.backward()  # also for a non-finite loss: data-parallel ranks then agree on skipping via the norm
         # After backward: under FSDP2 the module holds its (unsharded) compute copies between forward and
         # backward; the sharded parameters, their gradients and the optimizer's references are back now.
@@ -220,10 +231,11 @@ class Distiller:
         return {"step": step, "loss": float(loss.detach()), "grad_norm": grad_norm, "rank": self.current_rank(),
                 "lr": lr, "seconds": time.perf_counter() - t0}
 
-    def _skip(self, step: int, loss: float, params: list) -> None:
+    def _skip(self, step: int, loss: float, params: list, what: str | None = None) -> None:
         """Drop this step's gradients instead of stepping on them; too many in a row is an error."""
         bad = [n for n, p in params if p.grad is not None and not all_finite([p.grad])]
-        what = f"non-finite loss {loss}" if not math.isfinite(loss) else f"non-finite gradients in {bad[:3]}"
+        if what is None:
+            what = f"non-finite loss {loss}" if not math.isfinite(loss) else f"non-finite gradients in {bad[:3]}"
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped += 1
         if self.skipped > self.cfg.max_skipped_steps:
