@@ -13,12 +13,15 @@ latent shards) and ``qvgen train`` (a real diffusers model; one process or torch
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
+import math
+import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
-import torch
 
 from qvgen.quant.rank_decay import DEFAULT_DECAY_END
 from qvgen_kernels.errors import fail
@@ -39,6 +42,13 @@ def _positive_int(text: str, minimum: int = 1) -> int:
 
 def _non_negative_int(text: str) -> int:
     return _positive_int(text, minimum=0)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return value
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -87,7 +97,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                     "quantize it, distil it from a frozen copy of itself with rank decay to 0, deploy it (packed "
                     "weights, no Phi) and save it with save_quantized into --out/quantized. Without --data the "
                     "batches are random latents and random conditioning of the model's shapes.")
-    p.add_argument("--model", required=True, help="diffusers model directory (config.json + weights)")
+    p.add_argument("--model", required=True, help="diffusers model directory (config.json + weights), or a "
+                                                  "pipeline folder with --subfolder")
+    p.add_argument("--subfolder", help="the model's folder inside --model (e.g. transformer), as in diffusers' "
+                                       "from_pretrained")
     p.add_argument("--preset", choices=PRESETS, default="w4a4", help="bit setting (default: %(default)s)")
     p.add_argument("--rank", type=int, default=32, help="initial Phi rank, 0 or a power of two (default: 32)")
     p.add_argument("--steps", type=_positive_int, default=2000, help="distillation steps (default: %(default)s)")
@@ -155,7 +168,7 @@ def _add_precompute(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=_positive_int, default=64, help="videos per shard (default: %(default)s)")
     p.add_argument("--max-sequence-length", type=_positive_int,
                    help="text tokens (default: the pipeline's, Wan 512, CogVideoX 226)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto = cuda when available (default)")
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable or too-short videos (listed in "
                                                            "OUT/skipped.json) instead of stopping")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -180,11 +193,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts-file", help="a text file with one prompt per line")
     p.add_argument("--negative-prompt")
     p.add_argument("--out", default="runs/generate", help="output folder (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace the clips of an earlier run in --out")
     p.add_argument("--compare-fp", action="store_true", help="also run the FP transformer; print PSNR / SSIM")
     p.add_argument("--fp-transformer", help="FP transformer folder for --compare-fp (default: the pipeline's)")
     p.add_argument("--seed", type=int, default=0, help="generator seed of every clip (default: %(default)s)")
     p.add_argument("--steps", type=_positive_int, default=30, help="denoising steps (default: %(default)s)")
-    p.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default: %(default)s)")
+    p.add_argument("--guidance", type=_finite_float, default=5.0, help="guidance scale (default: %(default)s)")
     p.add_argument("--height", type=_positive_int)
     p.add_argument("--width", type=_positive_int)
     p.add_argument("--frames", type=_positive_int, help="number of frames (the pipeline's default if unset)")
@@ -204,7 +218,9 @@ def _run_generate(args: argparse.Namespace) -> int:
         prompts += [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
     if not prompts:
         fail("qvgen generate", "--prompt", "at least one prompt (--prompt or --prompts-file)", "none")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    from qvgen.distributed.devices import resolve_device
+
+    device = str(resolve_device(args.device))
     cfg = GenerateConfig(
         pipeline=Path(args.pipeline), prompts=prompts, out=Path(args.out),
         transformer=Path(args.transformer) if args.transformer else None,
@@ -212,7 +228,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
         height=args.height, width=args.width, frames=args.frames, fps=args.fps,
         max_sequence_length=args.max_sequence_length, dtype=args.dtype, device=device,
-        progress=not args.no_progress)
+        progress=not args.no_progress, overwrite=args.overwrite)
     summary = generate(cfg)
     for clip in summary["clips"]:
         line = f"{clip['prompt']!r}: {clip['files'][0]}"
@@ -225,8 +241,10 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from qvgen.models.loading import model_folder
     from qvgen.train.launch import run_train
 
+    args.model = str(model_folder(args.model, args.subfolder))
     return run_train(args)
 
 
@@ -234,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qvgen", description="QVGen: quantization-aware training of video diffusion transformers at "
                                   "W4A4/W3A3 with a decaying low-rank auxiliary module, and packed deployment.")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback too "
+                                                             "(qvgen --debug COMMAND ...)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,precompute,train,generate}")
     _add_demo(sub)
     _add_precompute(sub)
@@ -242,10 +262,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def silenced_progress() -> Iterator[None]:
+    """--no-progress: no bar from qvgen or the libraries it drives (diffusers, transformers, huggingface_hub),
+    here and in processes started from here (torchrun workers inherit the environment); undone afterwards."""
+    saved = {k: os.environ.get(k) for k in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    os.environ.update(dict.fromkeys(saved, "1"))
+    libs = []
+    for name in ("diffusers.utils.logging", "transformers.utils.logging"):
+        try:
+            lib = importlib.import_module(name)
+        except ImportError:
+            continue
+        if lib.is_progress_bar_enabled():
+            lib.disable_progress_bar()
+            libs.append(lib)
+    try:
+        yield
+    finally:
+        for lib in libs:
+            lib.enable_progress_bar()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# A user's mistake (bad argument, missing or damaged file) is reported in one line; bugs keep their traceback.
+USER_ERRORS = (ValueError, TypeError, OSError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``qvgen`` / ``python -m qvgen``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    quiet = silenced_progress() if getattr(args, "no_progress", False) else contextlib.nullcontext()
+    try:
+        with quiet:
+            return int(args.func(args))
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"qvgen {args.command}: error: {e}  (--debug shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`qvgen generate`: a diffusers pipeline with a quantized transformer, prompts -> mp4 + GIF + PNG strip.
+"""`qvgen generate`: a diffusers pipeline with a quantized transformer, prompts -> mp4 (H.264) + GIF + PNG strip.
 
 The pipeline folder holds the FP components (or a whole saved quantized pipeline); `--transformer` names a
 quantized transformer folder (`save_pretrained` / `save_quantized`) that replaces the pipeline's own. With
@@ -9,6 +9,7 @@ quantized transformer folder (`save_pretrained` / `save_quantized`) that replace
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ class GenerateConfig:
     dtype: str = "float32"
     device: str = "cpu"
     progress: bool = True
+    overwrite: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,12 +106,16 @@ def run_prompts(pipe: Any, cfg: GenerateConfig, label: str) -> list[torch.Tensor
     return clips
 
 
-def _encode(path: Path, frames: torch.Tensor, codec: str, pix_fmt: str, fps: int) -> None:
-    """uint8 frames [F, H, W, 3] -> one file through PyAV (mpeg4 mp4, gif, or png for one frame)."""
+MP4_CODEC = "libx264"  # H.264, which browsers play (MPEG-4 Part 2 they do not)
+
+
+def _encode(path: Path, frames: torch.Tensor, codec: str, pix_fmt: str, fps: int,
+            options: dict[str, str] | None = None) -> None:
+    """uint8 frames [F, H, W, 3] -> one file through PyAV (H.264 mp4, gif, or png for one frame)."""
     import av
 
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
+        stream = container.add_stream(codec, rate=fps, options=options or {})
         stream.height, stream.width = int(frames.shape[1]), int(frames.shape[2])
         stream.pix_fmt = pix_fmt
         for frame in frames:
@@ -123,7 +129,8 @@ def write_outputs(stem: Path, clip: torch.Tensor, fps: int) -> list[Path]:
     frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]  # yuv420p needs even sizes
     strip = torch.cat(list(frames), dim=1)[None]
     paths = [stem.with_suffix(s) for s in (".mp4", ".gif", ".png")]
-    _encode(paths[0], frames, "mpeg4", "yuv420p", fps)
+    # yuv420p and +faststart: the profile and layout browsers and players expect of a web mp4.
+    _encode(paths[0], frames, MP4_CODEC, "yuv420p", fps, {"crf": "18", "movflags": "+faststart"})
     _encode(paths[1], frames, "gif", "rgb8", fps)
     _encode(paths[2], strip, "png", "rgb24", fps)
     return paths
@@ -133,11 +140,24 @@ def _slug(i: int, prompt: str) -> str:
     return f"{i:02d}_" + (re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40] or "clip")
 
 
+def _refuse_overwrite(cfg: GenerateConfig) -> None:
+    """Clips of an earlier run in cfg.out are replaced only with overwrite (checked before any work)."""
+    names = ["summary.json"] + [_slug(i, p) + suffix for i, p in enumerate(cfg.prompts)
+                                for suffix in (".mp4", ".gif", ".png", "_fp.mp4", "_fp.gif", "_fp.png")]
+    found = [n for n in names if (cfg.out / n).exists()]
+    if found and not cfg.overwrite:
+        fail("qvgen generate", "--out", "a folder without an earlier run's clips (or pass --overwrite)",
+             f"{cfg.out} holds {', '.join(found[:3])}{' ...' if len(found) > 3 else ''}")
+
+
 def generate(cfg: GenerateConfig) -> dict[str, Any]:
     """Run the quantized pipeline (and with compare_fp the FP one); write the clips; return a summary that
-    is also written to out/summary.json."""
+    is also written to out/summary.json. An earlier run's clips in cfg.out are replaced only with overwrite."""
     from qvgen.apps.demo.metrics import psnr, ssim
 
+    if not math.isfinite(cfg.guidance):
+        fail("qvgen generate", "--guidance", "a finite guidance scale", cfg.guidance)
+    _refuse_overwrite(cfg)
     dtype = DTYPES[cfg.dtype]
     quantized = None if cfg.transformer is None else load_transformer(cfg.transformer, dtype)
     pipe = load_pipeline(cfg.pipeline, quantized, dtype, cfg.device)

@@ -1,4 +1,6 @@
-"""Loading a diffusers model folder for training: the class named by its config, its weights loaded strictly."""
+"""Loading a diffusers model folder for training, the way diffusers does: the class its config.json names,
+through that class's own `from_pretrained` (sharded, .bin or safetensors weights; `subfolder` inside a
+pipeline folder)."""
 
 from __future__ import annotations
 
@@ -6,52 +8,43 @@ from pathlib import Path
 
 import torch
 
-from qvgen.storage.paths import inside, read_json
+from qvgen.storage.paths import read_json
 from qvgen_kernels.errors import fail
 
-
-def _weight_files(path: Path) -> list[Path]:
-    """The model's weight files: one safetensors file, a sharded safetensors index, or a torch .bin file."""
-    index = path / "diffusion_pytorch_model.safetensors.index.json"
-    if index.is_file():
-        weight_map = read_json(index, "qvgen train").get("weight_map")
-        if not isinstance(weight_map, dict):
-            fail("qvgen train", str(index), "a 'weight_map' object", type(weight_map).__name__)
-        return sorted({inside(path, f, f"{index}: weight_map") for f in weight_map.values()})
-    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
-        if (path / name).is_file():
-            return [path / name]
-    fail("qvgen train", "--model", "a directory with diffusion_pytorch_model.safetensors (or shards, or .bin)",
-         str(path))
+OP = "qvgen train"
 
 
-def load_diffusers_model(path: str | Path) -> torch.nn.Module:
-    """The diffusers class named by ``config.json``'s ``_class_name``, built from the config, weights loaded strictly.
+def model_folder(path: str | Path, subfolder: str | None = None) -> Path:
+    """The model folder `path/subfolder`, which must hold a config.json; a pipeline root given without a
+    subfolder is named in the error with the subfolder to pass."""
+    root = Path(path)
+    folder = root / subfolder if subfolder else root
+    if (folder / "config.json").is_file():
+        return folder
+    if not subfolder and (root / "model_index.json").is_file():
+        hint = next((n for n in ("transformer", "unet") if (root / n / "config.json").is_file()), None)
+        fail(OP, "--model", "a diffusers model folder (config.json); this is a pipeline folder: add "
+             f"--subfolder {hint or '<component>'}", str(root))
+    fail(OP, "--model" if not subfolder else "--subfolder", "a diffusers model folder with a config.json",
+         str(folder))
 
-    Equivalent to ``from_pretrained(path)`` in fp32, without needing ``accelerate`` (which diffusers requires
-    for models with fp32-pinned modules such as Wan's).
-    """
-    path = Path(path)
-    config = path / "config.json"
-    if not config.is_file():
-        fail("qvgen train", "--model", "a diffusers model directory with a config.json", str(path))
-    name = read_json(config, "qvgen train").get("_class_name")
+
+def load_diffusers_model(path: str | Path, subfolder: str | None = None) -> torch.nn.Module:
+    """The diffusers class named by ``config.json``'s ``_class_name``, loaded by its ``from_pretrained`` in fp32
+    (its _keep_in_fp32_modules included), in eval mode."""
+    folder = model_folder(path, subfolder)
+    name = read_json(folder / "config.json", OP).get("_class_name")
     import diffusers
 
     cls = getattr(diffusers, str(name), None)
-    if cls is None or not hasattr(cls, "from_config"):
-        fail("qvgen train", "--model", "a config.json whose _class_name is a diffusers model class", repr(name))
-    model = cls.from_config(cls.load_config(path))
-    state: dict[str, torch.Tensor] = {}
-    for f in _weight_files(path):
-        if f.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state.update(load_file(str(f)))
-        else:
-            state.update(torch.load(f, map_location="cpu", weights_only=True))
-    model.load_state_dict(state, strict=True)
+    if not isinstance(cls, type) or not issubclass(cls, diffusers.ModelMixin):
+        fail(OP, "--model", "a config.json whose _class_name is a diffusers model class", repr(name))
+    try:
+        model = cls.from_pretrained(folder, torch_dtype=torch.float32)
+    except (OSError, EnvironmentError) as e:  # no weights file, or a damaged one
+        fail(OP, "--model", "a diffusers model folder with its weights (diffusion_pytorch_model.*)",
+             f"{folder} ({e})")
     return model.float().eval()
 
 
-__all__ = ["load_diffusers_model"]
+__all__ = ["load_diffusers_model", "model_folder"]

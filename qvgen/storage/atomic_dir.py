@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -56,9 +55,16 @@ def _siblings(path: Path, kinds: tuple[str, ...] = ("tmp", "old")) -> list[Path]
 
 
 def new_tmp(path: Path) -> Path:
-    """A fresh empty folder beside ``path`` to write the next copy into."""
+    """A fresh empty folder beside ``path`` to write the next copy into, with the permissions the umask gives
+    (tempfile.mkdtemp makes it 0700, and the folder becomes ``path``: teammates could not read a saved model)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    while True:
+        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+        try:
+            tmp.mkdir()  # mode 0777 minus the umask, as os.makedirs and diffusers' folders
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def publish(tmp: Path, path: Path) -> None:

@@ -33,31 +33,60 @@ def test_readme_use_with_diffusers_runs(tmp_path):
     assert type(scope["transformer"]).__name__ == "QuantizedWanTransformer3DModel"
 
 
-def test_generate_cli_compare_fp(tmp_path, capsys):
+def test_generate_cli_compare_fp(tmp_path, capfd):
     from qvgen.apps.cli import main
 
     fp = fp_pipeline_dir(tmp_path / "fp", "wan")
     quantize(transformer("wan")).save_pretrained(tmp_path / "qt")
     out = tmp_path / "out"
-    assert main(["generate", "--pipeline", str(fp), "--transformer", str(tmp_path / "qt"), "--prompt", PROMPT,
-                 "--compare-fp", "--steps", "2", "--guidance", "3", "--height", "32", "--width", "32",
-                 "--frames", "5", "--seed", "1", "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
+    cmd = ["generate", "--pipeline", str(fp), "--transformer", str(tmp_path / "qt"), "--prompt", PROMPT,
+           "--compare-fp", "--steps", "2", "--guidance", "3", "--height", "32", "--width", "32",
+           "--frames", "5", "--seed", "1", "--device", "cpu", "--out", str(out), "--no-progress"]
+    capfd.readouterr()
+    assert main(cmd) == 0
+    run = capfd.readouterr()
+    assert "it/s" not in run.err  # --no-progress: diffusers' loading bars too
     names = sorted(p.name for p in out.iterdir())
     stem = "00_a-red-square-moving-left"
     assert names == sorted([f"{stem}{s}{e}" for s in ("", "_fp") for e in (".gif", ".mp4", ".png")] +
                            ["summary.json"])
     summary = json.loads((out / "summary.json").read_text())
     assert 0 < summary["psnr"] < float("inf") and -1 <= summary["ssim"] <= 1
-    assert "vs FP: PSNR" in capsys.readouterr().out
+    assert "vs FP: PSNR" in run.out
     import av
     with av.open(str(out / f"{stem}.mp4")) as c:
+        assert c.streams.video[0].codec_context.name == "h264"  # browsers play H.264, not MPEG-4 Part 2
         assert sum(1 for _ in c.decode(video=0)) == 5
+    # A second run into the same folder would replace those clips: refused in one line, unless --overwrite.
+    before = (out / f"{stem}.mp4").stat().st_mtime_ns
+    assert main(cmd) == 2
+    assert "--overwrite" in capfd.readouterr().err
+    assert (out / f"{stem}.mp4").stat().st_mtime_ns == before
+    assert main(cmd + ["--overwrite"]) == 0
 
 
-def test_generate_refuses_fp_transformer(tmp_path):
+@pytest.mark.parametrize("flags, message", [(["--guidance", "nan"], "finite"),
+                                            (["--device", "cuda:7"], "--device")])
+def test_generate_refuses_bad_arguments(tmp_path, capsys, flags, message):
+    from qvgen.apps.cli import main
+
+    cmd = ["generate", "--pipeline", str(tmp_path), "--prompt", PROMPT, "--out", str(tmp_path / "o"), *flags]
+    try:
+        rc = main(cmd)
+    except SystemExit as e:  # argparse rejects the value itself
+        rc = e.code
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_generate_refuses_fp_transformer(tmp_path, capsys):
     from qvgen.apps.cli import main
 
     fp = fp_pipeline_dir(tmp_path / "fp", "wan")
-    with pytest.raises(ValueError, match="quantized transformer"):
-        main(["generate", "--pipeline", str(fp), "--prompt", PROMPT, "--steps", "1", "--device", "cpu",
-              "--out", str(tmp_path / "o"), "--no-progress"])
+    cmd = ["generate", "--pipeline", str(fp), "--prompt", PROMPT, "--steps", "1", "--device", "cpu",
+           "--out", str(tmp_path / "o"), "--no-progress"]
+    assert main(cmd) == 2  # a user mistake: one line on stderr
+    assert "quantized transformer" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="quantized transformer"):  # --debug: the exception itself
+        main(["--debug", *cmd])
