@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -194,10 +195,18 @@ def quantization_config(model: nn.Module) -> dict[str, Any]:
     return {"quant_method": "qvgen", **plan}
 
 
-def _check_one_shard(op: str, model: nn.Module, max_shard_size: int | str) -> None:
-    from huggingface_hub.serialization import parse_size_to_int
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
+          "TIB": 2**40}
 
-    limit = parse_size_to_int(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size)
+
+def _check_one_shard(op: str, model: nn.Module, max_shard_size: int | str) -> None:
+    if isinstance(max_shard_size, str):
+        match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?I?B)\s*", max_shard_size.upper())
+        if match is None:
+            fail(op, "max_shard_size", "an int or a size such as '5GB'", repr(max_shard_size))
+        limit = float(match.group(1)) * _UNITS[match.group(2)]
+    else:
+        limit = int(max_shard_size)
     total = sum(t.numel() * t.element_size() for t in model.state_dict().values() if torch.is_tensor(t))
     if total > limit:
         fail(op, "max_shard_size", f"at least the model's {total} bytes (a qvgen checkpoint is one file, "
@@ -264,12 +273,12 @@ def adopt(model: nn.Module) -> None:
     """Give a quantized diffusers model its qvgen class (in place), so that its own and its pipeline's
     save_pretrained write a checkpoint that loads back. Other models (and wrapped ones, e.g. FSDP's
     dynamic classes) are left alone."""
-    if "diffusers" not in sys.modules or isinstance(model, QuantizedModelMixin):
+    if "diffusers" not in sys.modules:
         return
     from diffusers import ModelMixin
     if not isinstance(model, ModelMixin):
         return
-    if type(model).__module__.split(".")[0] == "diffusers":
+    if not isinstance(model, QuantizedModelMixin) and type(model).__module__.split(".")[0] == "diffusers":
         model.__class__ = quantized_class(type(model))
     for hook in ADOPT_HOOKS:
         hook(model)

@@ -115,9 +115,12 @@ class QvgenQuantizer(DiffusersQuantizer):
             fail("from_pretrained", "device_map", "one device for the whole model (qvgen does not split or "
                  "offload at load; use enable_group_offload after loading)", repr(device_map))
 
-    def update_torch_dtype(self, torch_dtype: torch.dtype | None) -> torch.dtype:
-        self.dtype = torch_dtype if torch_dtype is not None else torch.float32
-        return self.dtype
+    def update_torch_dtype(self, torch_dtype: torch.dtype | None) -> torch.dtype | None:
+        # diffusers casts every floating tensor to torch_dtype before asking the quantizer about it, which
+        # would round the fp32 scales; qvgen applies the dtype itself after loading (keep-in-fp32 modules
+        # kept, codes and scales exact). A pre-quantized load therefore records _pre_quantization_dtype None.
+        self.dtype = torch_dtype
+        return None if self.pre_quantized else torch_dtype
 
     def check_if_quantized_param(self, model: nn.Module, param_value: torch.Tensor, param_name: str,
                                  state_dict: dict[str, Any], **kwargs: Any) -> bool:
