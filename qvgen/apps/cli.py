@@ -293,15 +293,17 @@ def silenced_progress() -> Iterator[None]:
 USER_ERRORS = (ValueError, TypeError, OSError)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``qvgen`` / ``python -m qvgen``; returns the exit status."""
+def main(argv: Sequence[str] | None = None, one_line_errors: bool | None = None) -> int:
+    """Entry point of ``qvgen`` / ``python -m qvgen``; returns the exit status. On the command line (argv None)
+    a user's mistake prints one line and returns 2 unless --debug; a caller passing argv gets the exception,
+    unless it asks for one_line_errors."""
     args = build_parser().parse_args(argv)
     quiet = silenced_progress() if getattr(args, "no_progress", False) else contextlib.nullcontext()
     try:
         with quiet:
             return int(args.func(args))
     except USER_ERRORS as e:
-        if args.debug:
+        if args.debug or not (argv is None if one_line_errors is None else one_line_errors):
             raise
         print(f"qvgen {args.command}: error: {e}  (--debug shows the traceback)", file=sys.stderr)
         return 2

@@ -59,7 +59,7 @@ def test_generate_cli_compare_fp(tmp_path, capfd):
         assert sum(1 for _ in c.decode(video=0)) == 5
     # A second run into the same folder would replace those clips: refused in one line, unless --overwrite.
     before = (out / f"{stem}.mp4").stat().st_mtime_ns
-    assert main(cmd) == 2
+    assert main(cmd, one_line_errors=True) == 2
     assert "--overwrite" in capfd.readouterr().err
     assert (out / f"{stem}.mp4").stat().st_mtime_ns == before
     assert main(cmd + ["--overwrite"]) == 0
@@ -72,7 +72,7 @@ def test_generate_refuses_bad_arguments(tmp_path, capsys, flags, message):
 
     cmd = ["generate", "--pipeline", str(tmp_path), "--prompt", PROMPT, "--out", str(tmp_path / "o"), *flags]
     try:
-        rc = main(cmd)
+        rc = main(cmd, one_line_errors=True)
     except SystemExit as e:  # argparse rejects the value itself
         rc = e.code
     assert rc == 2
@@ -86,7 +86,30 @@ def test_generate_refuses_fp_transformer(tmp_path, capsys):
     fp = fp_pipeline_dir(tmp_path / "fp", "wan")
     cmd = ["generate", "--pipeline", str(fp), "--prompt", PROMPT, "--steps", "1", "--device", "cpu",
            "--out", str(tmp_path / "o"), "--no-progress"]
-    assert main(cmd) == 2  # a user mistake: one line on stderr
+    assert main(cmd, one_line_errors=True) == 2  # a user mistake: one line on stderr
     assert "quantized transformer" in capsys.readouterr().err
     with pytest.raises(ValueError, match="quantized transformer"):  # --debug: the exception itself
-        main(["--debug", *cmd])
+        main(["--debug", *cmd], one_line_errors=True)
+
+
+def test_train_names_subfolder_for_a_pipeline_root(tmp_path, capsys):
+    from qvgen.apps.cli import main
+    from qvgen.models.loading import load_diffusers_model
+
+    transformer("wan").save_pretrained(tmp_path / "transformer")
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
+    assert main(["train", "--model", str(tmp_path), "--out", str(tmp_path / "o")], one_line_errors=True) == 2
+    assert "--subfolder transformer" in capsys.readouterr().err
+    model = load_diffusers_model(tmp_path, subfolder="transformer")  # diffusers' own from_pretrained
+    assert type(model).__name__ == "WanTransformer3DModel" and not model.training
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "qvgen", "generate", "--pipeline", str(tmp_path / "none"), "--prompt", "x",
+           "--out", str(tmp_path / "o"), "--device", "cpu"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and "--debug" in run.stderr
