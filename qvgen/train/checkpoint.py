@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from torch import nn
 
 from qvgen_kernels.errors import fail
 
+from qvgen.storage import atomic_dir
 from qvgen.storage.integrity import (HashingWriter, check_digests, digests, file_digest, fsync_path, non_finite,
                              read_safetensors, write_error, write_text_durably)
 from qvgen.artifact.io import state_for_file
@@ -131,9 +131,10 @@ def save_checkpoint(out_dir: str | os.PathLike, model: nn.Module, optimizer: tor
     if bad:
         raise FloatingPointError(f"save_checkpoint: non-finite values (NaN/Inf) in {len(bad)} tensors, e.g. "
                                  f"{bad[:3]}; checkpoint for step {step} not written, {kept}")
-    for stale in out.glob(".ckpt-tmp-*"):  # left by a run killed mid-save
+    for stale in out.glob(".ckpt-tmp-*"):  # named so by earlier versions, left by a run killed mid-save
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ckpt-tmp-", dir=out))
+    atomic_dir.clean(last)  # ours left by a killed save: never a fallback here (ckpt-prev is)
+    tmp = atomic_dir.new_tmp(last)  # mode from the umask, like diffusers' folders (mkdtemp would make it 0700)
     try:
         _write_dir(tmp, model_state, state, step, kept)
         load_checkpoint(tmp)  # verified and loadable before anything older goes

@@ -40,7 +40,7 @@ def test_round_trip(tmp_path, toy_pair):
     opt, sched = _trained(model)
     path = ck.save_checkpoint(tmp_path, model, opt, sched, _Decay(4), step=5, extra={"note": "x"})
     assert path == tmp_path / "ckpt-last" and ck.find_checkpoint(tmp_path) == path
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".ckpt-tmp")]
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temp folder left
     loaded = ck.load_checkpoint(path)
     assert loaded.step == 5 and loaded.state["rank_decay"] == {"last_step": 4}
     assert loaded.state["extra"] == {"note": "x"}
@@ -94,7 +94,7 @@ def test_crash_while_writing_keeps_previous(tmp_path, toy_pair, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         ck.save_checkpoint(tmp_path, model, opt, sched, None, step=6)
     monkeypatch.undo()
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".ckpt-tmp")]
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temp folder left
     path = ck.find_checkpoint(tmp_path)
     loaded = ck.load_checkpoint(path)
     assert loaded.step == 3
@@ -168,3 +168,17 @@ def test_tied_weights_round_trip(tmp_path, quantize):
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.model_state[k], v), k
     assert torch.equal(loaded.model_state["a.weight"], loaded.model_state["b.weight"])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_checkpoint_folder_follows_umask(tmp_path, toy_pair, umask):
+    """Teammates on a shared cluster read each other's checkpoints: the folder gets 0777 minus the umask,
+    as diffusers' own folders do (tempfile.mkdtemp would make it 0700 whatever the umask)."""
+    model, _ = toy_pair
+    opt, sched = _trained(model, steps=1)
+    old = os.umask(umask)
+    try:
+        path = ck.save_checkpoint(tmp_path / "run", model, opt, sched, None, step=1)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o777 & ~umask
