@@ -275,6 +275,9 @@ def write_markdown(results_dir: Path) -> Path:
                   table(aggregate(res["runs"])), "", f"![curves](quality_{study}.png)", ""]
         if res["study"] in MECHANISM_STUDIES:
             lines += mechanism_sections(study, res)
+    from benchmarks.quality import width_report  # the sweep sections (width_report imports nothing from here)
+
+    lines += width_report.sections(results_dir)
     lines += ["## Reading (generated)", ""] + [f"- {line}" for line in mechanism_reading(by_study) + reading(by_study)]
     lines += ["", CAVEATS]
     path = results_dir / "quality.md"
