@@ -104,7 +104,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=PRESETS, default="w4a4", help="bit setting (default: %(default)s)")
     p.add_argument("--rank", type=int, default=32, help="initial Phi rank, 0 or a power of two (default: 32)")
     p.add_argument("--steps", type=_positive_int, default=2000, help="distillation steps (default: %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=1, help="batch size (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=1,
+                   help="global batch size: under torchrun it is split evenly across the processes (so it must be "
+                        "a multiple of their number) and the logged loss is its mean over the global batch "
+                        "(default: %(default)s)")
     p.add_argument("--lr", type=float, default=3e-5, help="learning rate (default: %(default)s)")
     p.add_argument("--decay-end", type=float, default=DEFAULT_DECAY_END,
                    help="fraction of training by whose end Phi is gone; 1.0 = the paper's schedule "

@@ -21,8 +21,7 @@ class EpochSampler:
 
     def __init__(self, num_samples: int, global_batch: int, seed: int) -> None:
         if num_samples < global_batch:
-            fail("EpochSampler", "num_samples", f"at least the global batch ({global_batch} = batch size x "
-                 "processes)", num_samples)
+            fail("EpochSampler", "num_samples", f"at least the global batch ({global_batch})", num_samples)
         self.num_samples, self.global_batch, self.seed = num_samples, global_batch, seed
         self.steps_per_epoch = num_samples // global_batch
         self._epoch: tuple[int, torch.Tensor] | None = None

@@ -103,10 +103,21 @@ def fully_shard_model(model: nn.Module, mixed: str = "auto", device: torch.devic
         fail("fully_shard_model", "model", "one parameter dtype (FSDP2 groups cannot mix dtypes)", sorted(map(str, dtypes)))
     mesh = init_device_mesh(device.type, (world,))
     policy = mixed_precision(mixed, device)
-    for unit in shard_units(model):
+    for unit in [*shard_units(model), model]:
         fully_shard(unit, mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+        unit.register_forward_hook(_outputs_own_storage, prepend=True)  # before FSDP2 hooks the outputs
     return model
+
+
+def _outputs_own_storage(module: nn.Module, args, output):
+    """A copy of each grad-carrying view among a sharded module's outputs. FSDP2 hangs its pre-backward
+    all-gather on the outputs; an in-place op on a view (diffusers' Wan returns its unpatchified latent as a
+    view of proj_out's output) would drop it, so FSDP2 warns on every forward. The copy is one output-sized
+    tensor per forward, and it cannot lose the hook."""
+    from torch.utils._pytree import tree_map_only
+
+    return tree_map_only(torch.Tensor, lambda t: t.clone() if t._base is not None and t.requires_grad else t,
+                         output)
 
 
 def is_model_sharded(model: nn.Module) -> bool:
@@ -125,6 +136,19 @@ def rank_noisy(objective, x0: torch.Tensor, generator: torch.Generator, rank: in
                                       if isinstance(getattr(nb, f.name), torch.Tensor)})
 
 
+def mean_across_ranks(value: torch.Tensor) -> float:
+    """The mean over all ranks of a per-rank scalar (a collective: every rank calls it); the value itself
+    outside torch.distributed. Ranks hold equal slices of the global batch, so the mean of their batch-mean
+    losses is the loss over the global batch, the number one process at that batch logs."""
+    _, world = dist_info()
+    value = value.detach().float().reshape(())
+    if world == 1:
+        return float(value)
+    value = value.clone()
+    torch.distributed.all_reduce(value)  # SUM: gloo has no AVG
+    return float(value) / world
+
+
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole model state on CPU (gathered from the shards; a collective under FSDP2: call it on every
     rank; rank 0 receives the tensors)."""
@@ -136,4 +160,4 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 __all__ = ["BLOCK_LISTS", "DEFAULT_COLLECTIVE_TIMEOUT_S", "PARALLEL", "dist_info", "fully_shard_model", "full_state_dict", "init_from_env",
-           "is_model_sharded", "mixed_precision", "rank_noisy", "shard_units"]
+           "is_model_sharded", "mean_across_ranks", "mixed_precision", "rank_noisy", "shard_units"]

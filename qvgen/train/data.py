@@ -111,9 +111,38 @@ def load_data_file(path: str | Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _rows(value: object, rows: slice, batch: int) -> object:
+    if isinstance(value, dict):
+        return {k: _rows(v, rows, batch) for k, v in value.items()}
+    if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == batch:
+        return value[rows]
+    return value
+
+
+def rank_rows(data_fn: DataFn, global_batch: int, rank: int, world: int) -> DataFn:
+    """This rank's rows ``[rank * B, (rank + 1) * B)``, B = global_batch / world, of the global batch that
+    ``data_fn`` draws. The result is marked ``global_batch``: the distiller then hands it the generator shared
+    by all ranks (not the rank's own), so every rank draws the same global batch and N processes train on
+    exactly the samples, noise and timesteps of one process at that batch."""
+    if world < 1 or not 0 <= rank < world or global_batch % world:
+        fail("rank_rows", "global_batch", f"a multiple of the world size {world} (rank {rank})", global_batch)
+    per = global_batch // world
+    rows = slice(rank * per, (rank + 1) * per)
+
+    def rank_data_fn(step: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        x0, cond = check_batch(step, data_fn(step, generator))
+        if x0.shape[0] != global_batch:
+            fail("rank_rows", f"x0 at step {step}", f"the global batch of {global_batch} rows", x0.shape[0])
+        return x0[rows], _rows(cond, rows, global_batch)
+
+    rank_data_fn.global_batch = True
+    return rank_data_fn
+
+
 def make_data_fn(model: torch.nn.Module, adapter, batch: int, device: torch.device, data: dict | None,
                  latent_fhw: Sequence[int]) -> DataFn:
-    """The trainer's ``data_fn(step, generator) -> (x0, cond)``: rows of ``data``, or random latents + cond."""
+    """The trainer's ``data_fn(step, generator) -> (x0, cond)`` of ``batch`` rows: rows of ``data``, or random
+    latents + cond (wrap it in ``rank_rows`` to split a global batch across data-parallel ranks)."""
     if data is None:
         return random_data_fn(adapter, model, batch, *latent_fhw)
 

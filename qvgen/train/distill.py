@@ -28,7 +28,7 @@ from torch import nn
 from qvgen_kernels.errors import fail
 
 from qvgen.models.adapters import ModelAdapter, adapter_for
-from qvgen.distributed.parallel import is_model_sharded, rank_noisy
+from qvgen.distributed.parallel import is_model_sharded, mean_across_ranks, rank_noisy
 from qvgen.distributed.sharding import all_finite
 from qvgen.quant.swap import model_config
 from qvgen.train.checkpoint import LAST as CKPT_LAST, PREV as CKPT_PREV
@@ -174,7 +174,10 @@ class Distiller:
 
     def _forward_pair(self, step: int) -> torch.Tensor:
         """Build step ``step``'s batch and return the distillation loss (student graph attached)."""
-        gen = step_generator(self.cfg.seed, step, self.rank, self.world)
+        # A data function marked global_batch (train.data.rank_rows) draws the whole global batch from the
+        # generator every rank shares and keeps its rows; noise then continues that stream, as in one process.
+        whole = getattr(self.data_fn, "global_batch", False)
+        gen = step_generator(self.cfg.seed, step, *((0, 1) if whole else (self.rank, self.world)))
         x0, cond = check_batch(step, self.data_fn(step, gen))
         bad = non_finite_rows(x0, cond)
         if bad and not self.dcp:  # ranks of a data-parallel run must not diverge: there the step is skipped
@@ -184,7 +187,7 @@ class Distiller:
             cond = caption_dropout(step, cond, self.cfg.caption_dropout, gen)  # drawn after the batch
             noisy = self.objective.make_noisy(x0.to(self.device), gen)
         else:  # one draw for the global batch, shared by all ranks (see qvgen.distributed.parallel)
-            shared = step_generator(self.cfg.seed, step)
+            shared = gen if whole else step_generator(self.cfg.seed, step)
             cond = caption_dropout(step, cond, self.cfg.caption_dropout, shared)
             noisy = rank_noisy(self.objective, x0.to(self.device), shared, self.rank, self.world)
         student = self._wrapped()
@@ -228,7 +231,7 @@ class Distiller:
             with warnings.catch_warnings():  # the schedule follows the step index, skipped or not
                 warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`")
                 self.scheduler.step()
-        return {"step": step, "loss": float(loss.detach()), "grad_norm": grad_norm, "rank": self.current_rank(),
+        return {"step": step, "loss": mean_across_ranks(loss), "grad_norm": grad_norm, "rank": self.current_rank(),
                 "lr": lr, "seconds": time.perf_counter() - t0}
 
     def _skip(self, step: int, loss: float, params: list, what: str | None = None) -> None:

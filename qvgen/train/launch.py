@@ -3,7 +3,9 @@ folder written by `qvgen precompute`.
 
 Under torchrun the process group is initialised from the environment; `--parallel fsdp` (the default with
 more than one process) shards student and teacher with FSDP2 per transformer block, `--parallel ddp`
-replicates them. Only rank 0 writes the metrics log and the deployed model; under torchrun every rank
+replicates them. `--batch-size` is the global batch: each of the N processes trains on its own N-th of it,
+so N processes see exactly the samples, noise and timesteps of one process at that batch, and the logged loss
+is the mean over the global batch (reduced across ranks). Only rank 0 writes the metrics log and the deployed model; under torchrun every rank
 writes its part of the checkpoints through torch.distributed.checkpoint (resumable on the same world size).
 """
 
@@ -18,7 +20,7 @@ from torch import nn
 
 from qvgen.distributed.devices import resolve_device
 from qvgen.models.loading import load_diffusers_model
-from qvgen.train.data import load_data_file, make_data_fn
+from qvgen.train.data import load_data_file, make_data_fn, rank_rows
 from qvgen.train.run_dir import claim_out_dir
 from qvgen_kernels.errors import fail
 
@@ -38,12 +40,10 @@ def _data_fn(args: argparse.Namespace, teacher: nn.Module, adapter, device: torc
         if layout != adapter.layout:
             fail("qvgen train", "--data", f"latents in the model's layout {adapter.layout} (adapter "
                  f"'{adapter.name}')", f"{layout} from a '{shards.manifest['kind']}' precompute in {args.data}")
-        return shard_data_fn(shards, args.batch_size, args.seed, rank, world)
-    if world > 1 and args.data:
-        fail("qvgen train", "--data", "a shard folder under torchrun (a tensor file is not split by rank)",
-             args.data)
+        return shard_data_fn(shards, args.batch_size // world, args.seed, rank, world)
     data = load_data_file(args.data) if args.data else None
-    return make_data_fn(teacher, adapter, args.batch_size, device, data, args.latent_shape)
+    data_fn = make_data_fn(teacher, adapter, args.batch_size, device, data, args.latent_shape)
+    return data_fn if world == 1 else rank_rows(data_fn, args.batch_size, rank, world)
 
 
 def _parallel(args: argparse.Namespace, world: int) -> str:
@@ -86,6 +86,9 @@ def run_train(args: argparse.Namespace) -> int:
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     rank, world, device = init_from_env(resolve_device(args.device),
                                         getattr(args, "collective_timeout", DEFAULT_COLLECTIVE_TIMEOUT_S))
+    if args.batch_size % world:
+        fail("qvgen train", "--batch-size", f"a multiple of the {world} processes (the global batch, split evenly "
+             "across them)", args.batch_size)
     claim_out_dir(args.out, args.resume, getattr(args, "overwrite", False), rank == 0)
     if world > 1:
         torch.distributed.barrier()  # every rank checked --out before rank 0 writes into it

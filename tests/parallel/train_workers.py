@@ -39,7 +39,7 @@ def worker(rank: int, world: int, dit: str, shards: str, root: str) -> None:
 
     root = Path(root)
     for mode in ("fsdp", "ddp"):  # the CLI under torchrun's environment (set by the spawner)
-        main(cli_args(dit, shards, root / mode, 1, "--parallel", mode))
+        main(cli_args(dit, shards, root / mode, 2, "--parallel", mode))  # global batch 2: 1 per rank
     states = {}
     for mode in ("fsdp", "ddp"):  # the CLI's run, stopped after its step-2 checkpoint and resumed
         cut = distiller(mode, dit, shards, root / f"{mode}-cut", rank, world)
