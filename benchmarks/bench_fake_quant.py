@@ -13,7 +13,7 @@ Byte model of a fake-quant forward + backward over a tensor of T elements of e b
 writes T, the backward reads the incoming gradient and the input and writes the input's gradient: 5 T e
 (per-row / per-channel parameters are O(M + N) and left out). ``frac_bandwidth`` divides by the in-run copy
 bandwidth. Gradients come from torch.autograd.grad (no accumulation into .grad inside the timing).
-Writes ``benchmarks/results/<device>/fake_quant_bench.{json,png}``.
+Writes ``benchmarks/results/<device>/fake_quant_bench.{json,png,md}``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from benchmarks import _kernels_common as kc
+from benchmarks._ratios import x_faster
 from qvgen_kernels import ops, registry
 
 BACKENDS = ("reference", "triton")
@@ -103,7 +104,7 @@ def _step_rows(sh: kc.LayerShape, device: torch.device, dtype: torch.dtype, args
     base = rows[0].get("us")
     for r in rows:
         if "us" in r and base:
-            r["slowdown_vs_linear"] = r["us"] / base
+            r["x_faster_than_linear"] = x_faster(base, r["us"])
         r.update(kc.shape_dict(sh))
     return rows
 
@@ -128,7 +129,7 @@ def bench_shape(sh: kc.LayerShape, device: torch.device, dtype: torch.dtype, arg
             if backend == "reference":
                 ref_us = row.get("us")
             if "us" in row and ref_us:
-                row["speedup_vs_reference"] = ref_us / row["us"]
+                row["x_faster_than_reference"] = x_faster(ref_us, row["us"])
             rows.append({**row, **kc.shape_dict(sh)})
     return rows
 
@@ -141,6 +142,25 @@ def _plot(rows: list[dict[str, Any]], title: str) -> Callable:
         by = {f"{r['model']}:{r['layer']}": r.get("frac_bandwidth") for r in rows if r["provider"] == prov}
         series[prov] = [by.get(lb) for lb in labels]
     return lambda path: kc.bar_plot(path, title, labels, series, "fraction of copy bandwidth (fwd + bwd)")
+
+
+def markdown(payload: dict[str, Any], device: torch.device) -> str:
+    """The table beside fake_quant_bench.json: microseconds per fwd + bwd and the speed ratios."""
+    lines = [f"# Fake-quant benchmark ({device}, {payload['dtype']}, {payload['bits']} bits)", "",
+             "x faster than: the reference's (or nn.Linear's) time / this row's; above 1 = faster.", "",
+             "| shape | provider | us | x faster than reference | fraction of copy bandwidth |",
+             "|---|---|---:|---:|---:|"]
+    for r in payload["rows"]:
+        us = f"{r['us']:.1f}" if "us" in r else f"skipped: {r['skipped'][:60]}"
+        x, bw = r.get("x_faster_than_reference"), r.get("frac_bandwidth")
+        lines.append(f"| {r['model']}:{r['layer']} {r['m']}x{r['k']}x{r['n']} | {r['provider']} | {us} | "
+                     f"{'' if x is None else f'{x:.2f}'} | {'' if bw is None else f'{bw:.3f}'} |")
+    lines += ["", "| QAT step shape | provider | us | x faster than nn.Linear |", "|---|---|---:|---:|"]
+    for r in payload["steps"]:
+        us = f"{r['us']:.1f}" if "us" in r else f"skipped: {r['skipped'][:60]}"
+        x = r.get("x_faster_than_linear")
+        lines.append(f"| {r['m']}x{r['k']}x{r['n']} | {r['provider']} | {us} | {'' if x is None else f'{x:.2f}'} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -159,7 +179,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                "steps": steps}
     path = kc.write_results(kc.out_dir(args, device), "fake_quant_bench", device, payload,
                             _plot(rows, f"fake quant fwd + bwd ({device})"))
-    print(f"wrote {path} and .png")
+    path.with_suffix(".md").write_text(markdown(payload, device))
+    print(f"wrote {path}, .png and .md")
     return payload
 
 

@@ -152,22 +152,25 @@ def check_shapes(names: tuple[str, ...]) -> list[dict]:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_model", description=__doc__.split("\n")[0])
-    ap.add_argument("--shapes", default="auto", help="'auto' (full on CUDA, small otherwise), 'full', 'small' "
-                    "or a comma list of names")
-    ap.add_argument("--scopes", default="block,model")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_model", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shapes", default="auto", help="'auto' (full on CUDA, small otherwise), 'full' ("
+                    + ", ".join(FULL) + "), 'small' (" + ", ".join(SMALL) + ") or a comma list of those names")
+    ap.add_argument("--scopes", default="block,model", help="comma list of: block (the first transformer block), "
+                    "model (the whole model) (default: %(default)s)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of: " + ", ".join(VARIANTS) +
+                    " (default: all)")
+    ap.add_argument("--batch", type=int, default=1, help="batch size (default: %(default)s)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed calls first (default: %(default)s)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed calls (default: %(default)s)")
     ap.add_argument("--no-grad-ckpt", action="store_true", help="no gradient checkpointing in whole-model QAT")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available; default)")
     ap.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
                     help="model dtype (auto: bf16 on CUDA, fp32 on CPU); the deployed layers run in it too")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: on a small shared machine "
                     "more threads than idle cores make OpenMP spin-waits dominate)")
     ap.add_argument("--out", default=None, help="output folder (default benchmarks/results/<device>)")
-    ap.add_argument("--check-shapes", action="store_true")
+    ap.add_argument("--check-shapes", action="store_true", help="only build the full shapes on the meta device "
+                    "(parameter and Linear counts) into results/meta/shape_check.json")
     return ap.parse_args(argv)
 
 

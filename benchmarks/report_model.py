@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from benchmarks._harness import write_json
+from benchmarks._ratios import x_faster
 
 
 def device_dir(device: torch.device) -> str:
@@ -41,8 +42,10 @@ def markdown(result: dict) -> str:
         "Latency: median (p10-p90) over the timed calls. Peak: " +
         next((r["memory"]["method"] for r in result["rows"] if "memory" in r), "n/a") +
         ". Module bytes: parameters + buffers of the benchmarked module (packed weights at their real size;"
-        " QAT rows include the latent weights, Phi and quantizer parameters).", "",
-        "| shape | scope | variant | latency ms | p10-p90 | peak MiB | module MiB | vs fp |",
+        " QAT rows include the latent weights, Phi and quantizer parameters). x faster than fp: the fp row's median"
+        " latency / this row's (above 1 = faster, below 1 = slower; QAT rows are a training step, not a"
+        " forward).", "",
+        "| shape | scope | variant | latency ms | p10-p90 | peak MiB | module MiB | x faster than fp |",
         "|---|---|---|---:|---|---:|---:|---:|",
     ]
     fp = {(r["shape"], r["scope"]): r for r in result["rows"] if r["variant"] == "fp" and "latency" in r}
@@ -51,7 +54,7 @@ def markdown(result: dict) -> str:
             lines.append(f"| {r['shape']} | {r['scope']} | {r['variant']} | {r['error']} | | | | |")
             continue
         lat, base = r["latency"], fp.get((r["shape"], r["scope"]))
-        ratio = f"{lat['median_ms'] / base['latency']['median_ms']:.2f}x" if base else "n/a"
+        ratio = f"{x_faster(base['latency']['median_ms'], lat['median_ms']):.2f}" if base else "n/a"
         lines.append(f"| {r['shape']} | {r['scope']} | {r['variant']} | {lat['median_ms']:.2f} | "
                      f"{lat['p10_ms']:.2f}-{lat['p90_ms']:.2f} | {_mib(r['memory']['peak_bytes'])} | "
                      f"{_mib(r['module_bytes'])} | {ratio} |")
