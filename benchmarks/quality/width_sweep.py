@@ -165,12 +165,17 @@ def _parse(argv):
     ap.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="start no job that would end past this (the longest job so far as the estimate); the "
+                         "finished jobs are kept and a later run resumes")
     ap.add_argument("--out", default=str(RESULTS))
     return ap.parse_args(argv)
 
 
-def run(p: Preset, out: Path, device: torch.device, log=print) -> list[dict]:
-    """Run every pending job of ``p``, appending each to ``<out>/<name>.jsonl``; returns all lines."""
+def run(p: Preset, out: Path, device: torch.device, log=print, max_seconds: float | None = None) -> list[dict]:
+    """Run every pending job of ``p``, appending each to ``<out>/<name>.jsonl``; returns all lines. With
+    ``max_seconds``, stop before a job that would likely end past it (teacher training included)."""
+    t_start = time.perf_counter()
     from qvgen.apps.demo.pipeline import DemoConfig, make_probe
     from qvgen.apps.demo.sprites import SpriteData
     from qvgen.apps.demo.teacher import get_teacher
@@ -184,8 +189,12 @@ def run(p: Preset, out: Path, device: torch.device, log=print) -> list[dict]:
         teachers[w] = (model.requires_grad_(False), tcfg, {"key": tcfg.key(), "path": info["path"],
                                                           "seconds": info.get("seconds")})
     prov = _harness.provenance(device)
+    longest = 0.0
     for bits, w, seed in todo:
         start = time.perf_counter()
+        if max_seconds is not None and start - t_start + longest > max_seconds:
+            log(f"[sweep] stopping before {bits} width {w} seed {seed}: the time limit would be passed")
+            break
         teacher, tcfg, tinfo = teachers[w]
         data = SpriteData(tcfg.sprites(), batch_size=p.batch_size, device=device)
         demo_cfg = DemoConfig(eval_size=p.eval_size, num_samples=p.samples, sample_steps=p.sample_steps, seed=seed,
@@ -204,6 +213,7 @@ def run(p: Preset, out: Path, device: torch.device, log=print) -> list[dict]:
                 "teacher": tinfo, "runs": runs, "seconds": time.perf_counter() - start,
                 "load_average": list(os.getloadavg()), "provenance": prov}
         append_line(path, line)
+        longest = max(longest, line["seconds"])
         mse = "  ".join(f"{r['label']} {r['denoise_mse']:.4f}" for r in runs)
         log(f"[sweep] {bits} width {w} seed {seed}: {mse}  ({line['seconds']:.0f} s)")
     return read_lines(path)
@@ -229,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
             _, info = get_teacher(teacher_config(p, w), device, log=print)
             print(f"teacher width {w}: {info['path']} ({'cached' if info['cached'] else 'trained'})")
         return
-    lines = run(p, out, device)
+    lines = run(p, out, device, max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     from benchmarks.quality import width_report
 
     paths = width_report.write(out, p.name, lines, command=_harness.provenance(device)["command"])
