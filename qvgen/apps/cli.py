@@ -70,8 +70,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cuda, cpu or auto = cuda when available (default)")
     p.add_argument("--cache-dir", help="teacher cache root (default: $QVGEN_CACHE or ~/.cache/qvgen)")
     p.add_argument("--retrain-teacher", action="store_true", help="rebuild the cached FP teacher")
-    p.add_argument("--qat-baseline", action="store_true",
-                   help="also distil a copy without Phi (same steps) as an ablation row")
+    p.add_argument("--qat-baseline", action=argparse.BooleanOptionalAction, default=True,
+                   help="also distil LSQ QAT (QVGen without Phi, same seed and steps) so the verdict says whether "
+                        "Phi paid off (default: on; --no-qat-baseline halves the training time)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (default 0: the cores the load average leaves free; OMP_NUM_THREADS wins)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_demo)
 
@@ -81,7 +84,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     opts = {"out": args.out, "bits": args.bits, "seed": args.seed, "device": args.device,
             "cache_dir": args.cache_dir, "retrain_teacher": args.retrain_teacher, "qat_baseline": args.qat_baseline,
-            "progress": not args.no_progress}
+            "threads": args.threads, "progress": not args.no_progress}
     for name in ("steps", "rank", "teacher_steps"):
         if getattr(args, name) is not None:
             opts[name] = getattr(args, name)

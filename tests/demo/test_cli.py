@@ -31,6 +31,11 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
         assert row["bytes"] < fp["bytes"] / 3  # packed 4-bit weights
     # The printed table and verdict carry the same numbers.
     assert re.search(r"^(YES|NO|MIXED): deployed QVGen W4A4", printed, re.M)
+    # LSQ QAT (no Phi, same seed and steps) runs by default; the verdict says whether Phi paid off.
+    lsq = rows["LSQ QAT W4A4 (deployed)"]
+    assert lsq["phi_rank"] == 0 and lsq["bytes"] == qv["bytes"] and (out / "train-lsq" / "metrics.jsonl").is_file()
+    assert re.search(r"^PHI (PAID OFF|MIXED|DID NOT PAY OFF) on this seed", printed, re.M)
+    assert f"{lsq['denoise_mse']:.6f}" in printed and "PHI" in report
     assert f"{qv['denoise_mse']:.6f}" in printed and f"{ptq['denoise_mse']:.6f}" in printed
     # The deployed model's forward speed against the FP model, measured on this machine.
     speed = re.search(r"^Deployed QVGen W4A4 forward \(\d+ clips\): ([\d.]+) ms vs FP ([\d.]+) ms fp32 \(([\d.]+)x\)",

@@ -21,6 +21,11 @@ def test_table_and_verdict():
     assert report.verdict(rows[2], rows[1], "W3A3").startswith("NO: deployed QVGen W3A3")
     mixed = dict(rows[2], psnr=20.0)
     assert report.verdict(rows[1], mixed).startswith("MIXED")
+    lsq = dict(rows[2], denoise_mse=0.0125, psnr=28.0)
+    line = report.lsq_verdict(lsq, rows[2], "W4A4", 600)
+    assert line.startswith("PHI PAID OFF on this seed") and "-20.0%" in line and "600 steps" in line
+    assert report.lsq_verdict(rows[2], lsq).startswith("PHI DID NOT PAY OFF")
+    assert report.lsq_verdict(dict(lsq, psnr=29.0), rows[2]).startswith("PHI MIXED")
 
 
 def test_clips_to_image_layout():

@@ -1,20 +1,23 @@
-"""The ``qvgen demo`` job: FP teacher -> W4A4 PTQ baseline and QVGen W4A4 QAT -> deploy -> evaluate -> report.
+"""The ``qvgen demo`` job: FP teacher -> W4A4 PTQ, LSQ QAT and QVGen W4A4 QAT -> deploy -> evaluate -> report.
 
 Steps, all offline and deterministic from ``--seed``:
   (a) the tiny Wan-architecture FP teacher, trained on moving-sprite clips or loaded from its cache;
   (b) the round-to-nearest PTQ baseline: a copy quantized with ``rank=0`` (weight calibration only), deployed;
-  (c) QVGen: a copy quantized with Phi (rank ``rank``), distilled from the teacher by ``qvgen.train`` with rank
+  (c) LSQ QAT: the same distillation (same seed, data and steps) without Phi, so the report can say whether Phi
+      paid off (``qat_baseline``, on by default);
+  (d) QVGen: a copy quantized with Phi (rank ``rank``), distilled from the teacher by ``qvgen.train`` with rank
       decay to 0, deployed with ``to_deploy`` (no Phi left), saved with ``save_quantized`` and reloaded with
       ``load_quantized`` (the reload must reproduce the outputs exactly);
-  (d) evaluation against the teacher: denoising MSE on held-out noisy clips, PSNR/SSIM of sampled clips from the
+  (e) evaluation against the teacher: denoising MSE on held-out noisy clips, PSNR/SSIM of sampled clips from the
       same noise and captions, model bytes, sampling time;
-  (e) ``report.md`` + ``samples.png`` + ``curves.png`` + ``results.json`` in the output folder, and a summary.
+  (f) ``report.md`` + ``samples.png`` + ``curves.png`` + ``results.json`` in the output folder, and a summary.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ from typing import Callable
 import torch
 
 from qvgen.apps.demo import report
+from qvgen.apps.demo.progress import Ticker, auto_threads
 from qvgen.apps.demo.metrics import EvalSet, denoising_error, make_eval_set, model_bytes, predict, psnr, ssim
 from qvgen.apps.demo.sampling import make_noise, sample_model
 from qvgen.apps.demo.speed import forward_speed, speed_line
@@ -42,7 +46,8 @@ class DemoConfig:
     (weights, quantizer scales, Phi), clip_lr: activation-clip logits; teacher_steps: FP teacher training steps;
     teacher_batch / teacher_layers: the teacher's batch size and depth;
     sample_steps / shift: the Euler sampler; num_samples: sampled clips compared; eval_size: held-out noisy clips.
-    qat_baseline: also distil a copy without Phi (plain LSQ-style QAT, same steps) as an ablation row.
+    qat_baseline: also distil a copy without Phi (plain LSQ QAT, same seed and steps): the report's verdict then
+    says whether Phi paid off. threads: torch threads (0: the cores the load leaves free, see ``auto_threads``).
     """
 
     out: str = "runs/demo"
@@ -63,7 +68,8 @@ class DemoConfig:
     device: str = "auto"
     cache_dir: str | None = None
     retrain_teacher: bool = False
-    qat_baseline: bool = False
+    qat_baseline: bool = True
+    threads: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -74,6 +80,8 @@ class DemoConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 fail("DemoConfig", name, "a positive int", repr(v))
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            fail("DemoConfig", "threads", "a non-negative int (0: automatic)", repr(self.threads))
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1 or self.rank & (
                 self.rank - 1):
             fail("DemoConfig", "rank", "a positive power of two", repr(self.rank))
@@ -117,9 +125,10 @@ def deploy(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-def distill_qvgen(student: torch.nn.Module, teacher: torch.nn.Module, data: SpriteData, cfg: DemoConfig,
+def distill_qvgen(student: torch.nn.Module, teacher: torch.nn.Module, data, cfg: DemoConfig,
                   out_dir: Path) -> Path:
-    """QVGen QAT with ``qvgen.train``: distil from the frozen teacher, rank decay to 0; returns metrics.jsonl."""
+    """QAT with ``qvgen.train``: distil from the frozen teacher, Phi (if any) decayed to rank 0; returns
+    metrics.jsonl. ``data``: the sprite data or a progress-reporting wrapper of it."""
     from qvgen.models.adapters import adapter_for
     from qvgen.train import Distiller, TrainConfig
 
@@ -183,23 +192,25 @@ def check_round_trip(model: torch.nn.Module, teacher: torch.nn.Module, path: Pat
 
 
 def _train_variants(teacher: torch.nn.Module, data: SpriteData, cfg: DemoConfig, out: Path,
-                    log: Callable[[str], None]) -> tuple[list[tuple[str, torch.nn.Module]], dict[str, Path], float]:
-    """The deployed quantized models to compare ((name, model) pairs), their metrics logs, QVGen's train time."""
+                    ticker: Ticker) -> tuple[list[tuple[str, str, torch.nn.Module]], dict[str, Path], float]:
+    """The deployed quantized models to compare ((role, name, model); role ptq / lsq / qvgen), their metrics logs
+    and QVGen's train time."""
     label = cfg.bits.upper()
-    log(f"[demo] {label} PTQ baseline (round-to-nearest weights, calibration only)")
-    models = [(f"{label} PTQ (RTN)", deploy(quantize_copy(teacher, cfg.bits, rank=0).eval()))]
+    ticker.heartbeat(f"{label} PTQ baseline (round-to-nearest weights, calibration only)")
+    models = [("ptq", f"{label} PTQ (RTN)", deploy(quantize_copy(teacher, cfg.bits, rank=0).eval()))]
     logs = {}
     if cfg.qat_baseline:
-        log(f"[demo] {label} QAT without Phi: {cfg.steps} distillation steps (ablation)")
+        ticker.heartbeat(f"LSQ QAT {label} (QVGen without Phi; same seed, data and {cfg.steps} steps)")
         plain = quantize_copy(teacher, cfg.bits, rank=0)
-        logs["QAT, no Phi"] = distill_qvgen(plain, teacher, data, cfg, out / "train-no-phi")
-        models.append((f"{label} QAT, no Phi (deployed)", deploy(plain)))
-    log(f"[demo] QVGen {label}: Phi rank {cfg.rank}, {cfg.steps} distillation steps with rank decay to 0")
+        logs["LSQ QAT"] = distill_qvgen(plain, teacher, ticker.wrap(data, "LSQ QAT", cfg.steps), cfg,
+                                        out / "train-lsq")
+        models.append(("lsq", f"LSQ QAT {label} (deployed)", deploy(plain)))
+    ticker.heartbeat(f"QVGen {label}: Phi rank {cfg.rank}, {cfg.steps} distillation steps with rank decay to 0")
     start = time.perf_counter()
     student = quantize_copy(teacher, cfg.bits, rank=cfg.rank)
-    logs["QVGen"] = distill_qvgen(student, teacher, data, cfg, out / "train")
+    logs["QVGen"] = distill_qvgen(student, teacher, ticker.wrap(data, "QVGen", cfg.steps), cfg, out / "train")
     seconds = time.perf_counter() - start
-    models.append((f"QVGen {label} (deployed)", deploy(student)))
+    models.append(("qvgen", f"QVGen {label} (deployed)", deploy(student)))
     return models, logs, seconds
 
 
@@ -213,22 +224,30 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _print) -> dict:
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    log(f"[demo] device {device}; output {out}")
+    if device.type == "cpu" and (cfg.threads or "OMP_NUM_THREADS" not in os.environ):
+        torch.set_num_threads(cfg.threads or auto_threads())  # OMP_NUM_THREADS set by the user wins over auto
+    log(f"[demo] device {device}, {torch.get_num_threads()} torch threads; output {out}")
+    ticker = Ticker(log, cfg.steps * (2 if cfg.qat_baseline else 1))
     teacher, tinfo = get_teacher(cfg.teacher(), device, cfg.cache_dir, cfg.retrain_teacher, log)
     teacher.requires_grad_(False)
     log(f"[demo] FP teacher {'loaded from' if tinfo['cached'] else 'trained and cached in'} {tinfo['path']}")
     data = SpriteData(cfg.teacher().sprites(), batch_size=cfg.batch_size, device=device)
     probe = make_probe(teacher, data, cfg, device)
-    models, logs, train_seconds = _train_variants(teacher, data, cfg, out, log)
-    round_trip = check_round_trip(models[-1][1], teacher, out / f"qvgen-{cfg.bits}", probe)
+    models, logs, train_seconds = _train_variants(teacher, data, cfg, out, ticker)
+    qvgen_model = models[-1][2]
+    round_trip = check_round_trip(qvgen_model, teacher, out / f"qvgen-{cfg.bits}", probe)
     log(f"[demo] {round_trip}")
 
-    rows, samples = [], {}
-    for name, model in [("FP teacher", teacher), *models]:
+    rows, samples, by_role = [], {}, {}
+    for role, name, model in [("fp", "FP teacher", teacher), *models]:
+        ticker.heartbeat(f"evaluating {name}")
         row, samples[name.split(" (")[0]] = evaluate(name, model, probe, cfg)
         rows.append(row)
-    summary = report.verdict(rows[1], rows[-1], cfg.bits.upper())
-    speed = forward_speed(teacher, models[-1][1], probe.ev, device)
+        by_role[role] = row
+    summary = report.verdict(by_role["ptq"], by_role["qvgen"], cfg.bits.upper())
+    if "lsq" in by_role:
+        summary += "\n" + report.lsq_verdict(by_role["lsq"], by_role["qvgen"], cfg.bits.upper(), cfg.steps)
+    speed = forward_speed(teacher, qvgen_model, probe.ev, device)
     summary += "\n" + speed_line(speed, f"QVGen {cfg.bits.upper()}")
     report.save_sample_grid(out / "samples.png", samples, probe.captions)
     report.save_curves(out / "curves.png", {k: report.read_metrics_jsonl(p) for k, p in logs.items()},
@@ -236,8 +255,11 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = _print) -> dict:
     settings = {**{k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"},
                 "device": str(device), "teacher cache": tinfo["path"], "teacher cached": tinfo["cached"],
                 "QVGen training seconds": round(train_seconds, 1), "round trip": round_trip,
+                "torch threads": torch.get_num_threads(),
+                "expected seconds (after the first steps)": None if ticker.expected is None else round(ticker.expected),
                 "forward ms (fp32 / bf16 / deployed)": " / ".join(f"{v:.2f}" for v in speed["ms"].values()),
-                "total seconds": round(time.perf_counter() - t0, 1)}
+                "total seconds": round(time.perf_counter() - t0, 1),
+                "load average at the end (1 / 5 / 15 min)": " / ".join(f"{v:.1f}" for v in os.getloadavg())}
     path = report.write_report(out, rows, summary, settings,
                                {"sampled clips (" + " | ".join(samples) + ")": "samples.png",
                                 "training curves": "curves.png"})

@@ -54,6 +54,24 @@ def verdict(ptq: dict, qvgen: dict, label: str = "W4A4") -> str:
             f"sample PSNR {_fmt('{:.2f}', qvgen['psnr'])} dB vs {_fmt('{:.2f}', ptq['psnr'])} dB).")
 
 
+def lsq_verdict(lsq: dict, qvgen: dict, label: str = "W4A4", steps: int | None = None) -> str:
+    """One plain sentence: did Phi pay off? Deployed QVGen against LSQ QAT (QVGen without Phi) trained on the same
+    seed, data and steps; a single seed, so it points to the paired multi-seed study for the interval."""
+    rel = 100.0 * (qvgen["denoise_mse"] - lsq["denoise_mse"]) / lsq["denoise_mse"]
+    better_psnr = qvgen["psnr"] > lsq["psnr"]
+    if rel < 0 and better_psnr:
+        head = f"PHI PAID OFF on this seed: deployed QVGen {label} is closer to the FP teacher than LSQ QAT {label}"
+    elif rel < 0 or better_psnr:
+        head = f"PHI MIXED on this seed: deployed QVGen {label} beats LSQ QAT {label} on one metric only"
+    else:
+        head = f"PHI DID NOT PAY OFF on this seed: LSQ QAT {label} (no Phi) is as close or closer to the FP teacher"
+    same = f"same seed, data and {steps} steps" if steps else "same seed, data and steps"
+    return (f"{head} (denoising MSE {qvgen['denoise_mse']:.6f} vs {lsq['denoise_mse']:.6f}, {rel:+.1f}%; sample "
+            f"PSNR {_fmt('{:.2f}', qvgen['psnr'])} dB vs {_fmt('{:.2f}', lsq['psnr'])} dB; {same}). One seed "
+            f"cannot separate a gap of a few percent from seed noise: benchmarks/results/quality.md compares them "
+            f"over paired seeds and model widths.")
+
+
 def clips_to_image(clips: Sequence[torch.Tensor], gap: int = 2) -> torch.Tensor:
     """Tile clips (each (B, 3, F, H, W) in [-1, 1]) into one (rows*H', cols*W', 3) image in [0, 1].
 
@@ -77,7 +95,7 @@ def clips_to_image(clips: Sequence[torch.Tensor], gap: int = 2) -> torch.Tensor:
 
 
 def save_sample_grid(path: Path, clips: dict[str, torch.Tensor], captions: Sequence[str]) -> None:
-    """PNG: one row per sample, the named clips side by side (e.g. FP | PTQ | QVGen), frames left to right."""
+    """PNG: one row per sample, the named clips side by side (e.g. FP | PTQ | LSQ | QVGen), frames left to right."""
     from matplotlib.figure import Figure
 
     names = list(clips)
