@@ -186,10 +186,10 @@ at hand cannot tell it from LSQ. The per-study sections below say why (convergen
 
 CAVEATS = """\
 How to read this at this scale (fixed text; every number above is generated from the study JSONs):
-- The teacher is the shipped demo teacher: a 4-layer Wan-architecture DiT (hidden width 64, FFN 128) on 16x16x8
+- The studies above the width sweep use the shipped demo teacher: a 4-layer Wan-architecture DiT (hidden width 64, FFN 128) on 16x16x8
   sprite clips, trained for 1.6k steps on CPU (`python -m qvgen.apps.demo.teacher`). The paper's regime (1.3B-14B
-  parameters, thousands of steps on 8 GPUs) is far away; the GPU-sized study in benchmarks/gpu_suite.sh (8 layers,
-  width 512) is the next step up.
+  parameters, thousands of steps on 8 GPUs) is far away; the width sweep (its own teachers, widths 64-256, and a
+  GPU slice at width 512) asks how the answer moves with width.
 - Phi's rank is scaled to the width as in the paper (rank 32 on 1536-5120 wide layers is 0.6-2%): the power of two
   nearest 2% of the width, at least 2, i.e. rank 2 on 64-wide layers (3%). Higher ranks hold most of a narrow
   layer's weight error and answer another question.

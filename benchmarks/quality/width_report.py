@@ -222,15 +222,15 @@ def section(summary: dict, name: str) -> list[str]:
 
 
 def write(results: Path, name: str, lines: Sequence[dict], command: str = "") -> list[Path]:
-    """``<name>.json`` (statistics) and ``<name>.png`` from the lines, then ``quality.md`` regenerated."""
+    """``<name>.json`` (statistics) and ``<name>.png`` from the lines (``report.write_markdown`` then puts them
+    into quality.md)."""
     from benchmarks import _harness
-    from benchmarks.quality import report
 
     summary = summarize(lines, command)
     js = _harness.write_json(results / f"{name}.json", summary)
     png = results / f"{name}.png"
     plot(png, summary)
-    return [js, png, report.write_markdown(results)]
+    return [js, png]
 
 
 def sections(results: Path) -> list[str]:

@@ -4,6 +4,7 @@
     python -m benchmarks.quality.width_sweep                   # the CPU preset (resumes where it stopped)
     python -m benchmarks.quality.width_sweep --preset gpu      # the GPU-sized slice (one <= 8-minute command)
     python -m benchmarks.quality.width_sweep --dry-run         # print the plan, run nothing
+    python -m benchmarks.quality.width_sweep --report-only     # json, png and quality.md from the lines present
 
 Teachers of every width share depth, data and recipe (the demo teacher's architecture, heads x 32 wide, FFN twice
 the width); each is trained once and cached (``$QVGEN_CACHE`` or ``~/.cache/qvgen``, keyed by its config). At every
@@ -163,6 +164,8 @@ def _parse(argv):
     ap.add_argument("--bits", nargs="+", default=None, help="override the preset's bit settings")
     ap.add_argument("--teachers-only", action="store_true", help="train and cache the teachers, then stop")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    ap.add_argument("--report-only", action="store_true",
+                    help="regenerate <name>.json, .png and quality.md from the lines present, run nothing")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-minutes", type=float, default=None,
@@ -239,10 +242,18 @@ def main(argv: list[str] | None = None) -> None:
             _, info = get_teacher(teacher_config(p, w), device, log=print)
             print(f"teacher width {w}: {info['path']} ({'cached' if info['cached'] else 'trained'})")
         return
-    lines = run(p, out, device, max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
-    from benchmarks.quality import width_report
+    if args.report_only:
+        lines = read_lines(out / f"{p.name}.jsonl")
+        pending(p, lines)  # refuses lines of another configuration
+    else:
+        lines = run(p, out, device, max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+    if not lines:
+        print(f"no finished jobs in {out / (p.name + '.jsonl')}")
+        return
+    from benchmarks.quality import report, width_report
 
-    paths = width_report.write(out, p.name, lines, command=_harness.provenance(device)["command"])
+    paths = width_report.write(out, p.name, lines, command=lines[0]["provenance"]["command"])
+    paths.append(report.write_markdown(out))
     print("wrote " + ", ".join(str(x) for x in paths))
 
 

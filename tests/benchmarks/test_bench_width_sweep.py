@@ -88,3 +88,15 @@ def test_tiny_sweep_resumes(tmp_path, monkeypatch):
     assert len(ws.run(more, tmp_path, torch.device("cpu"), log=lambda s: None, max_seconds=0.0)) == 1  # no time
     lines = ws.run(more, tmp_path, torch.device("cpu"), log=lambda s: None)
     assert [(ln["width"], ln["seed"]) for ln in lines] == [(32, 0), (32, 1)]  # seed 0 not rerun
+
+
+def test_report_only_from_lines(tmp_path, capsys):
+    ws.main(["--preset", "tiny", "--report-only", "--out", str(tmp_path)])
+    assert "no finished jobs" in capsys.readouterr().out
+    p = ws.PRESETS["tiny"]
+    for s, q in enumerate((0.009, 0.0095)):
+        ws.append_line(tmp_path / f"{p.name}.jsonl", _line(p, "w3a3", 32, s, q))
+    ws.main(["--preset", "tiny", "--report-only", "--out", str(tmp_path)])
+    md = (tmp_path / "quality.md").read_text()
+    assert "## Width sweep (width_sweep_tiny)" in md and (tmp_path / "width_sweep_tiny.png").is_file()
+    assert json.loads((tmp_path / "width_sweep_tiny.json").read_text())["jobs"] == 2
