@@ -16,7 +16,9 @@ load from other processes hits all of them alike):
                         beforehand
     reference           ``ops.lowbit_linear(backend="reference")`` (pure torch; M <= 256 at the Wan-1.3B and
                         CogVideoX shapes only: it is slow)
-Ratios are bf16 time / provider time (> 1: faster than bf16). TOPS = 2MNK / time.
+Ratios are bf16 time / provider time (> 1: faster than bf16). TOPS = 2MNK / time. The memory table counts every
+byte each deployed layer holds (its layout included); the small-call table times a 4x64x48 layer against
+``nn.Linear`` (per-call overhead).
 Writes ``benchmarks/results/cpu/linear_bench.{json,png,md}``.
 """
 
@@ -60,12 +62,12 @@ def cpu_identity() -> dict[str, Any]:
     return info
 
 
-def shapes(smoke: bool, m_values: tuple[int, ...]) -> list[kc.LayerShape]:
+def shapes(smoke: bool, m_values: tuple[int, ...], models: tuple[str, ...] = MODELS) -> list[kc.LayerShape]:
     if smoke:
         return [kc.LayerShape("tiny", "linear", 33, 64, 48), kc.LayerShape("tiny", "k1", 5, 1, 24)]
     out = []
     for m in m_values:
-        for name in MODELS:
+        for name in models:
             out += [kc.LayerShape(name, sh.layer, m, sh.k, sh.n) for sh in kc.model_layers(name)
                     if sh.layer != "cross_kv"]
     return out
@@ -105,9 +107,9 @@ def providers(sh: kc.LayerShape, gen: torch.Generator, smoke: bool) -> dict[str,
         packed, one = layer._packed, torch.ones(1)
         tag = f"w{w_bits}a{a_bits}"
         out[tag] = lambda layer=layer: layer(xb)
-        q = torch.ops.qvgen_ext.int8_quantize(xb, a_bits, 1, packed.tensors[0].shape[1], one, one)
-        out[f"{tag}:gemm"] = lambda q=q, p=packed, lb=layer.bias: torch.ops.qvgen_ext.int8_gemm(
-            *q, *p.tensors, lb, w_bits, k, False, torch.bfloat16)
+        q = torch.ops.qvgen_ext.int8_quantize(xb, a_bits, 1, max(k, 2), one, one)
+        out[f"{tag}:gemm"] = lambda q=q, p=packed, lb=layer.bias, wb=w_bits: torch.ops.qvgen_ext.int8_gemm(
+            *q, *p.tensors, lb, wb, k, False, torch.bfloat16)
         if tag == "w4a4" and (smoke or (m <= 256 and k * n <= 1536 * 8960)):
             args = (layer.w_packed, layer.w_scale, layer.w_zero, layer.bias)
             out["reference"] = lambda args=args: ops.lowbit_linear(xb, *args, backend="reference")
@@ -134,10 +136,15 @@ def bench_shape(sh: kc.LayerShape, repeats: int, smoke: bool) -> list[dict[str, 
 
 
 def memory_row(k: int, n: int) -> dict[str, Any]:
-    """Bytes of one layer's weights: bf16, the 4-bit checkpoint codes, the int8 layout the CPU runs on."""
-    layer = _deployed(k, n, 4, 4, torch.Generator().manual_seed(0))
-    return {"k": k, "n": n, "bf16_bytes": 2 * n * k, "w4_checkpoint_bytes": layer.w_packed.numel(),
-            "cpu_int8_layout_bytes": layer._packed.nbytes}
+    """Bytes of one deployed layer: every byte it holds (codes, scales, zero points, clips, bias, and the layout
+    the CPU runs on, each storage once: ``model_bytes``) per format, beside the bf16 weight and bias."""
+    from qvgen.apps.demo.metrics import model_bytes
+    row: dict[str, Any] = {"k": k, "n": n, "bf16_bytes": 2 * n * k + 2 * n}
+    for w_bits, a_bits in BITS:
+        layer = _deployed(k, n, w_bits, a_bits, torch.Generator().manual_seed(0))
+        row[f"w{w_bits}a{a_bits}_bytes"] = model_bytes(layer)
+        row[f"w{w_bits}a{a_bits}_layout_bytes"] = layer._packed.nbytes
+    return row
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -157,12 +164,45 @@ def markdown(doc: dict[str, Any]) -> str:
     for label, rs in by_shape.items():
         cells = [f"{rs[p]['ms']:.3g} ms ({rs[p]['vs_bf16']:.2f}×)" if p in rs else "" for p in names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "Weight memory per layer (W4A4):", "", "| K×N | bf16 | 4-bit checkpoint | cpu_int8 layout |",
-              "|---|---|---|---|"]
+    tags = [f"w{w}a{a}" for w, a in BITS]
+    lines += ["", "Memory per layer, every byte the deployed layer holds (codes, constants, bias, the layout it runs "
+              "on; each storage once) and its ratio to the bf16 layer:", "",
+              "| K×N | bf16 | " + " | ".join(tags) + " |", "|---" * (len(tags) + 2) + "|"]
     for mrow in doc["memory"]:
-        lines.append(f"| {mrow['k']}×{mrow['n']} | {mrow['bf16_bytes']:,} | {mrow['w4_checkpoint_bytes']:,} | "
-                     f"{mrow['cpu_int8_layout_bytes']:,} |")
+        cells = [f"{mrow[t + '_bytes']:,} ({mrow[t + '_bytes'] / mrow['bf16_bytes']:.3f}×)" for t in tags]
+        lines.append(f"| {mrow['k']}×{mrow['n']} | {mrow['bf16_bytes']:,} | " + " | ".join(cells) + " |")
+    if doc.get("small_call"):
+        lines += ["", "Small calls (M×K×N = 4×64×48, `torch.no_grad`, one thread; µs per call, best of "
+                  f"{doc['small_call']['rounds']} rounds of {doc['small_call']['calls']} calls):", "",
+                  "| dtype | nn.Linear | deployed W4A4 | ratio |", "|---|---|---|---|"]
+        for r in doc["small_call"]["rows"]:
+            lines.append(f"| {r['dtype']} | {r['linear_us']:.2f} | {r['deployed_us']:.2f} | {r['ratio']:.2f}× |")
     return "\n".join(lines) + "\n"
+
+
+def small_call(rounds: int, calls: int) -> dict[str, Any]:
+    """Per-call time of a tiny deployed layer against nn.Linear (Python dispatch, checks and the op's fixed costs
+    dominate): M = 4, K = 64, N = 48, best of ``rounds`` x ``calls`` calls, the two interleaved per round."""
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        cfg = qvgen.QuantConfig.preset("w4a4", rank=0, clip_groups=1)
+        q = qvgen.QLinear.from_linear(torch.nn.Linear(64, 48), cfg)
+        layer = q.to_deploy().to(dtype)
+        lin = torch.nn.Linear(64, 48).to(dtype)
+        x = torch.randn(4, 64, generator=gen).to(dtype)
+        best = {"linear": float("inf"), "deployed": float("inf")}
+        with torch.no_grad():
+            for _ in range(rounds):
+                for name, f in (("linear", lin), ("deployed", layer)):
+                    f(x)
+                    t0 = time.perf_counter()
+                    for _ in range(calls):
+                        f(x)
+                    best[name] = min(best[name], (time.perf_counter() - t0) / calls)
+        rows.append({"dtype": str(dtype).replace("torch.", ""), "linear_us": best["linear"] * 1e6,
+                     "deployed_us": best["deployed"] * 1e6, "ratio": best["deployed"] / best["linear"]})
+    return {"rounds": rounds, "calls": calls, "rows": rows}
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -180,20 +220,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repeats", type=int, default=5, help="rounds; the best time of each provider is kept")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--m", type=int, nargs="+", default=list(M_VALUES), help="token counts M")
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="models whose shapes to run")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = 1 if args.smoke else args.repeats
     rows = []
-    for sh in shapes(args.smoke, tuple(args.m)):
+    for sh in shapes(args.smoke, tuple(args.m), tuple(args.models)):
         shape_rows = bench_shape(sh, repeats, args.smoke)
         rows += shape_rows
         print(f"{sh.label}: " + ", ".join(f"{r['provider']} {r['vs_bf16']:.2f}x" for r in shape_rows
                                           if r["provider"] != "bf16"), flush=True)
-    mem = [memory_row(sh.k, sh.n) for sh in shapes(args.smoke, (1,))]
+    mem = [memory_row(sh.k, sh.n) for sh in shapes(args.smoke, (1,), tuple(args.models))]
+    small = small_call(1 if args.smoke else 5, 20 if args.smoke else 2000)
+    print("small calls (4x64x48): " + ", ".join(f"{r['dtype']} {r['deployed_us']:.1f} us vs nn.Linear "
+                                                 f"{r['linear_us']:.1f} us ({r['ratio']:.2f}x)" for r in small["rows"]))
     doc = {"provenance": _harness.provenance(torch.device("cpu")), "cpu": cpu_identity(), "repeats": repeats,
-           "rows": rows, "memory": mem}
+           "rows": rows, "memory": mem, "small_call": small}
     stem = "linear_bench_smoke" if args.smoke else "linear_bench"
     args.out.mkdir(parents=True, exist_ok=True)
     _harness.write_json(args.out / f"{stem}.json", doc)

@@ -2,6 +2,7 @@
 // engine.
 //
 //   x [M, K] --(one pass: per-token quantize, row sums, non-finite check)--> int8 a' [M, K]
+//   codes [N, K] --(per column block: unpack to int8 w' in cache)--> w'
 //   a' @ w'^T --(at::_int_mm: oneDNN s8 x s8 -> s32, AMX or AVX512-VNNI)--> int32 [M, N] per group
 //   int32 --(one pass: format integer, scales, zero point, bias, cast)--> out [M, N]
 // Weights come prepacked by qvgen_kernels (w' = q_w - c_w as int8 [N, K], and group-major column sums
@@ -21,6 +22,9 @@ DType tag_of(at::ScalarType s) {
 }
 
 constexpr int64_t kTileRows = 2048, kTileBytes = 4 << 20;  // int32 products per engine call
+// Unpacked int8 weights per column block: 4 MB (in L3) measured ahead of 0.5-2 MB at K = 8960 and M = 2048 (fewer,
+// wider engine calls) and level with them at M = 16.
+constexpr int64_t kScratchBytes = 4 << 20, kMinTileCols = 64;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -73,17 +77,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> int8_quantize(const a
   return {a, scale, rowsum, offset};
 }
 
-// The quantized activations of int8_quantize times the prepacked weights -> out [M, N] of out_dtype.
+// Columns of weights per engine call: the int8 operand of the column block (unpacked from the codes at rest) and
+// the int32 products of one row tile both stay within a few MB of cache.
+int64_t tile_cols(int64_t n, int64_t tm, int64_t k_gemm) {
+  const int64_t budget = std::min(kTileBytes / (4 * tm), kScratchBytes / k_gemm);
+  return std::min<int64_t>(n, std::max<int64_t>(kMinTileCols, budget / 16 * 16));
+}
+
+// The quantized activations of int8_quantize times the weights at rest -> out [M, N] of out_dtype.
 at::Tensor int8_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& a_rowsum,
-                     const at::Tensor& a_offset, const at::Tensor& w_int8, const at::Tensor& w_colsum,
+                     const at::Tensor& a_offset, const at::Tensor& w_packed, const at::Tensor& w_colsum,
                      const at::Tensor& w_scale, const at::Tensor& w_zero, const std::optional<at::Tensor>& bias,
                      int64_t w_bits, int64_t k, bool grouped, at::ScalarType out_dtype) {
   constexpr const char* op = "qvgen_ext::int8_gemm";
-  const int64_t m = a.size(0), k_gemm = a.size(1), n = w_int8.size(0), groups = w_colsum.size(0);
-  // K = 1 is stored padded to 2 columns: oneDNN's s8 GEMM returns wrong sums for K = 1 and N > 1.
-  TORCH_CHECK_VALUE(a.dim() == 2 && w_int8.dim() == 2 && w_int8.size(1) == k_gemm && k_gemm == std::max<int64_t>(k, 2),
-                    op, ": expected a [M, max(K, 2)] and w_int8 [N, max(K, 2)] with K=", k, ", got ", a.sizes(),
-                    " and ", w_int8.sizes());
+  const int64_t m = a.size(0), k_gemm = a.size(1), n = w_packed.size(0), groups = w_colsum.size(0);
+  TORCH_CHECK_VALUE(w_bits == 3 || w_bits == 4 || w_bits == 8, op, ": expected w_bits 3, 4 or 8, got ", w_bits);
+  // K = 1 runs as K = 2 with a zero column: oneDNN's s8 GEMM returns wrong sums for K = 1 and N > 1.
+  TORCH_CHECK_VALUE(a.dim() == 2 && w_packed.dim() == 2 && w_packed.scalar_type() == at::kByte &&
+                        w_packed.size(1) == packed_width(k, static_cast<int>(w_bits)) &&
+                        k_gemm == std::max<int64_t>(k, 2),
+                    op, ": expected a [M, max(K, 2)] and uint8 w_packed [N, packed_width(K, w_bits)] with K=", k,
+                    ", got ", a.sizes(), " and ", w_packed.sizes(), " ", w_packed.scalar_type());
   TORCH_CHECK_VALUE(w_colsum.dim() == 2 && w_colsum.size(1) == n && groups >= 1 && k % groups == 0 &&
                         w_scale.numel() == groups * n && w_zero.numel() == groups * n &&
                         a_rowsum.numel() == m * groups && a_scale.numel() == m && a_offset.numel() == m,
@@ -93,51 +107,74 @@ at::Tensor int8_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::T
   at::Tensor out = at::empty({m, n}, a.options().dtype(out_dtype));
   if (a.is_meta() || m == 0 || n == 0) return out;
   const auto opts = a.options();
-  const at::Tensor aq = a.contiguous(), wq = w_int8.contiguous();
+  const at::Tensor aq = a.contiguous(), wp = w_packed.contiguous();
   const at::Tensor as = a_scale.contiguous(), ar = a_rowsum.contiguous(), ao = a_offset.contiguous();
   const at::Tensor cs = w_colsum.contiguous(), ws = w_scale.contiguous(), wz = w_zero.contiguous();
   const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const int64_t gs = k / groups, gs_gemm = k_gemm / groups;  // k_gemm > k only with one group
-  // Output tiles of up to kTileRows rows and a few MB of int32, column-major order, one after the other:
-  // each engine call parallelises itself (a call inside at::parallel_for would nest thread pools), the
-  // epilogue runs over the tile while its int32 products are still in cache (a whole [M, N] int32 buffer
-  // would go through DRAM), and each weight column block is prepared by the engine once per kTileRows
-  // rows (the engine re-lays-out its B operand on every call). Few, large tiles also keep the number of
-  // parallel regions per call small: each is a barrier that a busy core delays.
+  // Output tiles of up to kTileRows rows x tn columns, column block by column block: each block's int8 weights
+  // are unpacked once into a cache-sized buffer and serve every row tile; each engine call parallelises itself
+  // (a call inside at::parallel_for would nest thread pools), and the epilogue runs over the tile while its
+  // int32 products are still in cache (a whole [M, N] int32 buffer would go through DRAM). Few, large tiles
+  // keep the number of parallel regions per call small: each is a barrier that a busy core delays.
   const int64_t tm = std::min<int64_t>(m, kTileRows), mt = ceil_div(m, tm);
-  const int64_t tn = std::min<int64_t>(n, std::max<int64_t>(64, kTileBytes / (4 * tm) / 16 * 16));
-  const int64_t nt = ceil_div(n, tn);
+  const int64_t tn = tile_cols(n, tm, k_gemm), nt = ceil_div(n, tn);
   const bool with_partial = grouped && groups > 1;
   at::Tensor acc_buf = at::empty({tm * tn}, opts.dtype(at::kInt));
+  at::Tensor w_buf = at::empty({tn, k_gemm}, opts.dtype(at::kChar));
   at::Tensor part_buf = with_partial ? at::empty({tm * tn}, opts.dtype(at::kFloat)) : at::Tensor();
-  for (int64_t t = 0; t < mt * nt; ++t) {
-    const int64_t m0 = (t % mt) * tm, n0 = (t / mt) * tn;
-    const int64_t rows = std::min(tm, m - m0), cols = std::min(tn, n - n0);
-    at::Tensor acc = acc_buf.narrow(0, 0, rows * cols).view({rows, cols});
-    for (int64_t g = 0; g < groups; ++g) {
-      at::_int_mm_out(acc, aq.narrow(0, m0, rows).narrow(1, g * gs_gemm, gs_gemm),
-                      wq.narrow(0, n0, cols).narrow(1, g * gs_gemm, gs_gemm).t());
-      int8::EpilogueArgs e{acc.data_ptr<int32_t>(), as.data_ptr<float>(), ar.data_ptr<int32_t>(),
-                           ao.data_ptr<int32_t>(), cs.data_ptr<int32_t>(), ws.data_ptr<float>(),
-                           wz.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr, n, groups, g, gs,
-                           m0, n0, n0 + cols, cols, w_bits == 8 ? 128 : 0, grouped,
-                           with_partial ? part_buf.data_ptr<float>() : nullptr, out.data_ptr(),
-                           tag_of(out.scalar_type())};
-      at::parallel_for(m0, m0 + rows, grain(cols), [&](int64_t r0, int64_t r1) { int8::epilogue_rows(e, r0, r1); });
+  for (int64_t jt = 0; jt < nt; ++jt) {
+    const int64_t n0 = jt * tn, cols = std::min(tn, n - n0);
+    const int8::UnpackArgs u{wp.data_ptr<uint8_t>() + n0 * wp.size(1), wp.size(1), static_cast<int>(w_bits), k,
+                             w_buf.data_ptr<int8_t>(), k_gemm};
+    at::parallel_for(0, cols, grain(k_gemm), [&](int64_t r0, int64_t r1) { int8::unpack_weight_rows(u, r0, r1); });
+    const at::Tensor wt = w_buf.narrow(0, 0, cols);
+    for (int64_t it = 0; it < mt; ++it) {
+      const int64_t m0 = it * tm, rows = std::min(tm, m - m0);
+      at::Tensor acc = acc_buf.narrow(0, 0, rows * cols).view({rows, cols});
+      for (int64_t g = 0; g < groups; ++g) {
+        at::_int_mm_out(acc, aq.narrow(0, m0, rows).narrow(1, g * gs_gemm, gs_gemm),
+                        wt.narrow(1, g * gs_gemm, gs_gemm).t());
+        int8::EpilogueArgs e{acc.data_ptr<int32_t>(), as.data_ptr<float>(), ar.data_ptr<int32_t>(),
+                             ao.data_ptr<int32_t>(), cs.data_ptr<int32_t>(), ws.data_ptr<float>(),
+                             wz.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr, n, groups, g, gs,
+                             m0, n0, n0 + cols, cols, w_bits == 8 ? 128 : 0, grouped,
+                             with_partial ? part_buf.data_ptr<float>() : nullptr, out.data_ptr(),
+                             tag_of(out.scalar_type())};
+        at::parallel_for(m0, m0 + rows, grain(cols), [&](int64_t r0, int64_t r1) { int8::epilogue_rows(e, r0, r1); });
+      }
     }
   }
   return out;
 }
 
-at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w_int8, const at::Tensor& w_colsum,
+// Test hook: the int8 operand w' = q - c_w [N, k_out] (columns past K zero) unpacked from the codes at rest.
+at::Tensor int8_unpack_weight(const at::Tensor& w_packed, int64_t w_bits, int64_t k, int64_t k_out) {
+  TORCH_CHECK_VALUE((w_bits == 3 || w_bits == 4 || w_bits == 8) && k >= 1 && k_out >= k && w_packed.dim() == 2 &&
+                        w_packed.scalar_type() == at::kByte &&
+                        w_packed.size(1) == packed_width(k, static_cast<int>(w_bits)),
+                    "qvgen_ext::int8_unpack_weight: expected uint8 w_packed [N, packed_width(K, w_bits)], w_bits in"
+                    " (3, 4, 8), k_out >= K >= 1, got ", w_packed.sizes(), " ", w_packed.scalar_type(), ", w_bits=",
+                    w_bits, ", K=", k, ", k_out=", k_out);
+  at::Tensor out = at::empty({w_packed.size(0), k_out}, w_packed.options().dtype(at::kChar));
+  if (w_packed.is_meta() || out.numel() == 0) return out;
+  const at::Tensor wp = w_packed.contiguous();
+  const int8::UnpackArgs u{wp.data_ptr<uint8_t>(), wp.size(1), static_cast<int>(w_bits), k, out.data_ptr<int8_t>(),
+                           k_out};
+  at::parallel_for(0, wp.size(0), grain(k_out), [&](int64_t r0, int64_t r1) { int8::unpack_weight_rows(u, r0, r1); });
+  return out;
+}
+
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_colsum,
                        const at::Tensor& w_scale, const at::Tensor& w_zero, const std::optional<at::Tensor>& bias,
                        int64_t w_bits, int64_t a_bits, bool grouped, const at::Tensor& clip_lo,
                        const at::Tensor& clip_hi) {
-  TORCH_CHECK_VALUE(x.dim() == 2 && w_int8.dim() == 2 && w_colsum.dim() == 2, "qvgen_ext::int8_linear: expected x [M, K],"
-                    " w_int8 [N, max(K, 2)], w_colsum [G, N], got ", x.sizes(), ", ", w_int8.sizes(), ", ",
-                    w_colsum.sizes());
-  const auto [a, scale, rowsum, offset] = int8_quantize(x, a_bits, w_colsum.size(0), w_int8.size(1), clip_lo, clip_hi);
-  return int8_gemm(a, scale, rowsum, offset, w_int8, w_colsum, w_scale, w_zero, bias, w_bits, x.size(1), grouped,
+  TORCH_CHECK_VALUE(x.dim() == 2 && w_packed.dim() == 2 && w_colsum.dim() == 2, "qvgen_ext::int8_linear: expected x"
+                    " [M, K], w_packed [N, packed_width(K, w_bits)], w_colsum [G, N], got ", x.sizes(), ", ",
+                    w_packed.sizes(), ", ", w_colsum.sizes());
+  const int64_t k_gemm = std::max<int64_t>(x.size(1), 2);
+  const auto [a, scale, rowsum, offset] = int8_quantize(x, a_bits, w_colsum.size(0), k_gemm, clip_lo, clip_hi);
+  return int8_gemm(a, scale, rowsum, offset, w_packed, w_colsum, w_scale, w_zero, bias, w_bits, x.size(1), grouped,
                    x.scalar_type());
 }
 
@@ -150,9 +187,10 @@ bool int8_set_simd(bool enabled) { return int8::set_simd(enabled); }
 TORCH_LIBRARY_FRAGMENT(qvgen_ext, m) {
   m.def("int8_quantize(Tensor x, int a_bits, int groups, int k_gemm, Tensor clip_lo, Tensor clip_hi)"
         " -> (Tensor a, Tensor scale, Tensor rowsum, Tensor offset)");
-  m.def("int8_gemm(Tensor a, Tensor a_scale, Tensor a_rowsum, Tensor a_offset, Tensor w_int8, Tensor w_colsum,"
+  m.def("int8_gemm(Tensor a, Tensor a_scale, Tensor a_rowsum, Tensor a_offset, Tensor w_packed, Tensor w_colsum,"
         " Tensor w_scale, Tensor w_zero, Tensor? bias, int w_bits, int k, bool grouped, ScalarType out_dtype) -> Tensor");
-  m.def("int8_linear(Tensor x, Tensor w_int8, Tensor w_colsum, Tensor w_scale, Tensor w_zero, Tensor? bias,"
+  m.def("int8_unpack_weight(Tensor w_packed, int w_bits, int k, int k_out) -> Tensor");
+  m.def("int8_linear(Tensor x, Tensor w_packed, Tensor w_colsum, Tensor w_scale, Tensor w_zero, Tensor? bias,"
         " int w_bits, int a_bits, bool grouped, Tensor clip_lo, Tensor clip_hi) -> Tensor");
   m.def("int8_set_simd(bool enabled) -> bool", &qvgen::int8_set_simd);
 }
@@ -160,6 +198,7 @@ TORCH_LIBRARY_FRAGMENT(qvgen_ext, m) {
 #define QVGEN_INT8_IMPLS(m)                         \
   m.impl("int8_quantize", &qvgen::int8_quantize); \
   m.impl("int8_gemm", &qvgen::int8_gemm);         \
+  m.impl("int8_unpack_weight", &qvgen::int8_unpack_weight); \
   m.impl("int8_linear", &qvgen::int8_linear)
 
 TORCH_LIBRARY_IMPL(qvgen_ext, CPU, m) { QVGEN_INT8_IMPLS(m); }

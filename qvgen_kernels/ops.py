@@ -316,7 +316,9 @@ class PackedLinear:
 
     Made once (at load) by ``prepack_linear``; ``prepacked_linear`` then runs the layer with no per-call
     weight work. The backend is fixed at prepack time (its layout is its own); ``nbytes`` is the memory
-    the layout holds (the int8 CPU layout holds one byte per weight, the tensor-core layout keeps 4 bits).
+    the layout holds, every byte of every tensor (the CPU layout is the checkpoint codes themselves plus column
+    sums; the tensor-core layout holds 4 bits per weight, 8 at W8), and ``checkpoint_codes`` derives the
+    checkpoint codes from it, so that a layer needs to hold nothing else.
     """
 
     __slots__ = ("backend", "w_bits", "a_bits", "k", "n", "tensors", "_run", "_one")
@@ -342,6 +344,16 @@ class PackedLinear:
     def __repr__(self) -> str:
         return (f"PackedLinear(backend={self.backend!r}, W{self.w_bits}A{self.a_bits}, k={self.k}, n={self.n}, "
                 f"nbytes={self.nbytes})")
+
+
+def checkpoint_codes(packed: PackedLinear) -> Tensor:
+    """The checkpoint codes ``w_packed`` (uint8 ``[N, packed_width(k, w_bits)]``, the DESIGN.md format) of a
+    prepacked layout, exactly: on the CPU the layout's own tensor (no copy), on CUDA unpacked from the
+    tensor-core layout. What a deployed layer saves."""
+    if not isinstance(packed, PackedLinear):
+        fail("checkpoint_codes", "packed", "a PackedLinear (from prepack_linear)", type(packed).__name__, TypeError)
+    impl = registry.resolve("checkpoint_codes", packed.device, packed.backend)[1]
+    return impl(packed.tensors, packed.w_bits, packed.a_bits, packed.k, packed.n)
 
 
 def _opaque_prepacked(backend, x, tensors, bias, w_bits, a_bits, k, n, lo, hi):
@@ -410,4 +422,4 @@ def _fast_clip(op: str, arg: str, clip: Clip, x: Tensor, packed: PackedLinear) -
     return _clip(op, arg, clip, x, torch.float32)
 
 
-__all__ += ["PackedLinear", "prepack_linear", "prepacked_linear"]
+__all__ += ["PackedLinear", "checkpoint_codes", "prepack_linear", "prepacked_linear"]

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstring>
 
+#include "qvgen/pack.h"
 #include "qvgen/quant.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -137,6 +138,22 @@ void epilogue_row_scalar(const EpilogueArgs& e, int64_t r) {
   }
 }
 
+// ---- weight unpack ------------------------------------------------------------------------------
+
+void unpack_row_scalar(const UnpackArgs& u, int64_t r) {
+  const uint8_t* row = u.packed + r * u.packed_stride;
+  int8_t* out = u.out + r * u.out_stride;
+  const int c_w = u.bits == 8 ? 128 : 0;
+  uint8_t c[kUnit];
+  for (int64_t unit = 0; unit < num_units(u.k); ++unit) {
+    unpack_unit(row, u.bits, unit, u.k, c);
+    for (int i = 0; i < kUnit && unit * kUnit + i < u.k; ++i) {
+      out[unit * kUnit + i] = static_cast<int8_t>(static_cast<int>(c[i]) - c_w);
+    }
+  }
+  for (int64_t i = u.k; i < u.out_stride; ++i) out[i] = 0;
+}
+
 // ---- AVX-512 ------------------------------------------------------------------------------------
 #ifdef QVGEN_X86_SIMD
 
@@ -252,6 +269,46 @@ QVGEN_AVX512 void epilogue_row_simd(const EpilogueArgs& e, int64_t r) {
   }
 }
 
+QVGEN_AVX512 inline __mmask64 tail_mask64(int64_t left) {
+  return left >= 64 ? ~static_cast<__mmask64>(0) : (static_cast<__mmask64>(1) << left) - 1;
+}
+
+// 64 codes per step. 4 bits: 32 bytes widened to 16-bit lanes b, then (b & 0xF) | (b << 4 & 0xF00) puts the
+// low nibble in the lane's first byte and the high nibble in its second: the codes in order. 3 bits: 16
+// plane-0 bytes widened to 32-bit lanes b, b | b << 6 | b << 12 | b << 18 masked to 0x03030303 spreads the
+// four 2-bit fields to the lane's four bytes; the 8 plane-1 bytes are the 64 high bits, a byte mask.
+// 8 bits: q - 128 = q ^ 0x80 as int8.
+QVGEN_AVX512 void unpack_row_simd(const UnpackArgs& u, int64_t r) {
+  const uint8_t* row = u.packed + r * u.packed_stride;
+  int8_t* out = u.out + r * u.out_stride;
+  const int64_t k = u.k, width = packed_width(k, u.bits);
+  for (int64_t c = 0; c < k; c += 64) {
+    const __mmask64 store = tail_mask64(k - c);
+    __m512i v;
+    if (u.bits == 8) {
+      v = _mm512_xor_si512(_mm512_maskz_loadu_epi8(store, row + c), _mm512_set1_epi8(static_cast<char>(0x80)));
+    } else if (u.bits == 4) {
+      const int64_t b0 = c / 2;
+      const __m256i bytes = _mm256_maskz_loadu_epi8(static_cast<__mmask32>(tail_mask64(width - b0)), row + b0);
+      const __m512i w = _mm512_cvtepu8_epi16(bytes);
+      v = _mm512_or_si512(_mm512_and_si512(w, _mm512_set1_epi16(0x000F)),
+                          _mm512_and_si512(_mm512_slli_epi16(w, 4), _mm512_set1_epi16(0x0F00)));
+    } else {
+      const int64_t k8 = num_units(k) * kUnit, p0 = c / 4, p1 = k8 / 4 + c / 8;
+      const __m128i lo = _mm_maskz_loadu_epi8(static_cast<__mmask16>(tail_mask64(k8 / 4 - p0)), row + p0);
+      const __m512i b = _mm512_cvtepu8_epi32(lo);
+      const __m512i spread = _mm512_or_si512(_mm512_or_si512(b, _mm512_slli_epi32(b, 6)),
+                                             _mm512_or_si512(_mm512_slli_epi32(b, 12), _mm512_slli_epi32(b, 18)));
+      uint64_t hi = 0;
+      std::memcpy(&hi, row + p1, static_cast<size_t>(std::min<int64_t>(8, width - p1)));
+      v = _mm512_or_si512(_mm512_and_si512(spread, _mm512_set1_epi32(0x03030303)),
+                          _mm512_maskz_set1_epi8(static_cast<__mmask64>(hi), 4));
+    }
+    _mm512_mask_storeu_epi8(out + c, store, v);
+  }
+  for (int64_t i = k; i < u.out_stride; ++i) out[i] = 0;
+}
+
 bool cpu_has_avx512() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
@@ -283,15 +340,21 @@ void for_rows(const Args& args, int64_t r0, int64_t r1, void (*simd)(const Args&
 #ifdef QVGEN_X86_SIMD
 constexpr auto kQuantizeSimd = &quantize_row_simd;
 constexpr auto kEpilogueSimd = &epilogue_row_simd;
+constexpr auto kUnpackSimd = &unpack_row_simd;
 #else
 constexpr void (*kQuantizeSimd)(const QuantArgs&, int64_t) = nullptr;
 constexpr void (*kEpilogueSimd)(const EpilogueArgs&, int64_t) = nullptr;
+constexpr void (*kUnpackSimd)(const UnpackArgs&, int64_t) = nullptr;
 #endif
 
 }  // namespace
 
 void quantize_rows(const QuantArgs& args, int64_t r0, int64_t r1) {
   for_rows(args, r0, r1, kQuantizeSimd, &quantize_row_scalar);
+}
+
+void unpack_weight_rows(const UnpackArgs& args, int64_t r0, int64_t r1) {
+  for_rows(args, r0, r1, kUnpackSimd, &unpack_row_scalar);
 }
 
 void epilogue_rows(const EpilogueArgs& args, int64_t r0, int64_t r1) {

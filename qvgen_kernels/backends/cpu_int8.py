@@ -7,13 +7,15 @@ format's epilogue is applied to each tile while it is in cache. Exact: the integ
 reference's, the fp32 epilogue follows its operation order (identities in ``csrc/include/qvgen/int8.h``).
 
 Load-time layout (``prepack_weight``), in the order ``int8_linear`` takes them:
-    w_int8   int8 [N, K]  w' = q_w - c_w, c_w = 128 for 8-bit weights, else 0 (codes fit int8 as they are);
-                          K = 1 is padded with a zero column (oneDNN's s8 GEMM is wrong for K = 1, N > 1)
+    w_packed uint8 [N, packed_width(K, w_bits)]  the checkpoint codes themselves (the same tensor: the weights
+                          are held once, at 3, 4 or 8 bits per weight); each column block is unpacked to the
+                          int8 operand w' = q_w - c_w (c_w = 128 for 8-bit weights, else 0) in a cache-sized
+                          buffer just before its GEMM tiles, and reused by every row tile of up to 2048 rows
     colsum   int32 [G, N] sum of the codes q_w over each group's columns (G = 1 per channel)
     scale    fp32 [G, N]  w_scale, group-major; [N] per channel (the 1-D shape selects the per-channel
     zero     fp32 [G, N]  w_zero, likewise                         epilogue, whose rounding differs)
-The int8 copy costs 1 byte per weight in memory (the 4-bit checkpoint codes stay what is saved); it is
-what makes small batches fast (unpacking per call would cost more than the GEMM at M <= 256).
+Per channel, scale and zero are the layer's own fp32 tensors (no copy); grouped, a transposed copy
+(2 x 4 bytes per group and channel). ``checkpoint_codes`` gives the codes back: the first tensor.
 Weight-only layers (a_bits = 16) keep the checkpoint layout and run the reference's dequantize +
 ``F.linear``.
 """
@@ -24,7 +26,6 @@ import torch
 
 from .. import _extension, registry
 from ..reference import linear as reference_linear
-from ..reference.pack import unpack
 
 
 def _probe(device: torch.device) -> str | None:
@@ -40,28 +41,41 @@ def _probe(device: torch.device) -> str | None:
 registry.register_backend("cpu_int8", probe=_probe, auto={"cpu": 10}, traceable=True)
 
 
+def _colsum(w_packed: torch.Tensor, w_bits: int, k: int, groups: int) -> torch.Tensor:
+    """int32 [G, N]: the sums of the codes over each group's columns, from the extension's unpack (w' + c_w)."""
+    n, rows = w_packed.shape[0], max(1, (1 << 24) // max(k, 1))  # blocks of <= 16 MB of int8
+    out = torch.empty(groups, n, dtype=torch.int32)
+    for r0 in range(0, n, rows):
+        w = torch.ops.qvgen_ext.int8_unpack_weight(w_packed[r0:r0 + rows], w_bits, k, k)
+        sums = w.view(w.shape[0], groups, k // groups).sum(-1, dtype=torch.int32)
+        out[:, r0:r0 + rows] = (sums + (128 * (k // groups) if w_bits == 8 else 0)).t()
+    return out
+
+
 @registry.register_impl("prepack_weight", "cpu_int8")
 def prepack_weight(w_packed, w_scale, w_zero, w_bits, a_bits, k):
     if a_bits == 16:
         return reference_linear.prepack_weight(w_packed, w_scale, w_zero, w_bits, a_bits, k)
-    codes = unpack(w_packed, w_bits, k).to(torch.int32)
-    n = codes.shape[0]
+    w_packed = w_packed.contiguous()
     groups = w_scale.shape[1] if w_scale.dim() == 2 else 1
-    colsum = codes.view(n, groups, k // groups).sum(-1, dtype=torch.int32).t().contiguous()
-    w_int8 = (codes - (128 if w_bits == 8 else 0)).to(torch.int8)
-    if k == 1:  # oneDNN's s8 GEMM sums K = 1 wrongly when N > 1: a zero column makes it K = 2
-        w_int8 = torch.nn.functional.pad(w_int8, (0, 1))
+    colsum = _colsum(w_packed, w_bits, k, groups)
     if w_scale.dim() == 1:
-        return w_int8, colsum, w_scale.float().contiguous(), w_zero.float().contiguous()
-    return w_int8, colsum, *(t.t().float().contiguous() for t in (w_scale, w_zero))
+        return w_packed, colsum, w_scale.float().contiguous(), w_zero.float().contiguous()
+    return w_packed, colsum, *(t.t().float().contiguous() for t in (w_scale, w_zero))
+
+
+@registry.register_impl("checkpoint_codes", "cpu_int8")
+def checkpoint_codes(weights, w_bits, a_bits, k, n):
+    """The checkpoint codes of a layout from ``prepack_weight``: its first tensor (the same one, not a copy)."""
+    return weights[0]
 
 
 @registry.register_impl("prepacked_linear", "cpu_int8")
 def prepacked_linear(x, weights, bias, w_bits, a_bits, k, n, clip_lo, clip_hi):
     if a_bits == 16:
         return reference_linear.prepacked_linear(x, weights, bias, w_bits, a_bits, k, n, clip_lo, clip_hi)
-    w_int8, colsum, scale, zero = weights
-    return torch.ops.qvgen_ext.int8_linear(x, w_int8, colsum, scale, zero, bias, w_bits, a_bits,
+    w_packed, colsum, scale, zero = weights
+    return torch.ops.qvgen_ext.int8_linear(x, w_packed, colsum, scale, zero, bias, w_bits, a_bits,
                                            scale.dim() == 2, clip_lo, clip_hi)
 
 

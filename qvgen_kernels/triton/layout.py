@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from ..reference.pack import unpack
+from ..reference.pack import pack, unpack
 
 ROW_BLOCK = 128   # weight rows per nibble block (two halves of 64: the MMA's M)
 K_ALIGN = 128     # K padding of both operands: every GEMM K tile (32, 64 or 128) divides it
@@ -80,11 +80,17 @@ def weight_codes(w_kernel: torch.Tensor, bits: int, n: int, k: int) -> torch.Ten
     return blocks.reshape(-1, w_kernel.shape[1])[:n, :k].contiguous()
 
 
+def checkpoint_codes(w_kernel: torch.Tensor, bits: int, n: int, k: int) -> torch.Tensor:
+    """The checkpoint layout uint8 [N, packed_width(k, bits)] of a kernel layout: what a deployed layer that
+    holds only the kernel layout saves (exact inverse of ``repack_weight``)."""
+    return pack(weight_codes(w_kernel, bits, n, k), bits)
+
+
 def weight_colsum(w_packed: torch.Tensor, bits: int, k: int, groups: int) -> torch.Tensor:
     """int32 [N, G]: per group, the sum of the codes over the group's columns."""
     codes = unpack(w_packed, bits, k).to(torch.int32)
     return codes.view(codes.shape[0], groups, k // groups).sum(-1, dtype=torch.int32)
 
 
-__all__ = ["CHUNK", "K_ALIGN", "ROW_BLOCK", "kernel_k", "repack_weight", "round_up", "weight_codes",
+__all__ = ["CHUNK", "checkpoint_codes", "K_ALIGN", "ROW_BLOCK", "kernel_k", "repack_weight", "round_up", "weight_codes",
            "weight_colsum"]

@@ -22,4 +22,13 @@ def test_cpu_linear_smoke(tmp_path) -> None:
         bf16 = next(r for r in rows if r["provider"] == "bf16")
         for r in rows:
             assert r["ms"] > 0 and abs(r["vs_bf16"] - bf16["ms"] / r["ms"]) < 1e-9 * r["vs_bf16"]
-    assert [m["cpu_int8_layout_bytes"] for m in doc["memory"]] == [48 * 64 + 3 * 48 * 4, 24 * 2 + 3 * 24 * 4]
+    # every byte of the layer: codes (the layout's own), int32 column sums, fp32 scale, zero, 2 clips, bf16 bias
+    for mem, (k, n) in zip(doc["memory"], ((64, 48), (1, 24))):
+        consts = 4 * n + 8 * n + 8 + 2 * n
+        assert mem["w4a4_bytes"] == n * ((k + 1) // 2) + consts
+        assert mem["w3a3_bytes"] == n * 3 * ((k + 7) // 8) + consts
+        assert mem["w8a8_bytes"] == n * k + consts
+        assert mem["w4a4_layout_bytes"] == n * ((k + 1) // 2) + 12 * n
+    small = doc["small_call"]["rows"]
+    assert [r["dtype"] for r in small] == ["float32", "bfloat16"] and all(r["deployed_us"] > 0 for r in small)
+    assert "Small calls" in md

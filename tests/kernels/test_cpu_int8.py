@@ -139,8 +139,10 @@ def test_backend_choice_and_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     int8 = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=4, k=64)
     ref = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=4, k=64, backend="reference")
     assert int8.backend == "cpu_int8" and ref.backend == "reference"
-    # int8 copy (1 byte per weight) + column sums, scales, zero points; the reference keeps 4 bits.
-    assert int8.nbytes == 16 * 64 + 3 * 16 * 4 and ref.nbytes == wp.numel() + 2 * 16 * 4
+    # The checkpoint codes themselves (4 bits per weight, the same tensor) + column sums; per channel the scales and
+    # zero points are the caller's fp32 tensors (no copy). The reference keeps the same codes and constants.
+    assert int8.nbytes == wp.numel() + 3 * 16 * 4 and ref.nbytes == wp.numel() + 2 * 16 * 4
+    assert int8.tensors[0] is wp and int8.tensors[2] is ws and int8.tensors[3] is wz
     assert torch.equal(ops.prepacked_linear(x, int8, bias), ops.prepacked_linear(x, ref, bias))
     monkeypatch.setenv(registry.ENV_VAR, "ext")  # the extension's CPU deployed path is the int8 one
     ext = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=4, k=64)
@@ -156,11 +158,81 @@ def test_quantize_then_gemm_is_the_fused_op() -> None:
     gen = torch.Generator().manual_seed(9)
     wp, ws, wz, bias = _layer(21, 96, 4, 3, gen)
     packed = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=4, k=96)
-    w_int8, colsum, scale, zero = packed.tensors
+    w_codes, colsum, scale, zero = packed.tensors
     x, one = torch.randn(10, 96, generator=gen).bfloat16(), torch.ones(1)
     q = torch.ops.qvgen_ext.int8_quantize(x, 4, 3, 96, one, one)
-    y = torch.ops.qvgen_ext.int8_gemm(*q, w_int8, colsum, scale, zero, bias, 4, 96, True, torch.bfloat16)
+    y = torch.ops.qvgen_ext.int8_gemm(*q, w_codes, colsum, scale, zero, bias, 4, 96, True, torch.bfloat16)
     assert torch.equal(y, ops.prepacked_linear(x, packed, bias))
     meta = torch.ops.qvgen_ext.int8_linear(x.to("meta"), *(t.to("meta") for t in packed.tensors), None, 4, 4, True,
                                            one.to("meta"), one.to("meta"))
     assert meta.shape == (10, 21) and meta.dtype == torch.bfloat16
+
+
+# ---- the layout at rest: the checkpoint codes, unpacked per column block --------------------------------
+
+@pytest.mark.parametrize("w_bits", BITS)
+def test_unpack_weight_is_codes_minus_offset(simd, w_bits: int) -> None:
+    """The int8 operand each GEMM tile reads: w' = q - c_w (c_w = 128 at 8 bits), zero past K, every K mod 64."""
+    gen = torch.Generator().manual_seed(20 + w_bits)
+    for n, k in ((1, 1), (3, 2), (5, 7), (2, 63), (4, 64), (3, 65), (7, 129), (2, 200)):
+        codes = torch.randint(0, qmax(w_bits) + 1, (n, k), dtype=torch.uint8, generator=gen)
+        want = codes.to(torch.int16) - (128 if w_bits == 8 else 0)
+        for k_out in (k, k + 1, max(k, 2)):
+            got = torch.ops.qvgen_ext.int8_unpack_weight(ops.pack(codes, w_bits), w_bits, k, k_out)
+            assert got.dtype == torch.int8 and got.shape == (n, k_out)
+            assert torch.equal(got[:, :k].to(torch.int16), want), (n, k, k_out)
+            assert not got[:, k:].any()
+
+
+@pytest.mark.parametrize("w_bits", BITS)
+def test_layout_is_the_checkpoint_codes(w_bits: int) -> None:
+    """One copy of the weights: the layout's weight tensor is w_packed itself, and checkpoint_codes gives it back."""
+    gen = torch.Generator().manual_seed(30 + w_bits)
+    for n, k, groups in ((1, 1, None), (24, 1, None), (1, 40, None), (9, 33, None), (13, 96, 3), (48, 64, 4)):
+        wp, ws, wz, bias = _layer(n, k, w_bits, groups, gen)
+        packed = ops.prepack_linear(wp, ws, wz, w_bits=w_bits, a_bits=4, k=k)
+        assert packed.tensors[0].data_ptr() == wp.data_ptr()
+        codes = ops.checkpoint_codes(packed)
+        assert codes is wp and torch.equal(ops.unpack(codes, w_bits, k), ops.unpack(wp, w_bits, k))
+        g = 1 if groups is None else groups
+        colsum = ops.unpack(wp, w_bits, k).to(torch.int32).view(n, g, k // g).sum(-1).t()
+        assert torch.equal(packed.tensors[1], colsum)
+        # bytes: the codes at their checkpoint width + int32 column sums + fp32 scales and zero points (per channel
+        # the layer's own tensors, grouped a transposed copy)
+        assert packed.nbytes == wp.numel() + 12 * g * n
+        assert (packed.tensors[2] is ws) == (groups is None)
+        x = torch.randn(6, k, generator=gen)
+        assert torch.equal(ops.prepacked_linear(x, packed, bias), _reference(x, wp, ws, wz, bias, w_bits, 4, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("w_bits, a_bits", [(4, 4), (3, 3), (8, 8), (4, 8)])
+def test_column_blocks_and_row_tiles(w_bits: int, a_bits: int) -> None:
+    """Shapes with several column blocks (4 MB of unpacked int8 each) and several row tiles (2048 rows each):
+    every block is unpacked once and serves every row tile; the result stays exact."""
+    gen = torch.Generator().manual_seed(40 + w_bits)
+    for m, k, n, groups in ((2050, 8, 33, None), (3, 2100, 2003, None), (2049, 4200, 1500, 2)):
+        wp, ws, wz, bias = _layer(n, k, w_bits, groups, gen)
+        x = torch.randn(m, k, generator=gen).bfloat16()
+        packed = ops.prepack_linear(wp, ws, wz, w_bits=w_bits, a_bits=a_bits, k=k)
+        want = _reference(x, wp, ws, wz, bias.bfloat16(), w_bits, a_bits, 1.0, 1.0) if m * k * n < 5e8 else None
+        got = ops.prepacked_linear(x, packed, bias.bfloat16())
+        if want is None:  # the reference is slow at this size: compare with the tile-free path on row slices
+            want = torch.cat([ops.prepacked_linear(x[i:i + 512], packed, bias.bfloat16()) for i in range(0, m, 512)])
+            ref_rows = _reference(x[:7], wp, ws, wz, bias.bfloat16(), w_bits, a_bits, 1.0, 1.0)
+            assert torch.equal(got[:7], ref_rows)
+        assert torch.equal(got, want), (m, k, n, groups)
+
+
+def test_unpack_and_gemm_argument_errors() -> None:
+    wp, ws, wz, bias = _layer(4, 10, 4, None, torch.Generator().manual_seed(50))
+    with pytest.raises(ValueError, match=r"int8_unpack_weight: expected uint8 w_packed \[N, packed_width"):
+        torch.ops.qvgen_ext.int8_unpack_weight(wp, 3, 10, 10)
+    with pytest.raises(ValueError, match=r"int8_unpack_weight: .* k_out >= K"):
+        torch.ops.qvgen_ext.int8_unpack_weight(wp, 4, 10, 9)
+    packed = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=4, k=10)
+    one = torch.ones(1)
+    q = torch.ops.qvgen_ext.int8_quantize(torch.randn(2, 10), 4, 1, 10, one, one)
+    with pytest.raises(ValueError, match=r"int8_gemm: expected a \[M, max\(K, 2\)\] and uint8 w_packed"):
+        torch.ops.qvgen_ext.int8_gemm(*q, wp.view(torch.int8), *packed.tensors[1:], bias, 4, 10, False, torch.float32)
+    with pytest.raises(TypeError, match=r"^checkpoint_codes: argument 'packed' expected a PackedLinear"):
+        ops.checkpoint_codes(wp)

@@ -60,6 +60,22 @@ struct EpilogueArgs {
   DType out_dtype;
 };
 
+// The weight operand, unpacked just before its GEMM tile from the codes kept at rest (the checkpoint layout of
+// qvgen/pack.h, which is also the CPU's deployed layout: no second copy of the weights). Row r reads
+// packed + r * packed_stride (packed_width(k, bits) bytes) and writes w' = q - c_w at out + r * out_stride:
+// int8 columns [0, k), zeros in [k, out_stride).
+struct UnpackArgs {
+  const uint8_t* packed;
+  int64_t packed_stride;
+  int bits;                // weight bits (3, 4, 8)
+  int64_t k;
+  int8_t* out;
+  int64_t out_stride;      // >= k
+};
+
+// Rows [r0, r1) of the weight unpack.
+void unpack_weight_rows(const UnpackArgs& args, int64_t r0, int64_t r1);
+
 // Rows [r0, r1) of the quantization.
 void quantize_rows(const QuantArgs& args, int64_t r0, int64_t r1);
 

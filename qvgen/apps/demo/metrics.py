@@ -117,18 +117,24 @@ def denoising_error(model: torch.nn.Module, teacher_v: torch.Tensor, ev: EvalSet
 
 
 def model_bytes(model: torch.nn.Module) -> int:
-    """Bytes of all parameters and buffers, each storage counted once (tied or shared tensors are not doubled).
+    """Bytes of every tensor the model holds: parameters, buffers and the deployed layouts of its low-bit layers
+    (``DeployedLinear``'s prepacked weights), each storage counted once and whole (tied or shared tensors are not
+    doubled: on the CPU a deployed layer's layout is its checkpoint codes, one storage).
 
     A packed 4-bit weight is a uint8 tensor of N * K / 2 elements, so it counts at its real size.
     """
     if not isinstance(model, torch.nn.Module):
         fail("model_bytes", "model", "a torch.nn.Module", type(model).__name__, TypeError)
-    seen: set[tuple[int, int, int]] = set()
+    tensors = list(model.parameters()) + list(model.buffers())
+    for m in model.modules():
+        packed = getattr(m, "_packed", None)
+        tensors += list(getattr(packed, "tensors", ()))
+    seen: set[int] = set()
     total = 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel())
-        if key in seen:
+    for t in tensors:
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen and storage.nbytes():
             continue
-        seen.add(key)
-        total += t.numel() * t.element_size()
+        seen.add(storage.data_ptr())
+        total += storage.nbytes()
     return total
