@@ -5,11 +5,15 @@
 //   qvgen_ext::tc_prepack_weight(Tensor w_packed, Tensor w_scale, Tensor w_zero, int w_bits, int a_bits, int k)
 //       -> (Tensor w_kernel, Tensor colsum, Tensor scale, Tensor zero)                 CPU, CUDA, Meta
 //   qvgen_ext::tc_linear(Tensor x, Tensor w_kernel, Tensor colsum, Tensor scale, Tensor zero, Tensor? bias,
-//       int w_bits, int a_bits, int k, int n, Tensor clip_lo, Tensor clip_hi, int kernel=0) -> Tensor   CUDA, Meta
+//       int w_bits, int a_bits, int k, int n, Tensor clip_lo, Tensor clip_hi, int kernel=0, int max_blocks=0)
+//       -> Tensor                                                                      CUDA, Meta
 //
 // kernel: 0 picks the kernel for the device (wgmma on sm_90, mma.sync on sm_80 / sm_86 / sm_89), 80 forces
-// mma.sync, 90 wgmma. Arguments are validated once, in Python, by the op registry; the checks here guard the
-// memory accesses. Compiled only in CUDA builds with the CUTLASS headers (setup.py defines QVGEN_WITH_TC).
+// mma.sync, 90 wgmma. max_blocks > 0 caps the persistent wgmma grid (tests reach several tiles per block and
+// several laps of the stage ring at small shapes). Arguments are validated once, in Python, by the op registry;
+// the checks here guard the memory accesses (shapes, dtypes, one device, contiguity, the 16-byte alignment of
+// the TMA / cp.async operand). On CUDA the prepack also encodes the weight's TMA descriptor once (tc.h
+// tc_prepare_weight). Compiled only in CUDA builds with the CUTLASS headers (setup.py defines QVGEN_WITH_TC).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -50,6 +54,12 @@ int64_t groups_of(const char* op, const at::Tensor& scale, int64_t n, int64_t k)
                     ": argument 'w_scale' expected groups of a multiple of ", kTcMinGroup,
                     " columns (tensor-core GEMM), got G = ", groups, " for K = ", k);
   return groups;
+}
+
+// Every tensor argument on the device of x (the kernels dereference their pointers there).
+void check_device(const at::Tensor& x, const char* arg, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.device() == x.device(), kLinear, ": argument '", arg, "' expected on ", x.device(),
+                    " (the device of x), got ", t.device());
 }
 
 at::Tensor unpack_codes(const at::Tensor& w_packed, int64_t bits, int64_t k) {
@@ -98,13 +108,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tc_prepack_weight(con
   }
   const at::Tensor codes = unpack_codes(w_packed.contiguous(), w_bits, k);
   const at::Tensor colsum = codes.to(at::kInt).view({n, groups, k / groups}).sum(-1, false, at::kInt);
-  return {repack(codes, w_bits, n, k), colsum, scale, zero};
+  at::Tensor w = repack(codes, w_bits, n, k);
+  if (w.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(w.device());
+    TORCH_CHECK(cuda::tc_prepare_weight(w.data_ptr(), n, kp, static_cast<int>(w_bits)) == cudaSuccess, kPrepack,
+                ": encoding the weight's TMA descriptor failed");
+  }
+  return {w, colsum, scale, zero};
 }
 
 at::Tensor tc_linear(const at::Tensor& x, const at::Tensor& w_kernel, const at::Tensor& colsum,
                      const at::Tensor& scale, const at::Tensor& zero, const std::optional<at::Tensor>& bias,
                      int64_t w_bits, int64_t a_bits, int64_t k, int64_t n, const at::Tensor& clip_lo,
-                     const at::Tensor& clip_hi, int64_t kernel) {
+                     const at::Tensor& clip_hi, int64_t kernel, int64_t max_blocks) {
   check_bits(kLinear, "w_bits", w_bits);
   check_bits(kLinear, "a_bits", a_bits);
   const auto xs = x.scalar_type();
@@ -132,14 +148,29 @@ at::Tensor tc_linear(const at::Tensor& x, const at::Tensor& w_kernel, const at::
   TORCH_CHECK_VALUE(!bias.has_value() || bias->numel() == n, kLinear, ": argument 'bias' expected [", n, "]");
   TORCH_CHECK_VALUE(kernel == 0 || kernel == 80 || kernel == 90, kLinear,
                     ": argument 'kernel' expected 0 (auto), 80 (mma.sync) or 90 (wgmma), got ", kernel);
+  TORCH_CHECK_VALUE(max_blocks >= 0, kLinear, ": argument 'max_blocks' expected >= 0 (0: one block per SM), got ",
+                    max_blocks);
+  check_device(x, "w_kernel", w_kernel);
+  check_device(x, "colsum", colsum);
+  check_device(x, "scale", scale);
+  check_device(x, "zero", zero);
+  check_device(x, "clip_lo", clip_lo);
+  check_device(x, "clip_hi", clip_hi);
+  if (bias.has_value()) check_device(x, "bias", *bias);
   at::Tensor out = at::empty({m, n}, x.options());
   if (x.is_meta() || m == 0 || n == 0) return out;
+  // TMA (sm_90a) and cp.async (sm_80) read the weight in 16-byte units from its base (its rows, KP bytes, are
+  // multiples of 128): a view at an odd offset would fault or read the wrong bytes.
+  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(w_kernel.data_ptr()) % 16 == 0, kLinear,
+                    ": argument 'w_kernel' expected a 16-byte aligned data pointer, got an address = ",
+                    reinterpret_cast<uintptr_t>(w_kernel.data_ptr()) % 16, " mod 16 (storage offset ",
+                    w_kernel.storage_offset(), ")");
 
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto dev = x.options();
   at::Tensor a8 = at::empty({m, kp}, dev.dtype(at::kChar));
-  const int64_t mp = tc_round_up(m, kTcTokenAlign);
+  const int64_t mp = tc_token_rows(m);  // whole token tiles of every kernel (tc_tiles.h)
   at::Tensor a_scale = at::empty({mp}, dev.dtype(at::kFloat));
   at::Tensor a_zero = at::empty({mp}, dev.dtype(at::kInt));
   at::Tensor a_sums = at::empty({groups, mp}, dev.dtype(at::kInt));
@@ -154,7 +185,7 @@ at::Tensor tc_linear(const at::Tensor& x, const at::Tensor& w_kernel, const at::
                a_sums.data_ptr<int32_t>(), w_kernel.data_ptr(), colsum.data_ptr<int32_t>(),
                scale.data_ptr<float>(), zero.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr,
                out.data_ptr(), dtype_tag(xs), m, mp, n, k, kp, groups, static_cast<int>(w_bits),
-               static_cast<int>(a_bits)};
+               static_cast<int>(a_bits), max_blocks};
   check_launch(kLinear, cuda::tc_gemm(g, static_cast<TcKernel>(kernel), stream));
   return out;
 }
@@ -168,7 +199,7 @@ TORCH_LIBRARY_FRAGMENT(qvgen_ext, m) {
       "(Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "tc_linear(Tensor x, Tensor w_kernel, Tensor colsum, Tensor scale, Tensor zero, Tensor? bias, int w_bits, "
-      "int a_bits, int k, int n, Tensor clip_lo, Tensor clip_hi, int kernel=0) -> Tensor");
+      "int a_bits, int k, int n, Tensor clip_lo, Tensor clip_hi, int kernel=0, int max_blocks=0) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(qvgen_ext, CPU, m) { m.impl("tc_prepack_weight", &qvgen::tc_prepack_weight); }
 TORCH_LIBRARY_IMPL(qvgen_ext, CUDA, m) {

@@ -15,6 +15,7 @@
 #include <cute/arch/mma_sm80.hpp>
 
 #include "common.cuh"
+#include "launchers.h"
 
 namespace qvgen {
 namespace cuda {
@@ -23,7 +24,7 @@ namespace tc {
 template <bool kW8, bool kGrouped>
 struct Sm80Config {
   static constexpr int kThreads = 128;
-  static constexpr int kBM = kGrouped ? 64 : 128;  // per group the fp32 sums need registers too
+  static constexpr int kBM = kGrouped ? kTcSm80GroupedTileM : kTcSm80TileM;  // qvgen/tc_tiles.h
   static constexpr int kNJ = kBM / 2 / 8;          // n8 token tiles per warp
   static constexpr int kWRows = kW8 ? 2 * kHalf : kHalf;
   static constexpr int kStageBytes = (kWRows + kBM) * kBK;
@@ -31,6 +32,7 @@ struct Sm80Config {
   static constexpr int kStages = 98304 / kStageBytes < 4 ? 98304 / kStageBytes : 4;
   static constexpr int kSmem = kStages * kStageBytes;
   static_assert(kStages >= 3, "the cp.async pipeline keeps at least 3 stages");
+  static_assert(kTcTokenAlign % kBM == 0, "the per-token vectors must cover whole token tiles");
 };
 
 using MmaU8S8 = cute::SM80_16x8x32_S32U8S8S32_TN;
@@ -184,12 +186,12 @@ __global__ void __launch_bounds__(128, 1) tc_gemm_sm80_kernel(TcGemmArgs g) {
 }
 
 template <bool kW8, bool kGrouped>
-cudaError_t launch_sm80(const TcGemmArgs& g, cudaStream_t stream) {
+cudaError_t launch_sm80(const TcGemmArgs& g, const Device& dev, cudaStream_t stream) {
   using C = Sm80Config<kW8, kGrouped>;
   const int64_t tiles = ((g.m + C::kBM - 1) / C::kBM) * (tc_round_up(g.n, kTcRowBlock) / kTcRowBlock);
   if (tiles > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  cudaError_t st = cudaFuncSetAttribute(tc_gemm_sm80_kernel<kW8, kGrouped>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
+  static std::atomic<uint64_t> smem_set{0};
+  const cudaError_t st = set_smem_once(tc_gemm_sm80_kernel<kW8, kGrouped>, C::kSmem, dev.index, smem_set);
   if (st != cudaSuccess) return st;
   tc_gemm_sm80_kernel<kW8, kGrouped><<<static_cast<unsigned int>(tiles), C::kThreads, C::kSmem, stream>>>(g);
   return cudaGetLastError();
@@ -197,7 +199,7 @@ cudaError_t launch_sm80(const TcGemmArgs& g, cudaStream_t stream) {
 
 // One explicit instantiation per translation unit (gemm_sm80_*.cu).
 #define QVGEN_TC_SM80_INSTANTIATE(W8, GROUPED) \
-  template cudaError_t launch_sm80<W8, GROUPED>(const TcGemmArgs&, cudaStream_t);
+  template cudaError_t launch_sm80<W8, GROUPED>(const TcGemmArgs&, const Device&, cudaStream_t);
 
 }  // namespace tc
 }  // namespace cuda

@@ -26,6 +26,7 @@
 #include <utility>
 
 #include "common.cuh"
+#include "launchers.h"
 #include "tma.h"
 
 namespace qvgen {
@@ -35,7 +36,7 @@ namespace tc {
 template <bool kW8, bool kGrouped>
 struct Sm90Config {
   static constexpr int kThreads = 384;
-  static constexpr int kBM = kGrouped ? 96 : 256;  // per group the fp32 sums need registers too
+  static constexpr int kBM = kGrouped ? kTcSm90GroupedTileM : kTcSm90TileM;  // qvgen/tc_tiles.h
   static constexpr int kNJ = kBM / 8;
   static constexpr int kWRows = kW8 ? 2 * kHalf : kHalf;
   static constexpr int kWBytes = kWRows * kBK;
@@ -44,6 +45,8 @@ struct Sm90Config {
   // Stages (1024-byte aligned for the swizzle), alignment slack, full and empty barriers.
   static constexpr int kSmem = kStages * kStageBytes + 1024 + 2 * kStages * 8;
   static_assert(kStages >= 3, "the TMA pipeline keeps at least 3 stages");
+  static_assert(kTcTokenAlign % kBM == 0, "the per-token vectors must cover whole token tiles");
+  static_assert(kWRows == (kW8 ? kTcRowBlock : kTcRowBlock / 2), "the weight box of sm90_weight_map (tma.h)");
   static_assert(kWBytes % 1024 == 0 && kStageBytes % 1024 == 0, "swizzled tiles start at 1024-byte boundaries");
 };
 
@@ -157,7 +160,7 @@ __global__ void __launch_bounds__(384, 1)
         acc[j][i] = 0;
         y[j][i] = 0.0f;
       }
-    bool fresh = true;  // the next wgmma starts the accumulator (scale-d 0)
+    uint32_t scale_d = 0;  // the next wgmma's scale-d: 0 starts the accumulator, 1 adds to it
     int steps_left = group_steps;  // per group: k32 steps left in group grp
     int64_t grp = 0;
     int held = -1;      // per channel: the stage whose wgmmas may still be in flight
@@ -182,35 +185,53 @@ __global__ void __launch_bounds__(384, 1)
         }
       };
       // Per channel all four fragments are loaded up front; per group one at a time (the promotion needs
-      // the registers).
+      // the registers). wgmma.fence (warpgroup_arrive) must follow the writes of the register operands and
+      // precede the wgmma reading them (PTX ISA, wgmma.fence): once per stage per channel, before each
+      // wgmma per group, where a fragment load (or the promotion's accumulator reads) comes in between.
+      // The operand fences pin the registers the wgmma reads (fragment, scale-d) before the fence, so the
+      // compiler cannot sink their definitions past it. Per group each wgmma is committed right after it, in
+      // straight-line code: a commit inside the group-end branch made ptxas insert fences itself (info C7519).
       uint32_t a[kBK / 32][4];
+      auto fence_before_wgmma = [&](uint32_t(&f)[4]) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) cute::warpgroup_fence_operand(f[i]);
+        cute::warpgroup_fence_operand(scale_d);
+        cute::warpgroup_arrive();
+      };
       if (!kGrouped) {
 #pragma unroll
-        for (int kk = 0; kk < kBK / 32; ++kk) load_frag(kk, a[kk]);
+        for (int kk = 0; kk + 1 < kBK / 32; ++kk) {
+          load_frag(kk, a[kk]);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) cute::warpgroup_fence_operand(a[kk][i]);
+        }
+        load_frag(kBK / 32 - 1, a[kBK / 32 - 1]);
+        fence_before_wgmma(a[kBK / 32 - 1]);
       }
       const uint64_t desc = sw128_desc(w_tile + C::kWBytes);
-      cute::warpgroup_arrive();
 #pragma unroll
       for (int kk = 0; kk < kBK / 32; ++kk) {
-        if (kGrouped) load_frag(kk, a[kk]);
-        gmma<Op, kNJ>(a[kk], desc + ((kk * 32) >> 4), acc,
-                      fresh ? cute::SM90::GMMA::ScaleOut::Zero : cute::SM90::GMMA::ScaleOut::One, seq);
-        fresh = false;
-        if (kGrouped && --steps_left == 0 && grp < g.groups) {  // the group ends here (none in the padding)
-          cute::warpgroup_commit_batch();
+        if (kGrouped) {
+          load_frag(kk, a[kk]);
+          fence_before_wgmma(a[kk]);
+        }
+        gmma<Op, kNJ>(a[kk], desc + ((kk * 32) >> 4), acc, static_cast<cute::SM90::GMMA::ScaleOut>(scale_d), seq);
+        scale_d = 1;
+        if (!kGrouped) continue;
+        cute::warpgroup_commit_batch();
+        if (--steps_left == 0 && grp < g.groups) {  // the group ends here (none in the padding)
           cute::warpgroup_wait<0>();
           fence_acc(acc);
           promote_group<kW8, kNJ>(g, acc, y, n0, m0, grp++, gs);
           steps_left = group_steps;
-          fresh = true;
-          cute::warpgroup_arrive();
+          scale_d = 0;
         }
       }
-      cute::warpgroup_commit_batch();
       if (kGrouped) {
         cute::warpgroup_wait<0>();
         if (lane == 0) Barrier::arrive(&empty[stage]);
       } else {
+        cute::warpgroup_commit_batch();
         held = stage;  // released once its wgmmas are done (next stage, or after the loop)
       }
       if (++stage == C::kStages) {
@@ -230,20 +251,24 @@ __global__ void __launch_bounds__(384, 1)
 #endif
 }
 
+// Persistent grid: one block per SM, at most one per tile, at most g.max_blocks when set.
+inline int64_t sm90_blocks(int64_t tiles, int num_sms, int64_t max_blocks) {
+  int64_t blocks = tiles < num_sms ? tiles : num_sms;
+  if (max_blocks > 0 && max_blocks < blocks) blocks = max_blocks;
+  return blocks;
+}
+
 template <bool kW8, bool kGrouped>
-cudaError_t launch_sm90(const TcGemmArgs& g, int num_sms, cudaStream_t stream) {
+cudaError_t launch_sm90(const TcGemmArgs& g, const Device& dev, cudaStream_t stream) {
   using C = Sm90Config<kW8, kGrouped>;
   const int64_t tiles = ((g.m + C::kBM - 1) / C::kBM) * (tc_round_up(g.n, kTcRowBlock) / kTcRowBlock);
-  const int64_t w_rows = tc_round_up(g.n, kTcRowBlock) / (kW8 ? 1 : 2);
   CUtensorMap w_map, a_map;
-  cudaError_t st = encode_tma_2d(g.w, w_rows, g.kp, C::kWRows, &w_map);
-  if (st == cudaSuccess) st = encode_tma_2d(g.a8, g.m, g.kp, C::kBM, &a_map);
-  if (st == cudaSuccess) {
-    st = cudaFuncSetAttribute(tc_gemm_sm90_kernel<kW8, kGrouped>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              C::kSmem);
-  }
+  cudaError_t st = sm90_weight_map(g.w, g.n, g.kp, kW8, &w_map);  // encoded at prepack (tc_prepare_weight)
+  if (st == cudaSuccess) st = cached_tma_2d(g.a8, g.m, g.kp, C::kBM, &a_map);
+  static std::atomic<uint64_t> smem_set{0};
+  if (st == cudaSuccess) st = set_smem_once(tc_gemm_sm90_kernel<kW8, kGrouped>, C::kSmem, dev.index, smem_set);
   if (st != cudaSuccess) return st;
-  const int64_t blocks = tiles < num_sms ? tiles : num_sms;
+  const int64_t blocks = sm90_blocks(tiles, dev.num_sms, g.max_blocks);
   tc_gemm_sm90_kernel<kW8, kGrouped>
       <<<static_cast<unsigned int>(blocks), C::kThreads, C::kSmem, stream>>>(w_map, a_map, g);
   return cudaGetLastError();
@@ -251,7 +276,7 @@ cudaError_t launch_sm90(const TcGemmArgs& g, int num_sms, cudaStream_t stream) {
 
 // One explicit instantiation per translation unit (gemm_sm90_*.cu).
 #define QVGEN_TC_SM90_INSTANTIATE(W8, GROUPED) \
-  template cudaError_t launch_sm90<W8, GROUPED>(const TcGemmArgs&, int, cudaStream_t);
+  template cudaError_t launch_sm90<W8, GROUPED>(const TcGemmArgs&, const Device&, cudaStream_t);
 
 }  // namespace tc
 }  // namespace cuda

@@ -1,6 +1,10 @@
 // TMA descriptor encoding (tma.h).
 #include <cudaTypedefs.h>
 
+#include <functional>
+#include <mutex>
+#include <unordered_map>
+
 #include "tma.h"
 
 namespace qvgen {
@@ -25,7 +29,49 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
   return fn;
 }
 
+struct MapKey {
+  uintptr_t base;
+  int64_t rows, cols;
+  int box_rows;
+  bool operator==(const MapKey& o) const {
+    return base == o.base && rows == o.rows && cols == o.cols && box_rows == o.box_rows;
+  }
+};
+
+struct MapKeyHash {
+  size_t operator()(const MapKey& k) const {
+    size_t h = std::hash<uintptr_t>()(k.base);
+    for (const int64_t v : {k.rows, k.cols, static_cast<int64_t>(k.box_rows)}) {
+      h ^= std::hash<int64_t>()(v) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+    }
+    return h;
+  }
+};
+
+// Bounded: a long-lived process that cycles through many buffers starts over rather than growing.
+constexpr size_t kMaxCachedMaps = 4096;
+
 }  // namespace
+
+cudaError_t cached_tma_2d(const void* base, int64_t rows, int64_t cols, int box_rows, CUtensorMap* map) {
+  static std::mutex mu;
+  static std::unordered_map<MapKey, CUtensorMap, MapKeyHash> cache;
+  const MapKey key{reinterpret_cast<uintptr_t>(base), rows, cols, box_rows};
+  {
+    const std::lock_guard<std::mutex> lock(mu);
+    const auto it = cache.find(key);
+    if (it != cache.end()) {
+      *map = it->second;
+      return cudaSuccess;
+    }
+  }
+  const cudaError_t st = encode_tma_2d(base, rows, cols, box_rows, map);
+  if (st != cudaSuccess) return st;
+  const std::lock_guard<std::mutex> lock(mu);
+  if (cache.size() >= kMaxCachedMaps) cache.clear();
+  cache.emplace(key, *map);
+  return cudaSuccess;
+}
 
 cudaError_t encode_tma_2d(const void* base, int64_t rows, int64_t cols, int box_rows, CUtensorMap* map) {
   const PFN_cuTensorMapEncodeTiled_v12000 encode = encode_fn();

@@ -22,6 +22,7 @@
 #include <cstdint>
 
 #include "qvgen/common.h"
+#include "qvgen/tc_tiles.h"
 
 namespace qvgen {
 
@@ -31,7 +32,7 @@ constexpr int kTcMinGroup = 32;   // smallest weight group (columns) the GEMM ta
 
 QVGEN_HD int64_t tc_round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-constexpr int kTcTokenAlign = 256;  // per-token vectors hold MP = M rounded up to this (the largest token tile)
+// Per-token vectors hold MP = tc_token_rows(M) entries (qvgen/tc_tiles.h: a multiple of every token tile).
 
 // tc_quantize: x [M, K] -> a8 int8 [M, KP], scale fp32 [MP], zero int32 [MP], sums int32 [G, MP] (group-major:
 // the sum of a8 over each group of K / G columns; G = 1: the row sum). Entries past M are not written; the GEMM
@@ -63,6 +64,9 @@ struct TcGemmArgs {
   DType out_dtype;
   int64_t m, mp, n, k, kp, groups;
   int w_bits, a_bits;
+  // Caps the persistent sm_90a grid (0: one block per SM): fewer blocks walk more tiles each, so tests can
+  // reach the multi-tile path and several laps of the stage ring at small shapes. mma.sync: one block per tile.
+  int64_t max_blocks;
 };
 
 // Which kernel tc_gemm runs.
@@ -77,7 +81,12 @@ namespace cuda {
 cudaError_t tc_quantize(const TcQuantArgs& args, cudaStream_t stream);
 
 // Returns cudaErrorInvalidDeviceFunction when the requested kernel is not built for the current device.
+// Device attributes, kernel attributes and TMA descriptors are set up once and cached (tma.h).
 cudaError_t tc_gemm(const TcGemmArgs& args, TcKernel kernel, cudaStream_t stream);
+
+// At prepack time: encodes and caches the TMA descriptor of a prepacked weight (layout above, on the current
+// device) when the device runs the sm_90a kernel, so tc_gemm finds it instead of encoding it per call.
+cudaError_t tc_prepare_weight(const void* w, int64_t n, int64_t kp, int w_bits);
 
 }  // namespace cuda
 }  // namespace qvgen
