@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
+import json
+import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -164,8 +167,63 @@ def write_results(out: Path, stem: str, device: torch.device, payload: dict[str,
     """``<out>/<stem>.json`` with provenance and versions, and ``<out>/<stem>.png`` drawn by ``plot``."""
     doc = {"provenance": {**_harness.provenance(device), **versions()}, **payload}
     path = _harness.write_json(out / f"{stem}.json", doc)
-    plot(out / f"{stem}.png")
+    if has_matplotlib():
+        plot(out / f"{stem}.png")
+    else:
+        print(f"{stem}: no matplotlib, no .png (the .json holds every figure)")
     return path
+
+
+class JsonLines:
+    """``<out>/<stem>.jsonl``: one line per result, flushed as it is measured, so a run cut short keeps what
+    it measured. Starts with a header line (provenance) and truncates an earlier file of the same name."""
+
+    def __init__(self, out: Path, stem: str, header: dict[str, Any]):
+        out.mkdir(parents=True, exist_ok=True)
+        self.path = out / f"{stem}.jsonl"
+        self._f = self.path.open("w")
+        self.write({"header": header})
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._f.write(json.dumps(row, default=str) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def sm_clock(device: torch.device) -> dict[str, Any]:
+    """The device's current and maximum SM clock in MHz (nvidia-smi; None where it cannot be read), so a
+    timing can be read against the clock it ran at (a throttled or boosted SM changes every figure)."""
+    if device.type != "cuda":
+        return {}
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    out: dict[str, Any] = {"sm_clock_mhz": None, "sm_clock_max_mhz": None}
+    try:
+        text = subprocess.run(["nvidia-smi", "-i", str(idx), "--query-gpu=clocks.sm,clocks.max.sm",
+                               "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        cur, mx = (int(v) for v in text.split(","))
+        out.update(sm_clock_mhz=cur, sm_clock_max_mhz=mx, sm_clock_source="nvidia-smi")
+    except (OSError, ValueError, subprocess.SubprocessError):
+        try:  # torch's query needs pynvml
+            out.update(sm_clock_mhz=torch.cuda.clock_rate(device), sm_clock_source="torch.cuda.clock_rate")
+        except Exception as e:  # noqa: BLE001 - any failure means "unknown", recorded as such
+            out["sm_clock_source"] = f"unavailable ({type(e).__name__})"
+    return out
+
+
+def has_matplotlib() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def markdown_table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    """A markdown table of the given columns (floats to 4 significant digits, missing values blank)."""
+    def cell(v: Any) -> str:
+        return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def bar_plot(path: Path, title: str, groups: list[str], series: dict[str, list[float | None]], ylabel: str) -> None:
