@@ -301,8 +301,8 @@ USER_ERRORS = (ValueError, TypeError, OSError)
 
 def main(argv: Sequence[str] | None = None, one_line_errors: bool | None = None) -> int:
     """Entry point of ``qvgen`` / ``python -m qvgen``; returns the exit status. On the command line (argv None)
-    a user's mistake prints one line and returns 2 unless --debug; a caller passing argv gets the exception,
-    unless it asks for one_line_errors."""
+    a user's mistake prints one line and returns 2 unless --debug, Ctrl-C one line and 130; a caller passing
+    argv gets the exception, unless it asks for one_line_errors."""
     args = build_parser().parse_args(argv)
     quiet = silenced_progress() if getattr(args, "no_progress", False) else contextlib.nullcontext()
     try:
@@ -313,6 +313,11 @@ def main(argv: Sequence[str] | None = None, one_line_errors: bool | None = None)
             raise
         print(f"qvgen {args.command}: error: {e}  (--debug shows the traceback)", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C: 128 + SIGINT, like a shell, and one line (what to resume from)
+        if args.debug or not (argv is None if one_line_errors is None else one_line_errors):
+            raise
+        print(f"qvgen {args.command}: {str(e) or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

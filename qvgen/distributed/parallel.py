@@ -149,6 +149,18 @@ def mean_across_ranks(value: torch.Tensor) -> float:
     return float(value) / world
 
 
+def sum_across_ranks(values: list[int], device: torch.device | str = "cpu") -> list[int]:
+    """Per-rank integer counts summed over all ranks (a collective: every rank calls it with a list of the
+    same length); the values themselves outside torch.distributed. Used for decisions every rank must take
+    together (skip this step, stop now). ``device``: where the collective runs (CUDA under NCCL)."""
+    _, world = dist_info()
+    if world == 1:
+        return [int(v) for v in values]
+    t = torch.tensor(values, dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(t)
+    return [int(v) for v in t.tolist()]
+
+
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole model state on CPU (gathered from the shards; a collective under FSDP2: call it on every
     rank; rank 0 receives the tensors)."""
@@ -160,4 +172,5 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 __all__ = ["BLOCK_LISTS", "DEFAULT_COLLECTIVE_TIMEOUT_S", "PARALLEL", "dist_info", "fully_shard_model", "full_state_dict", "init_from_env",
-           "is_model_sharded", "mean_across_ranks", "mixed_precision", "rank_noisy", "shard_units"]
+           "is_model_sharded", "mean_across_ranks", "mixed_precision", "rank_noisy", "shard_units",
+           "sum_across_ranks"]

@@ -28,7 +28,7 @@ from torch import nn
 from qvgen_kernels.errors import fail
 
 from qvgen.models.adapters import ModelAdapter, adapter_for
-from qvgen.distributed.parallel import is_model_sharded, mean_across_ranks, rank_noisy
+from qvgen.distributed.parallel import is_model_sharded, mean_across_ranks, rank_noisy, sum_across_ranks
 from qvgen.distributed.sharding import all_finite
 from qvgen.quant.swap import model_config
 from qvgen.train.checkpoint import LAST as CKPT_LAST, PREV as CKPT_PREV
@@ -36,6 +36,7 @@ from qvgen.train.checkpoint import (find_checkpoint, load_checkpoint, load_optim
                                     save_checkpoint)
 from qvgen.train.config import TrainConfig
 from qvgen.train.dcp import LAST as DCP_LAST, find_sharded, load_sharded, save_sharded
+from qvgen.train.interrupt import StopOnInterrupt
 from qvgen.train.data import caption_dropout, check_batch, non_finite_rows, step_generator
 from qvgen.train.metrics import MetricsLog
 from qvgen.train.objectives import objective_for
@@ -180,8 +181,10 @@ class Distiller:
         gen = step_generator(self.cfg.seed, step, *((0, 1) if whole else (self.rank, self.world)))
         x0, cond = check_batch(step, self.data_fn(step, gen))
         bad = non_finite_rows(x0, cond)
-        if bad and not self.dcp:  # ranks of a data-parallel run must not diverge: there the step is skipped
-            self._bad_sample = f"non-finite input in sample(s) {bad} of step {step}'s batch"  # by its norm
+        # Decided together: a rank skipping alone would leave the others waiting in the step's collectives.
+        (n_bad,) = sum_across_ranks([len(bad)], self.device)
+        if n_bad:
+            self._bad_sample = self._name_bad_input(step, bad, n_bad, x0.shape[0])
             return None
         if self.world == 1:
             cond = caption_dropout(step, cond, self.cfg.caption_dropout, gen)  # drawn after the batch
@@ -198,6 +201,22 @@ class Distiller:
             x_s, cond_s = _cast_inputs(self.student, noisy.x_t, cond)
             pred = self.adapter.forward(student, x_s, noisy.t, cond_s)
         return self.objective.loss(pred, target, noisy)
+
+    def _name_bad_input(self, step: int, rows: list[int], n_bad: int, batch: int) -> str:
+        """What the skip warning says: the rank holding the bad sample(s) names them (rows of the global
+        batch; data set indices when the data function has a sampler), the other ranks say where they are."""
+        if not rows:
+            return f"non-finite input in {n_bad} sample(s) of step {step}'s batch, held by another rank"
+        if self.world == 1:
+            what = f"non-finite input in sample(s) {rows} of step {step}'s batch"
+        else:
+            what = (f"non-finite input in sample(s) {[self.rank * batch + r for r in rows]} of step {step}'s "
+                    f"global batch (rows {rows} on rank {self.rank})")
+        sampler = getattr(self.data_fn, "sampler", None)
+        if sampler is not None and hasattr(sampler, "indices"):
+            ids = sampler.indices(step, self.rank, self.world)
+            what += f", data set index {[int(ids[r]) for r in rows]}"
+        return what
 
     def train_step(self, step: int) -> dict:
         """Run step ``step`` (0-based) and return its metrics record."""
@@ -397,6 +416,8 @@ class Distiller:
         """Train to ``cfg.steps``. ``resume``: True continues from the latest checkpoint and is an error
         without one; "auto" continues when there is one and starts fresh from a folder with no checkpoint;
         see ``_check_resumable``. ``override``: config fields allowed to differ from the checkpoint's.
+        Ctrl-C (SIGINT, in the main thread) raises KeyboardInterrupt at the next step boundary, on every rank
+        together; a second Ctrl-C raises at once. Checkpoints are never left half-written.
 
         Returns a summary: final step, last loss, final rank, checkpoint and metrics paths.
         """
@@ -404,17 +425,35 @@ class Distiller:
             self.resume(override)
         elif self.is_main:
             self.metrics.truncate(0)  # a fresh run: no records of an earlier run in its log
+        # Ctrl-C (every rank's SIGINT under torchrun) stops the run between steps, never inside one.
+        with StopOnInterrupt(announce=self.is_main, device=self.device) as stop:
+            summary = self._loop(stop)
+            stop.check(self._interrupted(self.cfg.steps))  # a Ctrl-C during the final save is honoured too
+        return summary
+
+    def _interrupted(self, step: int) -> str:
+        saved = self._saved_step
+        where = (f"the checkpoint of step {saved} under {self.cfg.out_dir} resumes it (resume=True, qvgen train "
+                 f"--resume)" if saved else "no checkpoint written yet")
+        return f"training interrupted at step {step} of {self.cfg.steps}; {where}"
+
+    def _loop(self, stop: StopOnInterrupt) -> dict:
         last = None
+        self._saved_step = self.start_step
         bar = self._progress()
-        for step in bar:
-            last = self.train_step(step)
-            done = step + 1
-            if self.is_main and (step % self.cfg.log_every == 0 or done == self.cfg.steps):
-                self.metrics.append(last)
-            bar.set_postfix(loss=f"{last['loss']:.4g}", rank=last["rank"])
-            if self.cfg.ckpt_every and done % self.cfg.ckpt_every == 0 and done < self.cfg.steps:
-                self.save(done)
-        bar.close()
+        try:
+            for step in bar:
+                stop.check(self._interrupted(step))
+                last = self.train_step(step)
+                done = step + 1
+                if self.is_main and (step % self.cfg.log_every == 0 or done == self.cfg.steps):
+                    self.metrics.append(last)
+                bar.set_postfix(loss=f"{last['loss']:.4g}", rank=last["rank"])
+                if self.cfg.ckpt_every and done % self.cfg.ckpt_every == 0 and done < self.cfg.steps:
+                    self.save(done)
+                    self._saved_step = done
+        finally:
+            bar.close()
         if self.decay is not None:
             # cfg.steps >= end_step: Phi is removed from every layer (masked when sharded). RankDecay.finish();
             # step() for wrappers exposing only step/state_dict/load_state_dict.
@@ -425,5 +464,6 @@ class Distiller:
             else:
                 self.decay.step(self.cfg.steps)
         path = self.save(self.cfg.steps)
+        self._saved_step = self.cfg.steps
         return {"step": self.cfg.steps, "loss": None if last is None else last["loss"],
                 "rank": self.current_rank(), "checkpoint": path, "metrics": self.metrics.path}
