@@ -1,4 +1,4 @@
-"""Worker of test_nan_sample_parallel (importable: the processes are spawned)."""
+"""Worker of test_ranks_agree (importable: the processes are spawned)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
+import signal
 import traceback
 from pathlib import Path
 
@@ -31,8 +33,9 @@ class _Messages(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def nan_sample(rank: int, world: int, root: str) -> None:
-    """Train 3 steps on a global batch whose row BAD_ROW is NaN at step BAD_STEP; report per rank."""
+def agree(rank: int, world: int, root: str) -> None:
+    """Train 3 steps on a global batch whose row BAD_ROW is NaN at step BAD_STEP, then interrupt rank 0 of
+    another run; report per rank."""
     import qvgen
     from qvgen.models import GenericAdapter
     from qvgen.train import Distiller, TrainConfig
@@ -59,8 +62,32 @@ def nan_sample(rank: int, world: int, root: str) -> None:
         outcome = "ok"
     except Exception:  # noqa: BLE001 - compared by the test
         outcome = traceback.format_exc()[-3000:]
+    interrupted = _interrupt_rank_0(rank, toys, root)
     state = b"".join(v.detach().contiguous().numpy().tobytes() for v in student.state_dict().values())
     (Path(root) / f"results-{rank}.json").write_text(json.dumps({
         "outcome": outcome, "messages": messages.messages,
         "finite": all(bool(torch.isfinite(p).all()) for p in student.parameters()),
-        "state": hashlib.sha256(state).hexdigest()}))
+        "state": hashlib.sha256(state).hexdigest(), "interrupted": interrupted}))
+
+
+def _interrupt_rank_0(rank: int, toys, root: str) -> str:
+    """SIGINT to rank 0 alone during step 1: every rank must stop at the same step boundary."""
+    import qvgen
+    from qvgen.models import GenericAdapter
+    from qvgen.train import Distiller, TrainConfig
+
+    student, teacher = toys.make_pair()
+    student = qvgen.quantize_model(student, qvgen.QuantConfig.preset("w4a4", rank=0))
+    data = toys.toy_data_fn()
+
+    def data_fn(step: int, g: torch.Generator):
+        if step == 1 and rank == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        return data(step, g)
+
+    cfg = TrainConfig(steps=4, lr=1e-3, warmup=0.0, progress=False, out_dir=str(Path(root) / "stop"))
+    try:
+        Distiller(student, teacher, GenericAdapter(), data_fn, cfg, rank_decay=False).run()
+        return "finished"
+    except KeyboardInterrupt as e:
+        return str(e)
