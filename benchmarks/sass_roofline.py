@@ -1,4 +1,4 @@
-"""Static roofline of the packed GEMMs, on CPU: compile, disassemble, count, bound.
+"""SASS instruction profile of the packed GEMMs, on CPU: compile, disassemble, count.
 
     python -m benchmarks.sass_roofline [--json FILE] [--arch sm_90a sm_80] [--only SUBSTRING] [--no-cuda | --cuda-only]
 
@@ -8,9 +8,14 @@ reference ``csrc/cuda/gemm.cu``, and the tensor-core GEMMs of ``csrc/cuda/tc`` w
 found: mma.sync for sm_80, wgmma for sm_90a; their tiles and stages from ``csrc/tests/tc_configs.cu``) through
 nvcc for each architecture, disassembles the cubins (nvdisasm) and reports,
 per K tile of the main loop: tensor-core instructions, the other instructions by class, registers, spill
-bytes, shared memory, pipeline stages, how many wgmma groups stay in flight, and the issue-bound ceiling.
+bytes, shared memory, pipeline stages, how many wgmma groups stay in flight, and whether instruction issue
+alone could keep the tensor cores fed.
 
-Model of the issue bound (an upper bound on speed, not a prediction):
+This is an instruction count, not a speed: ``issue_over_tensor`` below only says whether issue is a
+bottleneck. Predictions of speed (waits, barriers, shared-memory and HBM bytes, prologue / epilogue,
+occupancy, waves) come from ``benchmarks.static_estimate``, which reads its SASS facts through this module.
+
+Issue count model:
 - The main loop is the innermost loop (backward branch) that holds the tensor-core (or dp4a) instructions.
   With weight groups, the work of the enclosing group loop (promotion of the int32 partial sums) is spread
   over the K tiles of a group. One loop iteration is one K tile for the Triton kernels. The CUDA tensor-core
@@ -25,10 +30,9 @@ Model of the issue bound (an upper bound on speed, not a prediction):
   where a warpgroup MMA (IGMMA MxNxK, issued by each of its 4 warps) counts M*N*K/4 MACs per warp and a
   warp MMA (IMMA) M*N*K. 8-bit MACs per SM per clock: 4096 on sm_90 (1978.9 dense INT8 TOPS = 2 x BF16's
   989.4 over 132 SMs at 1.83 GHz, KERNELS.md 2.1) and 2048 on sm_80 (624 TOPS, 108 SMs, 1.41 GHz).
-- ceiling (fraction of the INT8 peak) = tensor clocks / max(issue, tensor, dp4a clocks); the multiple of
-  BF16 is twice that (8-bit tensor cores run at 2x BF16 on both architectures).
-Not modelled (each can only lower the real figure): memory bandwidth and latency (large-M shapes are
-compute bound: KERNELS.md 2.3), dependency stalls, shared-memory bank conflicts, the epilogue, dual issue.
+- issue_over_tensor = issue clocks / tensor clocks per K tile: below 1, issue does not limit the main loop
+  (it says nothing about waits to 0 that drain the tensor pipe, barriers, shared-memory bandwidth, memory,
+  the epilogue or occupancy, each of which the estimate counts).
 Spill bytes are the stack frame of the function (cuobjdump -res-usage STACK; Triton kernels use local
 memory only for spills) and LDL/STL counts the spill traffic in the loop.
 """
@@ -222,14 +226,14 @@ def main_loop_profile(rows: list, tiles_per_group: int | None = None,
 
 
 def bound(profile: dict, arch: str) -> dict:
-    """Issue-bound ceiling of one K tile (module docstring)."""
+    """Issue and tensor clocks of one K tile (module docstring); not a speed."""
     a = ARCHS[arch]
     instrs = profile["instructions"]
     tensor_clk = profile["macs_per_warp"] / a["int8_macs_per_clk"]
     issue_clk = instrs / a["schedulers"]
     dp4a_clk = profile["by_class"].get("dp4a", 0.0) / a["dp4a_per_clk"]
-    frac = tensor_clk / max(issue_clk, tensor_clk, dp4a_clk) if tensor_clk else 0.0
-    return dict(int8_peak_fraction=round(frac, 4), x_bf16=round(2 * frac, 3),
+    busy = max(tensor_clk, dp4a_clk)
+    return dict(issue_over_tensor=round(issue_clk / busy, 3) if busy else None,
                 issue_clk=round(issue_clk, 1), tensor_clk=round(tensor_clk, 1), dp4a_clk=round(dp4a_clk, 1))
 
 
@@ -338,13 +342,13 @@ def tc_configs(cutlass: str) -> dict[tuple[str, bool, bool], dict]:
     return {(c["kernel"], c["w8"], c["grouped"]): c for c in map(json.loads, lines)}
 
 
-def tc_records(arch: str, only: str | None) -> list[dict]:
+def tc_kernels(arch: str, only: str | None = None):
+    """(record, SASS rows) of every tensor-core GEMM of csrc/cuda/tc for ``arch``; nothing without CUTLASS."""
     cutlass = cutlass_include()
     if cutlass is None:
         print("sass_roofline: no CUTLASS headers, the tensor-core GEMMs are skipped", file=sys.stderr)
-        return []
+        return
     configs = tc_configs(cutlass)
-    out = []
     for src in TC_SOURCES[arch]:
         with tempfile.TemporaryDirectory() as d:
             cubin_path = Path(d) / "tc.cubin"
@@ -370,11 +374,17 @@ def tc_records(arch: str, only: str | None) -> list[dict]:
                        num_warps=cfg["mma_warps"], pipeline_stages=cfg["stages"], dynamic_smem_bytes=cfg["smem_bytes"],
                        registers=res.get(fn, {}).get("REG"), spill_bytes=res.get(fn, {}).get("STACK"),
                        shared_bytes=cfg["smem_bytes"], loop=prof)
-            if prof:
-                bm, bn, _ = cfg["block"]
-                rec["k_tile"] = round(prof["macs_per_warp"] * cfg["mma_warps"] / (bm * bn), 2)
-                rec["bound"] = bound(prof, arch)
-            out.append(rec)
+            yield rec, rows
+
+
+def tc_records(arch: str, only: str | None) -> list[dict]:
+    out = []
+    for rec, _ in tc_kernels(arch, only):
+        if rec["loop"]:
+            bm, bn, _ = rec["block"]
+            rec["k_tile"] = round(rec["loop"]["macs_per_warp"] * rec["num_warps"] / (bm * bn), 2)
+            rec["bound"] = bound(rec["loop"], arch)
+        out.append(rec)
     return out
 
 
@@ -386,7 +396,7 @@ def _row(r: dict) -> str:
     return (f"{r['arch']:7} {r['name'][:44]:44} instr/tile {lp.get('instructions', 0):7.1f} tc {tc:3d} "
             f"regs {r.get('registers')!s:>3} spill {r.get('spill_bytes')!s:>5} smem {r.get('shared_bytes')!s:>6} "
             f"st {r.get('pipeline_stages')} wait>= {lp.get('wgmma_wait_pending_min')!s:4} "
-            f"-> {100 * b.get('int8_peak_fraction', 0):5.1f}% INT8 = {b.get('x_bf16', 0):.2f}x BF16")
+            f"issue/tensor {b.get('issue_over_tensor')!s:6}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -415,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                                 text=True).stdout.strip()
         doc = dict(tool="benchmarks.sass_roofline", triton=triton.__version__, commit=commit,
                    command=" ".join(["python -m benchmarks.sass_roofline", *(argv or sys.argv[1:])]),
-                   model=__doc__.split("Model of the issue bound")[1].split("Not modelled")[0].strip(),
+                   model=__doc__.split("Issue count model:")[1].strip(),
                    records=records)
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
     return 0

@@ -1,0 +1,111 @@
+"""The static estimate's arithmetic on hand-built kernel designs (no compiler): each expected figure is worked
+out by hand from the model in ``benchmarks/static_estimate.py`` and the H200 basis ``HW``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks import static_estimate as se
+
+CLK = se.HW["clock_hz"]
+
+
+def _design(**kw) -> se.Design:
+    base = dict(kernel="test", name="t", tile_rows=128, tile_tokens=256, block_k=128, stages=3, mma_warpgroups=2,
+                threads=256, registers=240, shared_bytes=100 * 1024, w_bits=4, group_size=-1, persistent=False,
+                macs_per_warpgroup=64 * 256 * 128, wgmma_n_bytes=256 * 128, waits_to_0=0, waits_pending=1,
+                cta_barriers=0, loop_instructions=40, serial_instructions=40, prologue_instructions=0,
+                epilogue_instructions=0, epilogue_load_rounds=1, register_operand_bytes=0)
+    base.update(kw)
+    return se.Design(**base)
+
+
+def test_peak_basis():
+    assert se.INT8_PEAK_OPS == pytest.approx(1.979e15, rel=1e-3)
+    assert se.BF16_PEAK_FLOPS == pytest.approx(989.4e12, rel=1e-3)
+
+
+def test_occupancy_limits():
+    # 240 registers x 32 lanes = 7680 -> 7680 per warp (256-register units); 8 warps: 61440 of 65536 -> 1.
+    assert se.occupancy(_design()) == 1
+    # 4 warps at 128 registers: 16384 per CTA -> 4 by registers; 40 KB + 1 KB of shared memory -> 5; 4 wins.
+    assert se.occupancy(_design(threads=128, registers=128, shared_bytes=40 * 1024)) == 4
+    assert se.occupancy(_design(shared_bytes=230 * 1024)) == 0
+
+
+def test_serialised_wait_and_barrier_cost():
+    # One CTA, lockstep (a barrier per tile): T = 2 x 64*256*128 / 4096 = 1024 clk; S = 2 waits x (100 + 30)
+    # + 3 barriers x 24 + 100 serial instructions x (8 warps / 4) = 260 + 72 + 200 = 532; busy = 1024 / 1556.
+    d = _design(waits_to_0=2, waits_pending=0, cta_barriers=3, serial_instructions=100, loop_instructions=150)
+    c = se.k_tile_cycles(d, 1)
+    assert c["serial_clk"] == pytest.approx(532)
+    assert c["tensor_busy"] == pytest.approx(1024 / 1556)
+    assert c["sm_clk"] == pytest.approx(1556)
+    assert c["bound"] == "tensor"
+
+
+def test_in_flight_wait_hides_serial_work():
+    # No barrier: each warpgroup is a unit (T = 512); S = 40 instructions x 1 warp per scheduler = 40 < 512,
+    # and the wait leaves a group in flight: nothing exposed, the tensor pipe stays busy.
+    c = se.k_tile_cycles(_design(), 1)
+    assert c["exposed_serial_clk"] == 0
+    assert c["tensor_busy"] == 1.0
+    # The shared-memory leg: 256 x 128 activations + 128 x 128 / 2 nibbles + 2 x 32 KB wgmma reads = 106496 B.
+    assert c["smem_bytes"] == 256 * 128 + 128 * 64 + 2 * 32768
+    assert c["shared_memory_clk"] == pytest.approx(106496 / 128)
+
+
+def test_compute_bound_large_shape():
+    # 32768 x 4096 x 4096 (M x K x N): 128 x 32 = 4096 tiles, 32 K tiles of 1024 tensor clk each; one CTA per
+    # SM -> 32 waves (4096 / 132 = 31.03); per tile 700 (prologue) + 32 x 1024 + 300 (epilogue) = 33768 clk.
+    d = _design()
+    e = se.estimate(d, 32768, 4096, 4096)
+    assert e["tiles"] == 4096 and e["waves_or_tiles_per_cta"] == 32
+    assert e["tile_latency_clk"] == 700 + 32 * 1024 + 300
+    # 31 full waves, then 4 tiles on 4 SMs: one CTA per SM again.
+    assert e["compute_s"] == pytest.approx(32 * 33768 / CLK)
+    assert e["int8_peak_fraction"] == pytest.approx(2 * 32768 * 4096 * 4096 / (32 * 33768 / CLK) / se.INT8_PEAK_OPS)
+    assert e["bound"] == "tensor"
+
+
+def test_bytes_bound_small_m():
+    # M = 16 at 16 x 5120 x 13824 with a cheap loop and 5 stages: per K tile max(tensor 64, load latency
+    # 700 / 4 = 175) -> 700 + 40 x 175 + 300 = 8000 clk = 4.4 us, below the bytes: the 4-bit weights decide.
+    # HBM bytes: a8 16 x 5120, weights 13824 x 5120 / 2, bf16 out 16 x 13824 x 2, vectors 12 x 16 + 12 x 13824
+    # + 4 x 16.
+    d = _design(tile_tokens=16, stages=5, macs_per_warpgroup=64 * 16 * 128, wgmma_n_bytes=16 * 128)
+    e = se.estimate(d, 16, 13824, 5120)
+    assert e["compute_s"] == pytest.approx(8000 / CLK)
+    want = (16 * 5120 + 13824 * 5120 / 2 + 2 * 16 * 13824 + 12 * 16 + 12 * 13824 + 4 * 16) / 4.8e12
+    assert e["hbm_s"] == pytest.approx(want)
+    assert e["bound"] == "memory" and e["seconds"] == pytest.approx(want)
+    # cuBLAS BF16 at this shape is bytes-bound too: 2 x (16 x 5120 + 13824 x 5120 + 16 x 13824) / 4.8 TB/s.
+    cub = se.cublas_bf16_seconds(16, 13824, 5120)
+    assert cub == pytest.approx(2 * (16 * 5120 + 13824 * 5120 + 16 * 13824) / 4.8e12)
+    assert cub / e["seconds"] == pytest.approx(3.94, abs=0.01)
+
+
+def test_latency_bound_few_ctas():
+    # 40 CTAs for 132 SMs, each its own SM, a serialised loop: per K tile T = 64 x 16 x 128 x 2 / 4096 = 64,
+    # S = 2 x 130 + 2 x 24 + 100 x 2 = 508 -> 572 clk per K tile, above the load-latency leg (700 / 2).
+    d = _design(tile_tokens=16, macs_per_warpgroup=64 * 16 * 128, wgmma_n_bytes=16 * 128, waits_to_0=2,
+                waits_pending=0, cta_barriers=2, serial_instructions=100, loop_instructions=120)
+    e = se.estimate(d, 16, 5120, 13824)
+    assert e["tiles"] == 40
+    k_tiles = 13824 // 128
+    assert e["compute_s"] == pytest.approx((700 + k_tiles * 572 + 300) / CLK)
+    assert e["bound"] == "tensor" and e["compute_s"] > e["hbm_s"]
+
+
+def test_persistent_pays_prologue_once():
+    d = _design(persistent=True, prologue_instructions=400)
+    e = se.estimate(d, 32768, 4096, 4096)
+    per_cta = math.ceil(4096 / 132)
+    assert e["compute_s"] == pytest.approx((400 * 2 + 700 + per_cta * (32 * 1024 + 300)) / CLK)
+
+
+def test_cublas_compute_bound():
+    m, n, k = 32760, 13824, 5120
+    assert se.cublas_bf16_seconds(m, n, k) == pytest.approx(2 * m * n * k / (0.75 * se.BF16_PEAK_FLOPS))
