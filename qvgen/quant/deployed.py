@@ -1,9 +1,10 @@
 """DeployedLinear: the packed low-bit linear layer a QLinear becomes at deployment (`qvgen.to_deploy`).
 
 Packed weight codes (the checkpoint layout), fp32 scales / zero points and fp32 activation-clip tables are
-plain buffers. At first use the codes are prepacked once into the layout of the backend that runs them
-(`qvgen_kernels.ops.prepack_linear`; rebuilt after `.to()` / loading), then every call is one
-`ops.prepacked_linear`.
+plain buffers. At conversion and at load the codes are prepacked into the layout of the backend that runs them
+(`qvgen_kernels.ops.prepack_linear`), so the first call costs what the next ones do (after a move to another
+device: at the first call there); every call is one `ops.prepacked_linear`. On the CPU that layout is the codes
+themselves (the same tensor, plus int32 column sums): the weights are held once, at 3, 4 or 8 bits each.
 
 dtype behaviour: `.to(dtype)` / `.half()` / `.bfloat16()` change only the compute dtype (the bias and the
 output follow it); codes stay uint8 and scales, zero points and clip tables stay fp32, bit for bit, so a bf16
@@ -178,10 +179,18 @@ class DeployedLinear(PhiView, nn.Linear):
         codes = ops.unpack(self.w_packed, self.cfg.w_bits, self.in_features)
         return ops.dequantize_weight(codes, self.w_scale, self.w_zero)
 
+    def _layout_inputs(self) -> tuple[Any, ...]:
+        return tuple(self._buffers.get(k) for k in ("w_packed", "w_scale", "w_zero"))
+
+    def _prepack_if_loaded(self) -> None:
+        """Build the layout now (at load) unless the buffers are still empty (meta)."""
+        if not self.w_packed.is_meta:
+            self.prepack()
+
     def _apply(self, fn: Any, recurse: bool = True) -> "DeployedLinear":
         # A dtype change becomes the compute dtype; the exact buffers keep fp32 (only their device follows).
         exact = {k: self._buffers[k] for k in EXACT_BUFFERS if self._buffers.get(k) is not None}
-        self._packed = None  # the buffers may move: rebuild the layout from them on next use
+        before = self._layout_inputs()
         super()._apply(fn, recurse)
         for k, old in exact.items():
             new = self._buffers[k]
@@ -190,6 +199,10 @@ class DeployedLinear(PhiView, nn.Linear):
                 self._buffers[k] = old.to(new.device)
         if self.bias is not None:
             self.compute_dtype = self.bias.dtype
+        # A dtype-only cast keeps the codes and scales, hence the layout. A move rebuilds it at the next call on
+        # the new device (offloading moves layers back and forth: no layout for a device the layer only rests on).
+        if any(a is not b for a, b in zip(before, self._layout_inputs())):
+            self._packed = None
         return self
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
@@ -197,7 +210,11 @@ class DeployedLinear(PhiView, nn.Linear):
         gamma = state_dict.get(prefix + "phi_gamma")
         if gamma is not None and self.phi_gamma is not None:
             self._phi_active = int((gamma != 0).sum())
+        errors = args[4] if len(args) > 4 else kwargs.get("error_msgs", [])
+        n_errors = len(errors)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if len(errors) == n_errors:  # at load, not at the first call (a failed load reports its own errors)
+            self._prepack_if_loaded()
 
     @torch.no_grad()
     def to_linear(self) -> nn.Linear:

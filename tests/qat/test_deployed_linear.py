@@ -58,3 +58,32 @@ def test_empty_layer_refuses_to_run():
     d = DeployedLinear(8, 4, cfg=QuantConfig.preset("w4a8", rank=0), device="meta")
     with pytest.raises(ValueError, match="never loaded"):
         d.prepack()
+
+
+@pytest.mark.parametrize("preset", ["w4a4", "w3a3", "w8a8"])
+def test_weights_held_once_and_layout_built_at_load(preset):
+    """On the CPU the deployed layout is the checkpoint codes themselves (one copy); it is built at conversion and at
+    load (not at the first call), kept across a dtype cast, and the state dict round trip stays bit-identical."""
+    from qvgen.apps.demo.metrics import model_bytes
+    from qvgen_kernels import ops, registry
+    if registry.unavailable_reason("cpu_int8", "cpu") is not None:
+        pytest.skip("cpu_int8 unavailable")
+    torch.manual_seed(2)
+    cfg = QuantConfig.preset(preset, rank=0, clip_groups=1)
+    d = QLinear.from_linear(nn.Linear(40, 24), cfg).to_deploy()
+    assert d._packed is not None and d._packed.tensors[0] is d.w_packed
+    assert ops.checkpoint_codes(d._packed) is d.w_packed
+    # every byte: codes once, int32 column sums, fp32 scale / zero / two clips, fp32 bias
+    assert model_bytes(d) == d.w_packed.numel() + 4 * 24 + 8 * 24 + 8 + 4 * 24
+    sd = {k: v.clone() for k, v in d.state_dict().items()}
+    e = DeployedLinear(40, 24, True, cfg, device="meta")
+    e.load_state_dict(sd, assign=True)
+    assert e._packed is not None and e._packed.tensors[0] is e.w_packed  # built at load
+    layout = e._packed
+    e.to(torch.bfloat16)
+    assert e._packed is layout  # a dtype cast keeps codes and scales, hence the layout
+    x = torch.randn(3, 40)
+    with torch.no_grad():
+        assert torch.equal(e(x.bfloat16()), d.to(torch.bfloat16)(x.bfloat16()))
+    again = e.state_dict()
+    assert sd.keys() == again.keys() and all(torch.equal(sd[k].to(again[k].dtype), again[k]) for k in sd)

@@ -1,0 +1,231 @@
+"""Real size on the CPU: the full Wan2.1-1.3B transformer converted, saved, loaded in a fresh process and run beside
+the bf16 model.
+
+    python -m benchmarks.bench_real_size                       # W4A4, W3A3, W8A8 at Wan2.1-1.3B, 1024 video tokens
+    python -m benchmarks.bench_real_size --smoke               # a 2-block, width-64 Wan (the test suite runs it)
+
+Per format, two fresh processes (so that each RSS figure is that stage's own):
+    convert   builds the architecture from its diffusers config (``WanTransformer3DModel``: 30 blocks, dim 1536 =
+              12 heads x 128, FFN 8960, text 4096, in/out channels 16, patch (1, 2, 2)) with random fp32 weights
+              (seeded; nothing is downloaded), converts it (``quantize_model`` + ``to_deploy``, Φ rank 0, minmax
+              init), writes it with ``save_pretrained`` and runs one forward in bf16 (the round-trip reference)
+    load      ``from_pretrained(..., torch_dtype=torch.bfloat16)``, first and second forward, then the same
+              architecture (same seed) cast to bf16 and its forward, in the same process
+Figures: bytes on disk (the saved folder); resident bytes after one forward (``model_bytes``: every parameter,
+buffer and deployed layout, each storage once); peak extra RSS while converting (over the RSS with the fp32 model
+built) and while loading (over the RSS before loading); convert / load / first-forward / forward seconds; whether
+the loaded model's output equals the converted model's bit for bit. Writes
+``benchmarks/results/cpu/real_size.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks import _harness
+
+OUT = Path(__file__).resolve().parent / "results" / "cpu"
+WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+                text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+SMOKE = dict(WAN_1_3B, num_attention_heads=2, attention_head_dim=32, text_dim=48, ffn_dim=128, num_layers=2)
+BITS = ("w4a4", "w3a3", "w8a8")
+SEED = 0
+
+
+class PeakRSS:
+    """Peak resident set size of this process (sampled every 10 ms from /proc) while in the ``with`` block."""
+
+    def __init__(self) -> None:
+        self.start = self.peak = rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, rss())
+
+    def __enter__(self) -> "PeakRSS":
+        self.start = self.peak = rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss())
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def build(config: dict[str, Any]) -> torch.nn.Module:
+    import diffusers
+    torch.manual_seed(SEED)
+    return diffusers.WanTransformer3DModel(**config).eval()
+
+
+def inputs(config: dict[str, Any], tokens: int, text_tokens: int, dtype: torch.dtype) -> dict[str, Any]:
+    """Latents [1, C, F, H, W] with F * (H / 2) * (W / 2) = tokens video tokens (F = 4 frames of a square grid)."""
+    side = int(round((tokens / 4) ** 0.5)) * 2
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, config["in_channels"], 4, side, side, generator=g)
+    text = torch.randn(1, text_tokens, config["text_dim"], generator=g)
+    return {"hidden_states": x.to(dtype), "encoder_hidden_states": text.to(dtype), "timestep": torch.tensor([500]),
+            "return_dict": False}
+
+
+def timed_forward(model: torch.nn.Module, args: dict[str, Any]) -> tuple[float, torch.Tensor]:
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = model(**args)[0]
+    return time.perf_counter() - t0, out
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def stage_convert(config: dict[str, Any], bits: str, work: Path, tokens: int, text_tokens: int) -> dict[str, Any]:
+    import qvgen
+    from qvgen.artifact.pretrained import cast
+    model = build(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    cfg = qvgen.QuantConfig.preset(bits, rank=0, w_init="minmax")
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        model = qvgen.to_deploy(qvgen.quantize_model(model, cfg))
+        convert_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model.save_pretrained(work / "model")
+    save_s = time.perf_counter() - t0
+    cast(model, torch.bfloat16)
+    _, out = timed_forward(model, inputs(config, tokens, text_tokens, torch.bfloat16))
+    torch.save(out, work / "convert_out.pt")
+    return {"params": n_params, "convert_s": convert_s, "convert_s_per_billion_params": convert_s / n_params * 1e9,
+            "save_s": save_s, "rss_before_convert": mem.start, "convert_peak_rss": mem.peak,
+            "convert_peak_extra_rss": mem.peak - mem.start, "disk_bytes": folder_bytes(work / "model")}
+
+
+def stage_load(config: dict[str, Any], work: Path, tokens: int, text_tokens: int) -> dict[str, Any]:
+    import diffusers
+    import qvgen  # noqa: F401  (registers the diffusers backend)
+    from qvgen.apps.demo.metrics import model_bytes
+    from qvgen.artifact.pretrained import cast
+    args = inputs(config, tokens, text_tokens, torch.bfloat16)
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        model = diffusers.WanTransformer3DModel.from_pretrained(work / "model", torch_dtype=torch.bfloat16)
+        load_s = time.perf_counter() - t0
+    first_s, out = timed_forward(model, args)
+    forward_s, out2 = timed_forward(model, args)
+    resident = model_bytes(model)
+    want = torch.load(work / "convert_out.pt")
+    row = {"load_s": load_s, "rss_before_load": mem.start, "load_peak_rss": mem.peak,
+           "load_peak_extra_rss": mem.peak - mem.start, "first_forward_s": first_s, "forward_s": forward_s,
+           "resident_bytes": resident, "round_trip_identical": bool(torch.equal(out, want) and torch.equal(out2, want)),
+           "loaded_class": type(model).__name__}
+    del model, out, out2
+    bf16 = cast(build(config), torch.bfloat16)  # diffusers' keep-in-fp32 modules stay fp32, as when loaded
+    row["bf16_resident_bytes"] = model_bytes(bf16)
+    row["bf16_first_forward_s"], _ = timed_forward(bf16, args)
+    row["bf16_forward_s"], _ = timed_forward(bf16, args)
+    row["resident_vs_bf16"] = resident / row["bf16_resident_bytes"]
+    row["speed_vs_bf16"] = row["bf16_forward_s"] / forward_s
+    return row
+
+
+def run_stage(stage: str, bits: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One stage in a fresh interpreter; its figures come back through a JSON file."""
+    cmd = [sys.executable, "-m", "benchmarks.bench_real_size", "--stage", stage, "--bits", bits, "--work", str(work),
+           "--tokens", str(args.tokens), "--text-tokens", str(args.text_tokens)]
+    cmd += ["--smoke"] if args.smoke else []
+    cmd += ["--threads", str(args.threads)] if args.threads else []
+    subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parent.parent)
+    return json.loads((work / f"{stage}.json").read_text())
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    gb = 1e9
+    prov = doc["provenance"]
+    lines = [f"# Real size on the CPU: {doc['model']} ({doc['params'] / 1e9:.3f} B parameters)", "",
+             f"Command: `{prov['command']}`; torch {prov['torch']}, {prov['torch_threads']} threads; commit "
+             f"{str(prov['commit'])[:10]}; load average at start {prov['load_average_1_5_15']}.", "",
+             f"Forward: {doc['tokens']} video tokens + {doc['text_tokens']} text tokens, batch 1, bf16 compute. "
+             "Resident bytes: every parameter, buffer and deployed layout after one forward, each storage once. "
+             "Peak extra RSS: over the RSS before the stage (converting: with the fp32 model built).", "",
+             "| measure | " + " | ".join(r["bits"] for r in doc["rows"]) + " |", "|---" * (len(doc["rows"]) + 1) + "|"]
+    rows = [("bytes on disk (GB)", lambda r: f"{r['disk_bytes'] / gb:.3f}"),
+            ("resident bytes (GB)", lambda r: f"{r['resident_bytes'] / gb:.3f}"),
+            ("bf16 model resident (GB)", lambda r: f"{r['bf16_resident_bytes'] / gb:.3f}"),
+            ("resident vs bf16", lambda r: f"{r['resident_vs_bf16']:.3f}×"),
+            ("convert time (s)", lambda r: f"{r['convert_s']:.1f}"),
+            ("convert time per 1B parameters (s)", lambda r: f"{r['convert_s_per_billion_params']:.1f}"),
+            ("convert peak extra RSS (GB)", lambda r: f"{r['convert_peak_extra_rss'] / gb:.2f}"),
+            ("convert peak extra RSS vs bf16 bytes", lambda r: f"{r['convert_peak_extra_rss'] / r['bf16_resident_bytes']:.2f}×"),
+            ("load time (s)", lambda r: f"{r['load_s']:.1f}"),
+            ("load peak extra RSS (GB)", lambda r: f"{r['load_peak_extra_rss'] / gb:.2f}"),
+            ("first forward (s)", lambda r: f"{r['first_forward_s']:.2f}"),
+            ("forward (s)", lambda r: f"{r['forward_s']:.2f}"),
+            ("bf16 forward (s)", lambda r: f"{r['bf16_forward_s']:.2f}"),
+            ("speed vs bf16", lambda r: f"{r['speed_vs_bf16']:.2f}×"),
+            ("round trip output-identical", lambda r: "yes" if r["round_trip_identical"] else "NO")]
+    for label, cell in rows:
+        lines.append(f"| {label} | " + " | ".join(cell(r) for r in doc["rows"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bits", nargs="+", default=list(BITS), choices=BITS)
+    ap.add_argument("--tokens", type=int, default=1024, help="video tokens (4 frames of a square grid)")
+    ap.add_argument("--text-tokens", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--smoke", action="store_true", help="a 2-block, width-64 Wan and 64 tokens (for tests)")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--stage", choices=("convert", "load"), help=argparse.SUPPRESS)
+    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = SMOKE if args.smoke else WAN_1_3B
+    if args.stage:
+        fn = stage_convert if args.stage == "convert" else stage_load
+        extra = (args.bits[0],) if args.stage == "convert" else ()
+        row = fn(config, *extra, args.work, args.tokens, args.text_tokens)
+        (args.work / f"{args.stage}.json").write_text(json.dumps(row))
+        return None
+    rows = []
+    for bits in args.bits:
+        with tempfile.TemporaryDirectory(prefix="qvgen-real-size-") as tmp:
+            row = {"bits": bits, **run_stage("convert", bits, Path(tmp), args), **run_stage("load", bits, Path(tmp), args)}
+        rows.append(row)
+        print(f"{bits}: resident {row['resident_vs_bf16']:.3f}x bf16, forward {row['speed_vs_bf16']:.2f}x bf16, "
+              f"convert {row['convert_s']:.1f} s (peak extra RSS {row['convert_peak_extra_rss'] / 1e9:.2f} GB), "
+              f"load {row['load_s']:.1f} s, first forward {row['first_forward_s']:.2f} s vs {row['forward_s']:.2f} s, "
+              f"round trip identical: {row['round_trip_identical']}", flush=True)
+    doc = {"provenance": _harness.provenance(torch.device("cpu")), "model": "tiny Wan" if args.smoke else
+           "Wan2.1-1.3B (random weights)", "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+           "params": rows[0]["params"], "tokens": args.tokens, "text_tokens": args.text_tokens, "rows": rows}
+    stem = "real_size_smoke" if args.smoke else "real_size"
+    args.out.mkdir(parents=True, exist_ok=True)
+    _harness.write_json(args.out / f"{stem}.json", doc)
+    (args.out / f"{stem}.md").write_text(markdown(doc))
+    return doc
+
+
+if __name__ == "__main__":
+    main()
