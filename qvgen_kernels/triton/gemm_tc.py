@@ -6,8 +6,12 @@ in its nibbles; 8 bits: two int8 tiles) and one [BLOCK_K, BLOCK_M] int8 activati
 8-bit MMA wants both operands), two int8 dots into two int32 accumulators. The weight halves are the
 register operand (``b & 15``, ``b >> 4``: the unpack is two bitwise ops per 4 bytes), the activation tile
 the shared-memory operand. Triton software-pipelines the loads over ``num_stages`` buffers (cp.async on
-sm_80+, async wgmma with the next tile's loads in flight on sm_90). Token indices wrap modulo M so the
-loads need no masks; the store masks the wrapped rows.
+sm_80+; on sm_90 the next tiles' loads are in flight during the wgmmas). The wgmmas themselves are not kept in
+flight: Triton (3.6 to 3.9) makes a wgmma "properly async" only with an fp32 accumulator, so each int32 dot
+ends in a wait to 0, and the cp.async hand-off adds CTA-wide barriers per K tile: the warpgroups of a CTA
+run in lockstep and the tensor cores idle between dots. Overlap comes from other resident CTAs (small token
+tiles, several CTAs per SM); ``benchmarks.static_estimate`` predicts what that reaches. Token indices wrap
+modulo M so the loads need no masks; the store masks the wrapped rows.
 
 Epilogue (``layout.py`` for the integer identity): per channel, with r = S + e K,
     y = (s_x s_w) (float(dot + c S + e colsum) - z_w float(r)) + bias        (the reference's order)
