@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 export MAX_JOBS ?= 2
 
-.PHONY: setup demo test pytest cmake-check clean
+.PHONY: setup demo test pytest cmake-check gpu-bundle clean
 
 # The marker file is rebuilt when the pins or the compiled sources change.
 $(VENV)/.installed: requirements.txt pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null)
@@ -33,6 +33,11 @@ cmake-check: setup
 	ctest --test-dir build/cmake --output-on-failure
 
 test: cmake-check pytest
+
+# What the offline GPU check needs beyond the GPU image (CUTLASS headers, pytest, ninja wheels), into .gpu-bundle/
+# (needs the package index); then `bash benchmarks/gpu_check.sh --dry-run` verifies it on any machine.
+gpu-bundle: setup
+	bash benchmarks/gpu_bundle.sh $(BIN)/python
 
 clean:
 	rm -rf build $(VENV) *.egg-info qvgen_kernels/_C*.so

@@ -1,24 +1,77 @@
 #!/usr/bin/env bash
-# The <= 9-minute GPU validation on a bare GPU machine (written for an H200: torch + CUDA, Triton 3.6, 16 cores,
-# no diffusers). From the repository root: bash benchmarks/gpu_check.sh
-#   1. build the extension for sm_90a (MAX_JOBS=16; with the tensor-core GEMMs when CUTLASS headers are found)
-#   2. every kernel test on the GPU, the Triton ones compiled (TRITON_INTERPRET unset); one autotune config per
-#      kernel (QVGEN_TRITON_TUNE=0) so compiling stays within the budget; failures do not stop the run
-#   3. the GEMM benchmark at Wan-1.3B 32760x1536x1536, Wan-14B 32760x5120x13824 / 32760x13824x5120 and
-#      M = 16 / 256, beside cuBLAS BF16, FP8 rowwise torch._scaled_mm and torch._int_mm
-# Writes benchmarks/results/<gpu>/{build,kernel_tests,gemm_bench}.log, gemm_bench.{json,png}, gpu_check.txt;
-# the summary at the end lists each step's exit code and time (exit status 1 when any step failed).
+# The <= 8-minute GPU check on a bare, offline GPU machine (written for an H200: torch + CUDA, Triton, nvcc,
+# 16 cores; no package index, no diffusers / hypothesis / matplotlib / ninja / CUTLASS). From the repository root,
+# with .gpu-bundle/ (make gpu-bundle) carried along:
+#   bash benchmarks/gpu_check.sh             the real run
+#   bash benchmarks/gpu_check.sh --dry-run   any machine, no GPU, no index: verifies the bundle, collects every
+#                                            test and plans every benchmark the real run would run, prints the
+#                                            steps with their caps (at most 480 s in all) and exits 0
+# Steps, in order of value (a run cut short keeps the earlier ones; every benchmark writes JSON lines as it goes):
+#   bundle       verify .gpu-bundle/MANIFEST.sha256, install its wheels (--no-index), unpack the CUTLASS headers
+#   build        the extension for sm_90a only, MAX_JOBS=16, ninja from the bundle, tensor-core GEMMs included
+#   gpu_tests    the gpu-marked kernel tests (bit-exact tensor-core GEMMs, multi-tile / multi-lap, grouped M = 200
+#                and 500) with one autotune config per Triton kernel (QVGEN_TRITON_TUNE=0)
+#   sanitizer    compute-sanitizer memcheck + synccheck of tc_linear on three small shapes (skipped, with a line
+#                saying so, where the tool is absent)
+#   gemm_bench   Wan-1.3B / Wan-14B shapes and M = 16 / 256: deployed Triton, CUDA tc_linear, cuBLAS BF16, FP8
+#                rowwise, torch._int_mm (dp4a only at M <= 256); every row checked against the reference first
+#   qat          fused fake quant fwd + bwd (Triton vs eager) at Wan-1.3B 32760x1536x8960, one QAT distillation
+#                step of a full-width Wan2.1-1.3B block vs its bf16 training step (time, peak memory)
+#   kernel_tests the remaining kernel tests on the GPU (what a time cut drops first)
+# Writes benchmarks/results/<gpu>/<step>.log, gemm_bench.{jsonl,json,md}, qat_check.{jsonl,json}, gpu_check.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+DRY_RUN=0
+[ "${1:-}" = "--dry-run" ] && DRY_RUN=1
+export DRY_RUN
+CAP_TOTAL=480
+BUNDLE=${QVGEN_GPU_BUNDLE:-.gpu-bundle}
 . benchmarks/gpu_steps.sh
+export PIP_NO_INDEX=1 QVGEN_TRITON_TUNE=0
 
-# CUTLASS headers for the tensor-core GEMMs (csrc/cuda/tc): the pinned wheel when an index is reachable, else
-# whatever QVGEN_CUTLASS_INCLUDE or the environment provides (without them test_extension_tc.py skips).
-"$PY" -m pip install -q --no-deps --retries 0 --timeout 5 -r csrc/requirements-cuda.txt 2>/dev/null \
-  || echo "no nvidia-cutlass wheel: tensor-core GEMMs built only with QVGEN_CUTLASS_INCLUDE or an installed copy"
-step build 150 env MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0a \
-  "$PY" -m pip install -q --no-build-isolation --no-deps -e .
-step kernel_tests 210 env QVGEN_TRITON_TUNE=0 "$PY" -m pytest -q -p no:cacheprovider tests/kernels \
-  $(diffusers_ignores tests/kernels)
-step gemm_bench 180 "$PY" -m benchmarks.bench_gemm --shapes check --backends triton,ext --repeats 10 --out "$OUT"
+# The bundle: hashes first (a partial copy fails here, not halfway through the build).
+bundle_check() {
+  [ -f "$BUNDLE/MANIFEST.sha256" ] || { echo "no $BUNDLE/MANIFEST.sha256: run 'make gpu-bundle' where the index is reachable"; return 1; }
+  (cd "$BUNDLE" && sha256sum --quiet -c MANIFEST.sha256) || { echo "$BUNDLE: hash mismatch"; return 1; }
+  echo "$BUNDLE: $(wc -l < "$BUNDLE/MANIFEST.sha256") files match MANIFEST.sha256 ($(du -sh "$BUNDLE" | cut -f1))"
+  local inc="$OUT/cutlass-include" pip_args=(--no-index --find-links "$BUNDLE/wheels" pytest ninja setuptools wheel)
+  mkdir -p "$inc" && tar -xzf "$BUNDLE/cutlass-include.tar.gz" -C "$inc" || return 1
+  [ -f "$inc/cute/arch/mma_sm90_gmma.hpp" ] || { echo "cutlass-include.tar.gz lacks cute/arch/mma_sm90_gmma.hpp"; return 1; }
+  if [ "$DRY_RUN" = 1 ]; then  # resolve from the bundle alone, installing nothing
+    "$PY" -m pip install -q --dry-run --ignore-installed "${pip_args[@]}" || return 1
+  else
+    "$PY" -m pip install -q "${pip_args[@]}" || return 1
+  fi
+  echo "wheels resolve from $BUNDLE/wheels alone; CUTLASS headers in $inc"
+}
+CAP_SUM=20
+echo "=== bundle (cap 20s): verify $BUNDLE, install its wheels with --no-index, unpack the CUTLASS headers"
+t0=$SECONDS
+export -f bundle_check
+export BUNDLE OUT PY
+timeout --kill-after=5 20 bash -c bundle_check 2>&1 | tee "$OUT/bundle.log"
+rc=${PIPESTATUS[0]}
+STEPS+=("$(printf '%-16s rc=%-3s %4ss  cap %4ss' bundle "$rc" "$((SECONDS - t0))" 20)")
+[ "$rc" = 0 ] || { summary gpu_check.txt; exit 1; }
+CUTLASS_INC="$(cd "$OUT/cutlass-include" && pwd)"
+NINJA_DIR="$("$PY" -c "import sysconfig; print(sysconfig.get_path('scripts'))")"
+
+GPU_TESTS=(tests/kernels -m gpu)
+REST_TESTS=(tests/kernels -m "not gpu" $(diffusers_ignores tests/kernels))
+GEMM_ARGS=(--shapes check --backends triton,ext --modes gemm,deployed_gemm,deployed_linear --bits w4a4,w3a3,w4a8
+           --repeats 10 --out "$OUT")
+
+step build 150 "echo \"setup.py takes the CUTLASS headers from QVGEN_CUTLASS_INCLUDE=$CUTLASS_INC\"" \
+  env MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0a QVGEN_CUTLASS_INCLUDE="$CUTLASS_INC" PATH="$NINJA_DIR:$PATH" \
+  "$PY" -m pip install -q --no-index --no-build-isolation --no-deps -e .
+q() { printf '%q ' "$@"; }  # a command line as one shell string (the dry run's plan)
+step gpu_tests 90 "$(q "$PY" -m pytest -q -p no:cacheprovider --collect-only "${GPU_TESTS[@]}") | tail -3" \
+  "$PY" -m pytest -q -p no:cacheprovider -rs "${GPU_TESTS[@]}"
+step sanitizer 40 "$(q "$PY" -m benchmarks.gpu_sanitize --plan)" \
+  "$PY" -m benchmarks.gpu_sanitize --run-tools --budget 38
+step gemm_bench 110 "$(q "$PY" -m benchmarks.bench_gemm "${GEMM_ARGS[@]}" --plan)" \
+  "$PY" -m benchmarks.bench_gemm "${GEMM_ARGS[@]}"
+step qat 40 "$(q "$PY" -m benchmarks.bench_qat_check --plan)" "$PY" -m benchmarks.bench_qat_check --out "$OUT"
+step kernel_tests 30 "$(q "$PY" -m pytest -q -p no:cacheprovider --collect-only "${REST_TESTS[@]}") | tail -3" \
+  "$PY" -m pytest -q -p no:cacheprovider "${REST_TESTS[@]}"
 summary gpu_check.txt
