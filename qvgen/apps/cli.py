@@ -247,10 +247,8 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from qvgen.models.loading import model_folder
     from qvgen.train.launch import run_train
 
-    args.model = str(model_folder(args.model, args.subfolder))
     return run_train(args)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from qvgen.storage.paths import read_json
+from qvgen.storage.paths import inside, read_json
 from qvgen_kernels.errors import fail
 
 OP = "qvgen train"
@@ -29,10 +29,23 @@ def model_folder(path: str | Path, subfolder: str | None = None) -> Path:
          str(folder))
 
 
+def check_weight_map(folder: Path) -> list[Path]:
+    """The shard files a sharded checkpoint's index names, each confined to the model folder: diffusers joins
+    them to the folder as written, so an index naming '../x' or '/etc/x' would read outside it."""
+    index = folder / "diffusion_pytorch_model.safetensors.index.json"
+    if not index.is_file():
+        return []
+    weight_map = read_json(index, OP).get("weight_map")
+    if not isinstance(weight_map, dict):
+        fail(OP, str(index), "a 'weight_map' object", type(weight_map).__name__)
+    return sorted({inside(folder, f, f"{index}: weight_map") for f in weight_map.values()})
+
+
 def load_diffusers_model(path: str | Path, subfolder: str | None = None) -> torch.nn.Module:
     """The diffusers class named by ``config.json``'s ``_class_name``, loaded by its ``from_pretrained`` in fp32
     (its _keep_in_fp32_modules included), in eval mode."""
     folder = model_folder(path, subfolder)
+    check_weight_map(folder)
     name = read_json(folder / "config.json", OP).get("_class_name")
     import diffusers
 
@@ -47,4 +60,4 @@ def load_diffusers_model(path: str | Path, subfolder: str | None = None) -> torc
     return model.float().eval()
 
 
-__all__ = ["load_diffusers_model", "model_folder"]
+__all__ = ["check_weight_map", "load_diffusers_model", "model_folder"]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from qvgen.distributed.devices import resolve_device
-from qvgen.models.loading import load_diffusers_model
+from qvgen.models.loading import load_diffusers_model, model_folder
 from qvgen.train.data import load_data_file, make_data_fn, rank_rows
 from qvgen.train.run_dir import claim_out_dir
 from qvgen_kernels.errors import fail
@@ -93,6 +93,8 @@ def run_train(args: argparse.Namespace) -> int:
     if world > 1:
         torch.distributed.barrier()  # every rank checked --out before rank 0 writes into it
     mode = _parallel(args, world)
+    # the folder is resolved after the argument checks above, so a wrong flag is named before a wrong path
+    args.model = str(model_folder(args.model, getattr(args, "subfolder", None)))
     model = load_diffusers_model(args.model).to(device)
     adapter = adapter_for(model, args.arch)
     teacher = copy.deepcopy(model).eval().requires_grad_(False)

@@ -11,7 +11,7 @@ import torch
 
 from qvgen import load_quantized, save_quantized
 from qvgen.storage import atomic_dir
-from qvgen.models.loading import _weight_files
+from qvgen.models.loading import check_weight_map
 
 from rel_helpers import dit_output, qat_toys, quantized_dit, rewrite_consistently
 
@@ -106,12 +106,12 @@ def test_sharded_weight_map_stays_in_the_model_folder(tmp_path, entry):
     index = {"weight_map": {"w": "diffusion_pytorch_model-00001.safetensors", "v": entry}}
     (model / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match="weight_map"):
-        _weight_files(model)
+        check_weight_map(model)
 
 
 def test_sharded_weight_map_inside_the_folder_is_accepted(tmp_path):
     (tmp_path / "sub").mkdir()
     index = {"weight_map": {"w": "a.safetensors", "v": "sub/b.safetensors"}}
     (tmp_path / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
-    assert _weight_files(tmp_path) == [tmp_path / "a.safetensors", tmp_path / "sub" / "b.safetensors"]
+    assert check_weight_map(tmp_path) == [tmp_path / "a.safetensors", tmp_path / "sub" / "b.safetensors"]
     shutil.rmtree(tmp_path / "sub")
