@@ -70,7 +70,9 @@ def summarize(lines: Sequence[dict], command: str = "") -> dict:
     teachers = {ln["width"]: ln["teacher"] for ln in lines}
     loads = [ln["load_average"][0] for ln in lines if ln.get("load_average")]
     first = lines[0] if lines else {}
-    return {"command": command or first.get("provenance", {}).get("command", ""),
+    env = " ".join(f"{k}={v}" for k, v in first.get("env", {}).items())
+    command = command or first.get("provenance", {}).get("command", "")
+    return {"command": f"{env} {command}" if env and not command.startswith(env) else command,
             "provenance": first.get("provenance", {}), "preset": first.get("preset", {}),
             "jobs": len(lines), "job_seconds": sum(ln["seconds"] for ln in lines),
             "teacher_seconds": {w: t.get("seconds") for w, t in sorted(teachers.items())},

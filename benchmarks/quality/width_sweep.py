@@ -36,6 +36,7 @@ from benchmarks.quality.run_study import RESULTS, evaluate, rank_for_width
 RANK_FRACTION = 0.03
 DECAY_END = 0.5
 METHODS = ("ptq", "svdquant", "lsq", "qalora", "qvgen")
+ENV_RECORDED = ("OMP_NUM_THREADS", "QVGEN_BACKEND")  # part of the command that produced a line
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,8 @@ def run(p: Preset, out: Path, device: torch.device, log=print, max_seconds: floa
                              "log": mlog, "seconds": time.perf_counter() - t})
         line = {"preset": p.fingerprint(), "bits": bits, "width": w, "seed": seed, "rank": rank_of(w),
                 "teacher": tinfo, "runs": runs, "seconds": time.perf_counter() - start,
-                "load_average": list(os.getloadavg()), "provenance": prov}
+                "load_average": list(os.getloadavg()), "provenance": prov,
+                "env": {k: os.environ[k] for k in ENV_RECORDED if k in os.environ}}
         append_line(path, line)
         longest = max(longest, line["seconds"])
         mse = "  ".join(f"{r['label']} {r['denoise_mse']:.4f}" for r in runs)
