@@ -186,7 +186,7 @@ def small_call(rounds: int, calls: int) -> dict[str, Any]:
     rows = []
     gen = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.bfloat16):
-        cfg = qvgen.QuantConfig.preset("w4a4", rank=0, clip_groups=1)
+        cfg = qvgen.QuantConfig.preset("w4a4", rank=0)  # as a user makes it (50 clip groups, none selected)
         q = qvgen.QLinear.from_linear(torch.nn.Linear(64, 48), cfg)
         layer = q.to_deploy().to(dtype)
         lin = torch.nn.Linear(64, 48).to(dtype)

@@ -12,6 +12,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "qvgen/int8.h"
 
 namespace qvgen {
@@ -25,6 +27,8 @@ constexpr int64_t kTileRows = 2048, kTileBytes = 4 << 20;  // int32 products per
 // Unpacked int8 weights per column block: 4 MB (in L3) measured ahead of 0.5-2 MB at K = 8960 and M = 2048 (fewer,
 // wider engine calls) and level with them at M = 16.
 constexpr int64_t kScratchBytes = 4 << 20, kMinTileCols = 64;
+// Up to this many multiply-adds the products are summed directly: an engine call costs a few microseconds.
+constexpr int64_t kSmallMacs = 1 << 16;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -53,14 +57,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> int8_quantize(const a
   if (x.is_meta() || m == 0) return {a, scale, rowsum, offset};
   const at::Tensor xs = x.contiguous();
   const at::Tensor lo = clip_lo.to(at::kFloat).contiguous(), hi = clip_hi.to(at::kFloat).contiguous();
-  at::Tensor nonfinite = at::empty({m}, opts.dtype(at::kInt));
+  std::vector<int32_t> nonfinite(static_cast<size_t>(m));  // host memory: cheaper than a tensor for small calls
   int8::QuantArgs q{xs.data_ptr(), tag_of(xs.scalar_type()), k, k_gemm, static_cast<int>(a_bits), groups,
                     lo.data_ptr<float>(), hi.data_ptr<float>(), lo.numel() == 1 ? 0 : 1, hi.numel() == 1 ? 0 : 1,
                     a.data_ptr<int8_t>(), scale.data_ptr<float>(), rowsum.data_ptr<int32_t>(),
-                    offset.data_ptr<int32_t>(), nonfinite.data_ptr<int32_t>()};
+                    offset.data_ptr<int32_t>(), nonfinite.data()};
   at::parallel_for(0, m, grain(k), [&](int64_t r0, int64_t r1) { int8::quantize_rows(q, r0, r1); });
   // The data checks of the op registry, folded into this op (no second read of x).
-  const int32_t* nf = nonfinite.data_ptr<int32_t>();
+  const int32_t* nf = nonfinite.data();
   const float* plo = lo.data_ptr<float>();
   const float* phi = hi.data_ptr<float>();
   for (int64_t r = 0; r < m; ++r) {
@@ -119,27 +123,51 @@ at::Tensor int8_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::T
   // keep the number of parallel regions per call small: each is a barrier that a busy core delays.
   const int64_t tm = std::min<int64_t>(m, kTileRows), mt = ceil_div(m, tm);
   const int64_t tn = tile_cols(n, tm, k_gemm), nt = ceil_div(n, tn);
+  const bool small = m * n * k_gemm <= kSmallMacs;
   const bool with_partial = grouped && groups > 1;
-  at::Tensor acc_buf = at::empty({tm * tn}, opts.dtype(at::kInt));
-  at::Tensor w_buf = at::empty({tn, k_gemm}, opts.dtype(at::kChar));
-  at::Tensor part_buf = with_partial ? at::empty({tm * tn}, opts.dtype(at::kFloat)) : at::Tensor();
+  // Scratch: tensors where the engine writes (at::_int_mm_out takes tensors); for small problems this thread's
+  // reused host buffers (a tensor allocation costs about what a small problem's products do).
+  at::Tensor acc_buf, w_buf, part_buf;
+  int32_t* acc_ptr;
+  int8_t* w_ptr;
+  float* part_ptr = nullptr;
+  if (small) {
+    thread_local std::vector<int32_t> acc_v;
+    thread_local std::vector<int8_t> w_v;
+    thread_local std::vector<float> part_v;
+    acc_v.resize(tm * tn);
+    w_v.resize(tn * k_gemm);
+    part_v.resize(with_partial ? tm * tn : 0);
+    acc_ptr = acc_v.data(), w_ptr = w_v.data(), part_ptr = with_partial ? part_v.data() : nullptr;
+  } else {
+    acc_buf = at::empty({tm * tn}, opts.dtype(at::kInt));
+    w_buf = at::empty({tn, k_gemm}, opts.dtype(at::kChar));
+    part_buf = with_partial ? at::empty({tm * tn}, opts.dtype(at::kFloat)) : at::Tensor();
+    acc_ptr = acc_buf.data_ptr<int32_t>(), w_ptr = w_buf.data_ptr<int8_t>();
+    part_ptr = with_partial ? part_buf.data_ptr<float>() : nullptr;
+  }
   for (int64_t jt = 0; jt < nt; ++jt) {
     const int64_t n0 = jt * tn, cols = std::min(tn, n - n0);
-    const int8::UnpackArgs u{wp.data_ptr<uint8_t>() + n0 * wp.size(1), wp.size(1), static_cast<int>(w_bits), k,
-                             w_buf.data_ptr<int8_t>(), k_gemm};
+    const int8::UnpackArgs u{wp.data_ptr<uint8_t>() + n0 * wp.size(1), wp.size(1), static_cast<int>(w_bits), k, w_ptr,
+                             k_gemm};
     at::parallel_for(0, cols, grain(k_gemm), [&](int64_t r0, int64_t r1) { int8::unpack_weight_rows(u, r0, r1); });
-    const at::Tensor wt = w_buf.narrow(0, 0, cols);
     for (int64_t it = 0; it < mt; ++it) {
       const int64_t m0 = it * tm, rows = std::min(tm, m - m0);
-      at::Tensor acc = acc_buf.narrow(0, 0, rows * cols).view({rows, cols});
       for (int64_t g = 0; g < groups; ++g) {
-        at::_int_mm_out(acc, aq.narrow(0, m0, rows).narrow(1, g * gs_gemm, gs_gemm),
-                        wt.narrow(1, g * gs_gemm, gs_gemm).t());
-        int8::EpilogueArgs e{acc.data_ptr<int32_t>(), as.data_ptr<float>(), ar.data_ptr<int32_t>(),
+        if (small) {  // the products directly, no engine call
+          const int8::SmallGemmArgs sg{aq.data_ptr<int8_t>() + m0 * k_gemm + g * gs_gemm, k_gemm, w_ptr + g * gs_gemm,
+                                       k_gemm, acc_ptr, cols, cols, gs_gemm};
+          int8::small_gemm_rows(sg, 0, rows);
+        } else {
+          at::Tensor acc = acc_buf.narrow(0, 0, rows * cols).view({rows, cols});
+          at::_int_mm_out(acc, aq.narrow(0, m0, rows).narrow(1, g * gs_gemm, gs_gemm),
+                          w_buf.narrow(0, 0, cols).narrow(1, g * gs_gemm, gs_gemm).t());
+        }
+        int8::EpilogueArgs e{acc_ptr, as.data_ptr<float>(), ar.data_ptr<int32_t>(),
                              ao.data_ptr<int32_t>(), cs.data_ptr<int32_t>(), ws.data_ptr<float>(),
                              wz.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr, n, groups, g, gs,
                              m0, n0, n0 + cols, cols, w_bits == 8 ? 128 : 0, grouped,
-                             with_partial ? part_buf.data_ptr<float>() : nullptr, out.data_ptr(),
+                             part_ptr, out.data_ptr(),
                              tag_of(out.scalar_type())};
         at::parallel_for(m0, m0 + rows, grain(cols), [&](int64_t r0, int64_t r1) { int8::epilogue_rows(e, r0, r1); });
       }

@@ -321,21 +321,18 @@ class PackedLinear:
     checkpoint codes from it, so that a layer needs to hold nothing else.
     """
 
-    __slots__ = ("backend", "w_bits", "a_bits", "k", "n", "tensors", "_run", "_one")
+    __slots__ = ("backend", "w_bits", "a_bits", "k", "n", "tensors", "device", "_run", "_one")
 
     def __init__(self, backend: str, w_bits: int, a_bits: int, k: int, n: int, tensors: tuple[Tensor, ...]):
         self.backend, self.w_bits, self.a_bits, self.k, self.n = backend, w_bits, a_bits, k, n
         self.tensors = tensors
+        self.device = tensors[0].device  # a layout never moves (a move builds a new one)
         impl = registry.resolve("prepacked_linear", tensors[0].device, backend)[1]
         if registry.is_traceable(backend):
             self._run = impl
         else:  # an opaque node under torch.compile, with the data checks of the custom op
             self._run = functools.partial(_opaque_prepacked, backend)
         self._one = torch.ones(1, dtype=torch.float32, device=tensors[0].device)
-
-    @property
-    def device(self) -> torch.device:
-        return self.tensors[0].device
 
     @property
     def nbytes(self) -> int:
@@ -397,22 +394,24 @@ def prepacked_linear(x: Tensor, packed: PackedLinear, bias: Tensor | None = None
         fail(op, "x", "a torch.Tensor", type(x).__name__, TypeError)
     if x.dtype not in _ACT_DTYPES:
         fail(op, "x", f"dtype in {tuple(str(d) for d in _ACT_DTYPES)}", x.dtype, TypeError)
-    if x.dim() == 0 or x.shape[-1] != packed.k:
-        fail(op, "x", f"a tensor [..., {packed.k}]", f"shape {tuple(x.shape)}")
+    shape = x.shape
+    if not shape or shape[-1] != packed.k:
+        fail(op, "x", f"a tensor [..., {packed.k}]", f"shape {tuple(shape)}")
     if x.device != packed.device:
         fail(op, "x", f"device {packed.device} (the prepacked weights')", x.device)
     if bias is not None:
         _bias(op, bias, packed.n, x)
     lo, hi = _fast_clip(op, "clip_lo", clip_lo, x, packed), _fast_clip(op, "clip_hi", clip_hi, x, packed)
-    x2 = x.reshape(-1, packed.k)
-    out = packed._run(x2, packed.tensors, bias, packed.w_bits, packed.a_bits, packed.k, packed.n, lo, hi)
-    return out.view(*x.shape[:-1], packed.n)
+    flat = len(shape) == 2  # the common case costs no reshape / view (each a tensor op)
+    out = packed._run(x if flat else x.reshape(-1, packed.k), packed.tensors, bias, packed.w_bits, packed.a_bits,
+                      packed.k, packed.n, lo, hi)
+    return out if flat else out.view(*shape[:-1], packed.n)
 
 
 def _fast_clip(op: str, arg: str, clip: Clip, x: Tensor, packed: PackedLinear) -> Tensor:
     """fp32 ``[1]`` (one pair for every row) or ``[M]``; the common cases cost no tensor op."""
     if isinstance(clip, Tensor) and clip.dtype == torch.float32 and clip.numel() == 1 and clip.device == x.device:
-        return clip.reshape(1)
+        return clip if clip.dim() == 1 else clip.reshape(1)
     if isinstance(clip, float) and clip == 1.0:
         return packed._one
     if isinstance(clip, (float, int)) and not isinstance(clip, bool):

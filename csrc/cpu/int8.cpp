@@ -357,6 +357,18 @@ void unpack_weight_rows(const UnpackArgs& args, int64_t r0, int64_t r1) {
   for_rows(args, r0, r1, kUnpackSimd, &unpack_row_scalar);
 }
 
+void small_gemm_rows(const SmallGemmArgs& g, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int8_t* a = g.a + r * g.lda;
+    for (int64_t j = 0; j < g.n; ++j) {
+      const int8_t* w = g.w + j * g.ldw;
+      int32_t sum = 0;  // |a w| <= 2^14 per term, K * 2^14 < 2^31 (the caller's accumulator bound)
+      for (int64_t i = 0; i < g.k; ++i) sum += static_cast<int32_t>(a[i]) * static_cast<int32_t>(w[i]);
+      g.acc[r * g.ldc + j] = sum;
+    }
+  }
+}
+
 void epilogue_rows(const EpilogueArgs& args, int64_t r0, int64_t r1) {
   for_rows(args, r0, r1, kEpilogueSimd, &epilogue_row_scalar);
 }

@@ -98,6 +98,7 @@ class DeployedLinear(PhiView, nn.Linear):
             self.register_buffer("phi_gamma", torch.zeros(phi_capacity, **f32))
         setattr(self, STATE_ATTR, TimestepState(cfg.clip_groups, cfg.num_train_timesteps, default_group=0))
         self._packed: ops.PackedLinear | None = None
+        self._clip_views: tuple | None = None
 
     @classmethod
     @torch.no_grad()
@@ -138,12 +139,27 @@ class DeployedLinear(PhiView, nn.Linear):
             return 1.0, 1.0
         if self.cfg.clip_groups == 1:  # one clip pair for every row: the [1] tables as they are
             return self.a_clip_lo, self.a_clip_hi
+        state = getattr(self, STATE_ATTR)
+        if isinstance(state, TimestepState) and state.groups is None and state.default_group is not None:
+            return self._default_clips(state.default_group)  # no timestep set: the default group's pair
         index = row_group_index(getattr(self, STATE_ATTR), x, self.cfg.clip_groups, "DeployedLinear")
         # index_select, not [index] (a 0-d tensor index calls .item(), a graph break under torch.compile)
         # nor take (Inductor's decomposition of take guards on the index's value).
         flat = index.reshape(-1)
         return (self.a_clip_lo.index_select(0, flat).view(index.shape),
                 self.a_clip_hi.index_select(0, flat).view(index.shape))
+
+    def _default_clips(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The [1] views of clip group g, kept between calls (each slice is a tensor op: a small call's cost)
+        while the clip buffers hold the same memory; plain slices under torch.compile."""
+        lo, hi = self._buffers["a_clip_lo"], self._buffers["a_clip_hi"]
+        if torch.compiler.is_compiling():
+            return lo[g:g + 1], hi[g:g + 1]
+        key = (g, lo.data_ptr(), hi.data_ptr())  # a replaced buffer or swapped .data (offloading) is a new key
+        cached = self.__dict__.get("_clip_views")
+        if cached is None or cached[0] != key:
+            cached = self._clip_views = (key, lo[g:g + 1], hi[g:g + 1])
+        return cached[1], cached[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packed = self._packed

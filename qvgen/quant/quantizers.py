@@ -61,20 +61,25 @@ class WeightQuantizer(nn.Module):
 
     def _mse_search(self, w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # Candidates are evaluated in chunks stacked along N: one kernel call per chunk instead of 80.
+        # Every candidate over the whole weight at once, candidates in chunks of at most _MSE_CHUNK_ELEMS
+        # elements: w [N, G, Kg] broadcast against s, z [C, N, G, 1]. The fp32 operations and their order are
+        # fake_quant_weight's (w_hat = s (clamp(round(w / s + z), 0, P) - z)), done in place on one buffer and
+        # without the custom op's data checks, so the time is a few passes over C x the weight per chunk and grows
+        # linearly with the parameters.
         shrinks = torch.tensor(_MSE_SHRINKS, dtype=torch.float32, device=w.device)
+        wg = self._grouped(w)
         chunk = max(1, min(len(_MSE_SHRINKS), _MSE_CHUNK_ELEMS // max(w.numel(), 1)))
         errs, scales, zeros = [], [], []
         for start in range(0, len(_MSE_SHRINKS), chunk):
-            p = shrinks[start:start + chunk].reshape(-1, *([1] * lo.dim()))
-            s, z = self._range_params(lo * p, hi * p)  # [C, N] or [C, N, G]
-            c = s.shape[0]
-            w_hat = ops.fake_quant_weight(w.repeat(c, 1), s.reshape(c * w.shape[0], *self.scale.shape[1:]),
-                                          z.reshape(c * w.shape[0], *self.zero.shape[1:]), self.bits)
-            diff = (w_hat.reshape(c, *w.shape) - w).abs().pow(_MSE_NORM)
-            errs.append(diff.reshape(*s.shape, -1).sum(-1))
+            p = shrinks[start:start + chunk].reshape(-1, 1, 1)
+            s, z = self._range_params(lo * p, hi * p)  # [C, N, G]
+            s4, z4 = s.unsqueeze(-1), z.unsqueeze(-1)
+            t = wg / s4
+            t.add_(z4).round_().clamp_(0, qmax(self.bits)).sub_(z4).mul_(s4)
+            errs.append(t.sub_(wg).abs_().pow_(_MSE_NORM).sum(-1))
             scales.append(s)
             zeros.append(z)
+            del t
         # argmin returns the first minimum: ties keep the wider range.
         best = torch.cat(errs).argmin(0, keepdim=True)
         return torch.cat(scales).gather(0, best)[0], torch.cat(zeros).gather(0, best)[0]

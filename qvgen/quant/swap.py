@@ -51,7 +51,10 @@ def replace_modules(model: nn.Module, new_for: Callable[[str, nn.Module], nn.Mod
     module object, so a shared module stays shared). Returns the model, or the replacement of the root."""
     made: dict[int, nn.Module | None] = {}
     root = None
-    for name, module in list(model.named_modules(remove_duplicate=False)):
+    # Walked lazily (no list of every module): a replaced module is released as soon as its last path is
+    # replaced, so converting layer by layer frees each old layer (an fp32 weight) right after its replacement
+    # exists. Setting an existing key while its dict is walked is allowed; the new modules are never visited.
+    for name, module in model.named_modules(remove_duplicate=False):
         if id(module) not in made:
             made[id(module)] = new_for(name, module)
         new = made[id(module)]
@@ -150,13 +153,13 @@ def to_deploy(model: nn.Module, keep_phi: bool = False) -> nn.Module:
     """Swap every QLinear for its DeployedLinear (packed weights + low-bit kernels), in place, and return the
     model (or, for a bare QLinear, its DeployedLinear). Refuses, naming the first layer, while any layer's
     Phi has rank > 0, unless keep_phi."""
-    layers = [(name, q) for name, q in iter_qlinears(model) if isinstance(q, QLinear)]
     if not keep_phi:
-        for name, q in layers:
-            if q.phi_rank > 0:
+        for name, q in iter_qlinears(model):
+            if isinstance(q, QLinear) and q.phi_rank > 0:
                 fail("to_deploy", "keep_phi", "True, or every Phi removed by rank decay first (call "
                      "RankDecay.finish() after the training loop)",
                      f"False with layer '{name or type(model).__name__}' still holding Phi of rank {q.phi_rank}")
+    # Layer by layer: each QLinear (and its fp32 weight, unless held elsewhere) is released once replaced.
     return replace_modules(model, lambda _, m: m.to_deploy(keep_phi) if isinstance(m, QLinear) else None)
 
 

@@ -210,7 +210,7 @@ def test_column_blocks_and_row_tiles(w_bits: int, a_bits: int) -> None:
     """Shapes with several column blocks (4 MB of unpacked int8 each) and several row tiles (2048 rows each):
     every block is unpacked once and serves every row tile; the result stays exact."""
     gen = torch.Generator().manual_seed(40 + w_bits)
-    for m, k, n, groups in ((2050, 8, 33, None), (3, 2100, 2003, None), (2049, 4200, 1500, 2)):
+    for m, k, n, groups in ((2050, 8, 33, None), (2050, 1, 40, None), (3, 2100, 2003, None), (2049, 4200, 1500, 2)):
         wp, ws, wz, bias = _layer(n, k, w_bits, groups, gen)
         x = torch.randn(m, k, generator=gen).bfloat16()
         packed = ops.prepack_linear(wp, ws, wz, w_bits=w_bits, a_bits=a_bits, k=k)

@@ -73,6 +73,18 @@ struct UnpackArgs {
   int64_t out_stride;      // >= k
 };
 
+// acc[r, j] = sum_i a[r, i] * w[j, i] (int32, exact) for rows [r0, r1) and j < n: the GEMM of small problems,
+// where the matrix engine's fixed cost per call exceeds the products.
+struct SmallGemmArgs {
+  const int8_t* a;
+  int64_t lda;
+  const int8_t* w;
+  int64_t ldw;
+  int32_t* acc;
+  int64_t ldc, n, k;
+};
+void small_gemm_rows(const SmallGemmArgs& args, int64_t r0, int64_t r1);
+
 // Rows [r0, r1) of the weight unpack.
 void unpack_weight_rows(const UnpackArgs& args, int64_t r0, int64_t r1);
 
