@@ -74,8 +74,8 @@ class Preset:
 
 PRESETS = {
     # Sized for a 2-core CPU shared with other jobs, one thread (measured: see benchmarks/results/quality.md).
-    "cpu": Preset(widths=(64, 128, 256), seeds=(4, 4, 3),
-                  note="2 layers, 800 teacher steps, 40 QAT steps, 3 seeds at width 256"),
+    "cpu": Preset(widths=(64, 128, 256), seeds=(6, 6, 4),
+                  note="2 layers, 800 teacher steps, 40 QAT steps, 6 seeds at widths 64 and 128, 4 at 256"),
     # One GPU command of <= 8 minutes: a wider, deeper teacher, two seeds.
     "gpu": Preset(widths=(512,), seeds=(2,), layers=4, teacher_steps=1600, steps=60, eval_size=32, samples=8,
                   sample_steps=10, name="width_sweep_gpu", note="width 512, 4 layers, 60 QAT steps, 2 seeds"),

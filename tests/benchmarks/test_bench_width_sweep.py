@@ -29,7 +29,7 @@ def test_rank_order_and_resume(tmp_path):
     p = ws.PRESETS["cpu"]
     order = ws.jobs(p)
     assert order[:4] == [("w3a3", 64, 0), ("w3a3", 128, 0), ("w3a3", 256, 0), ("w3a3", 64, 1)]
-    assert ("w3a3", 256, 3) not in order and ("w4a4", 128, 3) in order  # fewer seeds at the widest point
+    assert ("w3a3", 256, 4) not in order and ("w4a4", 128, 5) in order  # fewer seeds at the widest point
     assert all(b == "w3a3" for b, _, _ in order[:len(order) // 2])  # W3A3 completes first
     path = tmp_path / "s.jsonl"
     ws.append_line(path, _line(p, "w3a3", 64, 0, 0.009))
@@ -41,7 +41,7 @@ def test_rank_order_and_resume(tmp_path):
     with pytest.raises(ValueError, match="another configuration"):
         ws.pending(other, lines)
     # More seeds later: the finished ones still count (seed counts are not part of the fingerprint).
-    assert len(ws.pending(dataclasses.replace(p, seeds=(5, 4, 3)), lines)) == len(order) + 1
+    assert len(ws.pending(dataclasses.replace(p, seeds=(7, 6, 4)), lines)) == len(order) + 1
 
 
 def test_point_statistics_and_report(tmp_path):
