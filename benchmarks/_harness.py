@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
 _FLUSH_BYTES = 256 << 20
 

@@ -27,7 +27,7 @@ from torch import nn
 from benchmarks import _harness, report_model
 from benchmarks.eager_official import eager_quantize
 from benchmarks.shapes import FULL, SMALL, ModelShape, build_model, get_shape, linear_shapes, make_inputs
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
 VARIANTS = ("fp", "w4a4-deploy", "w3a3-deploy", "qat-fused", "qat-eager")
 QAT_RANK = 32

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from qvgen_kernels.format import ACT_EPS, fail, qmax
+from qvgen_kernels.format import ACT_EPS, qmax
+
+from qvgen_kernels.errors import fail
 
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:

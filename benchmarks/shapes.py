@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
 
 @dataclass(frozen=True)

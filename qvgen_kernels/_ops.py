@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from . import registry
-from .format import fail, packed_width
+from .format import packed_width
+from .errors import fail
 from .reference.pack import check_codes_range
 
 _NS = "qvgen"

@@ -48,7 +48,7 @@ Packing (the checkpoint layout; kernels may repack at load time and document the
 
 from __future__ import annotations
 
-from .errors import fail  # re-exported for the kernel modules that import it from here
+from .errors import fail
 
 WEIGHT_BITS = (3, 4, 8)
 ACT_BITS = (3, 4, 8, 16)  # 16: activations stay in floating point (weight-only, e.g. W4A16)
@@ -113,5 +113,5 @@ def num_bytes(n: int, k: int, bits: int) -> int:
 
 __all__ = [
     "ACT_BITS", "ACT_EPS", "FORMAT_VERSION", "PACKED_BITS", "WEIGHT_BITS", "check_accumulator", "check_bits",
-    "check_group_size", "fail", "num_bytes", "pack_factor", "packed_width", "padded_k", "qmax",
+    "check_group_size", "num_bytes", "pack_factor", "packed_width", "padded_k", "qmax",
 ]

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 
 from . import _ops, backends, registry  # noqa: F401  (backends: registrations)
-from .format import ACT_BITS, PACKED_BITS, WEIGHT_BITS, check_accumulator, check_bits, fail, packed_width
+from .format import ACT_BITS, PACKED_BITS, WEIGHT_BITS, check_accumulator, check_bits, packed_width
+from .errors import fail
 from .reference import quant as _ref_quant
 
 Clip = Union[float, Tensor]

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import torch
 
-from .format import fail
+from .errors import fail
 
 ENV_VAR = "QVGEN_BACKEND"
 REFERENCE = "reference"

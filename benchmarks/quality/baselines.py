@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 
 from qvgen import QLinear, QuantConfig, iter_qlinears
 from qvgen.quant.swap import attach
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
 
 class LoRADelta(nn.Module):

@@ -26,7 +26,7 @@ from torch import nn
 import qvgen
 from benchmarks.quality.baselines import GradNormProbe, add_qalora, merge_qalora, svdquant_model
 from benchmarks.quality.probes import MechanismProbe, decomposition, heldout_error
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
 METHODS = ("fp", "ptq", "svdquant", "lsq", "qalora", "qvgen", "drop", "keep")
 TRAINED = ("lsq", "qalora", "qvgen", "drop", "keep")

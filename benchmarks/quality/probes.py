@@ -19,7 +19,7 @@ from torch import nn
 
 from benchmarks.quality.baselines import GradNormProbe
 from qvgen import iter_qlinears
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
 CURVE_POINTS = 10  # held-out error every 1/10 of training (plus step 0)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from qvgen_kernels.format import fail
+from qvgen_kernels.errors import fail
 
 _EPS = 1e-8  # keeps ratios and normalisations finite for all-background or constant frames
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..format import PACKED_BITS, check_bits, fail, packed_width, padded_k, qmax
+from ..format import PACKED_BITS, check_bits, packed_width, padded_k, qmax
+
+from ..errors import fail
 
 
 def _pack_fields(values: torch.Tensor, width: int) -> torch.Tensor:

@@ -10,7 +10,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..format import check_bits, fail, packed_width
+from ..format import check_bits, packed_width
+
+from ..errors import fail
 
 # 1.5 * 2^23: adding and subtracting it rounds an fp32 value half-to-even, valid for |x| < 2^22.
 _MAGIC = tl.constexpr(12582912.0)

@@ -19,7 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..format import ACT_EPS, check_bits, fail, qmax
+from ..format import ACT_EPS, check_bits, qmax
+
+from ..errors import fail
 from ._configs import ELEMENTWISE_BLOCK_K, ELEMENTWISE_BLOCK_M, EXACT_FP
 from ._utils import (
     FLOATS as _FLOATS, act_codes, act_qparams, check_act_inputs, check_same_device, check_tensor, empty_out,

@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..format import check_bits, fail
+from ..format import check_bits
+
+from ..errors import fail
 from ..reference.pack import unpack
 from ._utils import check_k, check_packed, check_same_device, check_tensor, check_vector
 from .gemm_tc import tc_gemm

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..format import fail
+from ..errors import fail
 from ._configs import GEMM_BLOCK_K_MIN, gemm_block_k
 from .gemm_tc import tc_gemm
 from .layout import repack_weight, weight_colsum

@@ -6,7 +6,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..format import check_bits, fail, packed_width, padded_k, qmax
+from ..format import check_bits, packed_width, padded_k, qmax
+
+from ..errors import fail
 from ._configs import ELEMENTWISE_BLOCK_K, ELEMENTWISE_BLOCK_M
 from ._utils import check_k, check_packed, check_tensor, pack_and_store, unpack_codes
 
