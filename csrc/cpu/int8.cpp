@@ -143,7 +143,7 @@ void epilogue_row_scalar(const EpilogueArgs& e, int64_t r) {
 void unpack_row_scalar(const UnpackArgs& u, int64_t r) {
   const uint8_t* row = u.packed + r * u.packed_stride;
   int8_t* out = u.out + r * u.out_stride;
-  const int c_w = u.bits == 8 ? 128 : 0;
+  const int c_w = u.bits == 8 && !u.raw ? 128 : 0;
   uint8_t c[kUnit];
   for (int64_t unit = 0; unit < num_units(u.k); ++unit) {
     unpack_unit(row, u.bits, unit, u.k, c);
@@ -286,7 +286,8 @@ QVGEN_AVX512 void unpack_row_simd(const UnpackArgs& u, int64_t r) {
     const __mmask64 store = tail_mask64(k - c);
     __m512i v;
     if (u.bits == 8) {
-      v = _mm512_xor_si512(_mm512_maskz_loadu_epi8(store, row + c), _mm512_set1_epi8(static_cast<char>(0x80)));
+      v = _mm512_maskz_loadu_epi8(store, row + c);
+      if (!u.raw) v = _mm512_xor_si512(v, _mm512_set1_epi8(static_cast<char>(0x80)));
     } else if (u.bits == 4) {
       const int64_t b0 = c / 2;
       const __m256i bytes = _mm256_maskz_loadu_epi8(static_cast<__mmask32>(tail_mask64(width - b0)), row + b0);
@@ -309,12 +310,68 @@ QVGEN_AVX512 void unpack_row_simd(const UnpackArgs& u, int64_t r) {
   for (int64_t i = k; i < u.out_stride; ++i) out[i] = 0;
 }
 
+#define QVGEN_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+
+// An R x C block of products: R activation rows against C weight rows, R * C accumulators in registers
+// (compile-time sizes, so that none is spilled), one 64-byte step of K per iteration.
+template <int R, int C>
+QVGEN_VNNI void vnni_block(const SmallGemmArgs& g, int64_t r0, int64_t j0) {
+  __m512i acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_si512();
+  const int8_t* a = g.a + r0 * g.lda;
+  const int8_t* w = g.w + j0 * g.ldw;
+  int64_t i = 0;
+  for (; i + 64 <= g.k; i += 64) {
+    __m512i wv[C];
+    for (int c = 0; c < C; ++c) wv[c] = _mm512_loadu_si512(w + c * g.ldw + i);
+    for (int r = 0; r < R; ++r) {
+      const __m512i av = _mm512_loadu_si512(a + r * g.lda + i);
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], wv[c], av);
+    }
+  }
+  if (i < g.k) {  // masked tail: zero bytes add nothing
+    const __mmask64 m = tail_mask64(g.k - i);
+    __m512i wv[C];
+    for (int c = 0; c < C; ++c) wv[c] = _mm512_maskz_loadu_epi8(m, w + c * g.ldw + i);
+    for (int r = 0; r < R; ++r) {
+      const __m512i av = _mm512_maskz_loadu_epi8(m, a + r * g.lda + i);
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], wv[c], av);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) g.acc[(r0 + r) * g.ldc + j0 + c] = _mm512_reduce_add_epi32(acc[r][c]);
+}
+
+template <int C>
+QVGEN_VNNI void vnni_col_block(const SmallGemmArgs& g, int64_t r0, int64_t r1, int64_t j) {
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) vnni_block<4, C>(g, r, j);
+  switch (r1 - r) {
+    case 3: vnni_block<3, C>(g, r, j); break;
+    case 2: vnni_block<2, C>(g, r, j); break;
+    case 1: vnni_block<1, C>(g, r, j); break;
+    default: break;
+  }
+}
+
+// Weight rows outer, activation rows inner: each group of 4 weight rows is read from cache once per 4
+// activation rows while it is in L1 (the few activation rows stay in L1/L2 throughout).
+QVGEN_VNNI void vnni_rows(const SmallGemmArgs& g, int64_t r0, int64_t r1) {
+  int64_t j = 0;
+  for (; j + 4 <= g.n; j += 4) vnni_col_block<4>(g, r0, r1, j);
+  for (; j < g.n; ++j) vnni_col_block<1>(g, r0, r1, j);
+}
+
+bool cpu_has_vnni() { return __builtin_cpu_supports("avx512vnni"); }
+
 bool cpu_has_avx512() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 }
 #else
 bool cpu_has_avx512() { return false; }
+bool cpu_has_vnni() { return false; }
 #endif
 
 std::atomic<bool>& simd_flag() {
@@ -355,6 +412,22 @@ void quantize_rows(const QuantArgs& args, int64_t r0, int64_t r1) {
 
 void unpack_weight_rows(const UnpackArgs& args, int64_t r0, int64_t r1) {
   for_rows(args, r0, r1, kUnpackSimd, &unpack_row_scalar);
+}
+
+bool vnni_active() {
+  static const bool has = cpu_has_avx512() && cpu_has_vnni();
+  return has && simd_active();
+}
+
+bool vnni_gemm_rows(const SmallGemmArgs& g, int64_t r0, int64_t r1) {
+#ifdef QVGEN_X86_SIMD
+  if (!vnni_active()) return false;
+  vnni_rows(g, r0, r1);
+  return true;
+#else
+  (void)g, (void)r0, (void)r1;
+  return false;
+#endif
 }
 
 void small_gemm_rows(const SmallGemmArgs& g, int64_t r0, int64_t r1) {

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.skipif(registry.unavailable_reason("cpu_int8", "cpu") i
 
 BITS = (3, 4, 8)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-SHAPES = [(1, 1, 1), (3, 1, 24), (2, 5, 7), (17, 33, 9), (4, 64, 48), (37, 96, 130), (300, 40, 17)]
+# Paths: direct products (M N K <= 64K), AVX512-VNNI (M <= 16, with AVX-512), oneDNN (the rest).
+SHAPES = [(1, 1, 1), (3, 1, 24), (2, 5, 7), (17, 33, 9), (4, 64, 48), (37, 96, 130), (300, 40, 17),
+          (5, 300, 70), (16, 130, 40), (1, 2100, 67)]
 
 
 @pytest.fixture(params=[True, False], ids=["avx512", "portable"])

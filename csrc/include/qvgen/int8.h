@@ -63,7 +63,8 @@ struct EpilogueArgs {
 // The weight operand, unpacked just before its GEMM tile from the codes kept at rest (the checkpoint layout of
 // qvgen/pack.h, which is also the CPU's deployed layout: no second copy of the weights). Row r reads
 // packed + r * packed_stride (packed_width(k, bits) bytes) and writes w' = q - c_w at out + r * out_stride:
-// int8 columns [0, k), zeros in [k, out_stride).
+// int8 columns [0, k), zeros in [k, out_stride). With raw, q itself (the same bytes at 3/4 bits; at 8 bits
+// the uint8 codes, which vnni_gemm_rows reads as unsigned).
 struct UnpackArgs {
   const uint8_t* packed;
   int64_t packed_stride;
@@ -71,6 +72,7 @@ struct UnpackArgs {
   int64_t k;
   int8_t* out;
   int64_t out_stride;      // >= k
+  bool raw = false;        // the codes q as they are (c_w = 0: unsigned bytes for the VNNI products)
 };
 
 // acc[r, j] = sum_i a[r, i] * w[j, i] (int32, exact) for rows [r0, r1) and j < n: the GEMM of small problems,
@@ -84,6 +86,13 @@ struct SmallGemmArgs {
   int64_t ldc, n, k;
 };
 void small_gemm_rows(const SmallGemmArgs& args, int64_t r0, int64_t r1);
+
+// The same products with AVX512-VNNI for few rows (a GEMV-like shape, where the engine's per-call weight
+// re-layout dominates): w holds unsigned codes (0..255, u8) and a signed int8, vpdpbusd sums u8 x s8 exactly.
+// Rows [r0, r1) of a, all n rows of w. Returns false (nothing done) when the CPU lacks AVX512-VNNI or the
+// vectorised code is turned off (set_simd).
+bool vnni_gemm_rows(const SmallGemmArgs& args, int64_t r0, int64_t r1);
+bool vnni_active();
 
 // Rows [r0, r1) of the weight unpack.
 void unpack_weight_rows(const UnpackArgs& args, int64_t r0, int64_t r1);
