@@ -76,7 +76,7 @@ def summarize(lines: Sequence[dict], command: str = "") -> dict:
             "provenance": first.get("provenance", {}), "preset": first.get("preset", {}),
             "jobs": len(lines), "job_seconds": sum(ln["seconds"] for ln in lines),
             "teacher_seconds": {w: t.get("seconds") for w, t in sorted(teachers.items())},
-            "teachers": teachers, "load_average_1min": [min(loads), max(loads)] if loads else None,
+            "teachers": teachers, "load_average_1min": [round(min(loads), 1), round(max(loads), 1)] if loads else None,
             "points": [point([ln for ln in lines if (ln["bits"], ln["width"]) == k]) for k in keys]}
 
 
@@ -150,11 +150,35 @@ def advice(summary: dict) -> list[str]:
             out.append(f"{b}: choose plain LSQ QAT at width(s) {worse} (QVGen's interval lies above).")
         rest = [w for w, c in cells if c["verdict"] == "not resolved"]
         if rest:
-            out.append(f"{b}: at width(s) {rest} the difference is not resolved: LSQ QAT gives the same deployed "
-                       f"model size for less training work; Phi is a bet these seeds neither confirm nor rule out.")
+            out.append(f"{b}: at width(s) {rest} the difference is not resolved: LSQ QAT deploys the same model "
+                       f"without Phi's extra parameters and schedule, so it is the simpler choice; Phi is a bet these "
+                       f"seeds neither confirm nor rule out.")
         qa = [(pt["width"], pt["delta_vs_lsq"].get("qalora")) for pt in pts if pt["delta_vs_lsq"].get("qalora")]
         if qa:
             out.append(f"{b}, QA-LoRA vs LSQ QAT: " + ", ".join(f"width {w}: {c['cell']}" for w, c in qa) + ".")
+        out += _best_and_reach(b, pts)
+    return out
+
+
+def _best_and_reach(bits: str, pts: Sequence[dict]) -> list[str]:
+    """Lowest error per width (with its bytes against LSQ's) and how much of the error Phi can reach."""
+    best = []
+    for pt in pts:
+        a = pt["absolute"]
+        m = min(a, key=lambda k: a[k]["mse_mean"])
+        ratio = a[m]["bytes"] / a[REF]["bytes"] if REF in a else 1.0
+        best.append(f"width {pt['width']}: {NAMES.get(m, m)} ({a[m]['mse_mean']:.4f}"
+                    + (f", {ratio:.2f}x LSQ's deployed bytes)" if abs(ratio - 1) > 0.005 else ")"))
+    out = [f"{bits}: lowest mean error: " + "; ".join(best) + "."]
+    reach = []
+    for pt in pts:
+        d = pt["decomposition"]["qvgen init"]
+        if d.get("both") and d.get("weights") and "weights+phi" in d:
+            reach.append(f"width {pt['width']}: activations alone {d['acts'] / d['both']:.2f} of the error, Phi as "
+                         f"initialised removes {100 * (1 - d['weights+phi'] / d['weights']):.0f}% of the "
+                         f"weights-only error")
+    if reach:
+        out.append(f"{bits}, what Phi can reach (before training): " + "; ".join(reach) + ".")
     return out
 
 
@@ -191,7 +215,9 @@ def section(summary: dict, name: str) -> list[str]:
              f"{summary['load_average_1min']}  ",
              f"Settings: {pre}; Phi rank = power of two nearest 3% of the width; QVGen: paper schedule, decay_end "
              f"0.5; QA-LoRA rank 64 (capped at the layer's size), alpha 64; SVDQuant-style: FP branch of Phi's "
-             f"rank kept at inference (the bytes of keep-Phi).", "", f"![width sweep]({name}.png)", "",
+             f"rank kept at inference (the bytes of keep-Phi); its branch reads the unquantized activation, so unlike Phi it "
+             f"also repairs part of the activation error, at the bytes shown below.", "",
+             f"![width sweep]({name}.png)", "",
              "### Δ vs LSQ QAT per point (held-out denoising MSE, same seeds)", "",
              "| bits | width | Phi rank | seeds | " + " | ".join(NAMES[m] for m in COMPARED)
              + " | QVGen/LSQ grad norm while Phi present |", "|---" * (5 + len(COMPARED)) + "|"]
@@ -211,7 +237,8 @@ def section(summary: dict, name: str) -> list[str]:
     lines += ["", "### Error decomposition (held-out MSE: both / weights only / activations only / weights with "
               "Phi as initialised)", "",
               "Phi acts on the quantized activation, so it can only repair the weight share; 'end' is after "
-              "training (Phi gone).", "", "| bits | width | QVGen init | LSQ end | QVGen end | acts share at init |",
+              "training (Phi gone). After training, 'activations only' runs the trained latent weights unquantized; "
+              "they were fitted to their quantized form, so this can exceed 'both'.", "", "| bits | width | QVGen init | LSQ end | QVGen end | acts share at init |",
               "|---|---|---|---|---|---|"]
     for pt in summary["points"]:
         dc = pt["decomposition"]
