@@ -97,6 +97,9 @@ def plot(path: Path, summary: dict) -> None:
             if pts_m:
                 xs, ys, es = zip(*pts_m)
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=4, label=NAMES[m])
+        for pt in pts:
+            ax.annotate(f"n={len(pt['seeds'])}", (pt["width"], 0), textcoords="offset points", xytext=(4, -12),
+                        fontsize=7)
         ax.axhline(0, color="k", lw=0.8)
         ax.set_title(f"{b}: held-out error vs LSQ QAT, % (mean, 95% CI; below 0 = better)", fontsize=9)
         ax2 = fig.add_subplot(len(bits), 3, 3 * row + 2)
@@ -112,7 +115,7 @@ def plot(path: Path, summary: dict) -> None:
             if len(ys) == len(widths):
                 ax3.plot(widths, ys, marker="o", label=NAMES[m])
         ax3.set_yscale("log")
-        ax3.set_title(f"{b}: held-out denoising MSE vs the FP teacher (mean over seeds)", fontsize=9)
+        ax3.set_title(f"{b}: held-out MSE vs the FP teacher of that width (mean over seeds)", fontsize=9)
         for a in (ax, ax2, ax3):
             a.set_xscale("log", base=2)
             a.set_xticks(widths, [str(w) for w in widths])
