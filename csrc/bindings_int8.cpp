@@ -88,7 +88,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> int8_quantize(const a
 // the int32 products of one row tile both stay within a few MB of cache.
 int64_t tile_cols(int64_t n, int64_t tm, int64_t k_gemm) {
   const int64_t budget = std::min(kTileBytes / (4 * tm), kScratchBytes / k_gemm);
-  return std::min<int64_t>(n, std::max<int64_t>(kMinTileCols, budget / 16 * 16));
+  const int64_t cap = std::min<int64_t>(n, std::max<int64_t>(kMinTileCols, budget / 16 * 16));
+  // The fewest blocks within the budget, of equal widths: a narrow last block runs the engine below its rate
+  // (1024 x 1536 x 1536: 768 + 768 measured 8% ahead of 1024 + 512).
+  return std::min<int64_t>(n, (ceil_div(n, ceil_div(n, cap)) + 15) / 16 * 16);
 }
 
 // The quantized activations of int8_quantize times the weights at rest -> out [M, N] of out_dtype.
