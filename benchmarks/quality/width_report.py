@@ -164,15 +164,25 @@ def advice(summary: dict) -> list[str]:
 
 
 def _best_and_reach(bits: str, pts: Sequence[dict]) -> list[str]:
-    """Lowest error per width (with its bytes against LSQ's) and how much of the error Phi can reach."""
-    best = []
+    """What to pick per width (at LSQ's deployed bytes, and overall with its bytes) and how much of the error
+    Phi can reach."""
+    picks, best = [], []
     for pt in pts:
-        a = pt["absolute"]
+        a, d = pt["absolute"], pt["delta_vs_lsq"]
+        ratio = {m: a[m]["bytes"] / a[REF]["bytes"] for m in a} if REF in a else {m: 1.0 for m in a}
+        same = [m for m in a if abs(ratio[m] - 1) <= 0.005
+                and (m == REF or (d.get(m) or {}).get("verdict") == "lower")]
+        pick = min(same, key=lambda k: a[k]["mse_mean"]) if same else REF
+        picks.append(f"width {pt['width']}: {NAMES.get(pick, pick)}")
         m = min(a, key=lambda k: a[k]["mse_mean"])
-        ratio = a[m]["bytes"] / a[REF]["bytes"] if REF in a else 1.0
         best.append(f"width {pt['width']}: {NAMES.get(m, m)} ({a[m]['mse_mean']:.4f}"
-                    + (f", {ratio:.2f}x LSQ's deployed bytes)" if abs(ratio - 1) > 0.005 else ")"))
-    out = [f"{bits}: lowest mean error: " + "; ".join(best) + "."]
+                    + (f", {ratio[m]:.2f}x LSQ's deployed bytes)" if abs(ratio[m] - 1) > 0.005 else ")"))
+    ptq = [f"width {pt['width']}: {pt['delta_vs_lsq']['ptq']['cell']}" for pt in pts if pt["delta_vs_lsq"].get("ptq")]
+    out = [f"{bits}, what to pick at LSQ's deployed bytes (LSQ unless a method's interval lies below it): "
+           + "; ".join(picks) + ".",
+           f"{bits}: lowest mean error of all: " + "; ".join(best) + "."]
+    if ptq:
+        out.append(f"{bits}: PTQ vs LSQ QAT (what the QAT steps buy): " + "; ".join(ptq) + ".")
     reach = []
     for pt in pts:
         d = pt["decomposition"]["qvgen init"]
@@ -218,8 +228,8 @@ def section(summary: dict, name: str) -> list[str]:
              f"{summary['load_average_1min']}  ",
              f"Settings: {pre}; Phi rank = power of two nearest 3% of the width; QVGen: paper schedule, decay_end "
              f"0.5; QA-LoRA rank 64 (capped at the layer's size), alpha 64; SVDQuant-style: FP branch of Phi's "
-             f"rank kept at inference (the bytes of keep-Phi); its branch reads the unquantized activation, so unlike Phi it "
-             f"also repairs part of the activation error, at the bytes shown below.", "",
+             f"rank kept at inference (the bytes of keep-Phi); its branch reads the unquantized activation, so "
+             f"unlike Phi it also repairs part of the activation error, at the bytes shown below.", "",
              f"![width sweep]({name}.png)", "",
              "### Δ vs LSQ QAT per point (held-out denoising MSE, same seeds)", "",
              "| bits | width | Phi rank | seeds | " + " | ".join(NAMES[m] for m in COMPARED)
@@ -227,11 +237,13 @@ def section(summary: dict, name: str) -> list[str]:
     for pt in summary["points"]:
         d, g = pt["delta_vs_lsq"], pt["grad_ratio_phi"]
         cells = [f"{d[m]['cell']} {d[m]['verdict']}" if d.get(m) else "-" for m in COMPARED]
-        gcell = f"{1 + g['mean'] / 100:.2f} ± {g['half_width'] / 100:.2f} ({g['lower']}/{g['n']} below 1)" if g else "-"
+        gcell = (f"{1 + g['mean'] / 100:.2f} ± {g['half_width'] / 100:.2f} ({g['lower']}/{g['n']} below 1)"
+                 if g else "-")
         lines.append(f"| {pt['bits']} | {pt['width']} | {pt['rank']} | {len(pt['seeds'])} | " + " | ".join(cells)
                      + f" | {gcell} |")
     lines += ["", "### Absolute error and cost per point (mean over seeds)", "",
-              "| bits | width | method | denoise MSE (± std) | PSNR dB | deployed KiB | train s/run |", "|---" * 7 + "|"]
+              "| bits | width | method | denoise MSE (± std) | PSNR dB | deployed KiB | train s/run |",
+              "|---" * 7 + "|"]
     for pt in summary["points"]:
         for m, a in pt["absolute"].items():
             lines.append(f"| {pt['bits']} | {pt['width']} | {NAMES.get(m, m)} | {a['mse_mean']:.4f} ± "
@@ -240,8 +252,9 @@ def section(summary: dict, name: str) -> list[str]:
     lines += ["", "### Error decomposition (held-out MSE: both / weights only / activations only / weights with "
               "Phi as initialised)", "",
               "Phi acts on the quantized activation, so it can only repair the weight share; 'end' is after "
-              "training (Phi gone). After training, 'activations only' runs the trained latent weights unquantized; "
-              "they were fitted to their quantized form, so this can exceed 'both'.", "", "| bits | width | QVGen init | LSQ end | QVGen end | acts share at init |",
+              "training (Phi gone). After training, 'activations only' runs the trained latent weights "
+              "unquantized; they were fitted to their quantized form, so this can exceed 'both'.", "",
+              "| bits | width | QVGen init | LSQ end | QVGen end | acts share at init |",
               "|---|---|---|---|---|---|"]
     for pt in summary["points"]:
         dc = pt["decomposition"]
