@@ -13,9 +13,10 @@ Rows (appended to ``qat_check.jsonl`` as each is measured, then ``qat_check.json
                                  init; QVGEN_BACKEND as set), distilled from the bf16 block (its output under
                                  no_grad is the target), backward, AdamW step over the trainable parameters
 each with the time (median of --repeats after --warmup, CUDA-event timed by the shared harness) and the peak
-memory of one step above what was resident before it. The block is diffusers' WanTransformerBlock: without
-diffusers the block rows are recorded as skipped with that reason (diffusers is not bundled: it pulls the Hub
-client and its native dependencies, whose wheels depend on the GPU image's Python).
+memory of one step above what was resident before it. The block is diffusers' WanTransformerBlock; without
+diffusers (it is not bundled: it pulls the Hub client and native dependencies whose wheels depend on the GPU
+image's Python) it is benchmarks/_wan_block.py's WanShapedBlock, the same parameters in plain torch minus the
+rotary embedding; each block row names which one ran (``block``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch import nn
 
 from benchmarks import _harness
 from benchmarks import _kernels_common as kc
+from benchmarks._wan_block import WanShapedBlock
 from benchmarks.bench_fake_quant import BITS, QAT_RANK, _fq_fn
 
 # Wan2.1-1.3B: dim 1536 = 12 heads x 128, FFN 8960, 512 text tokens of width 4096 projected to 1536 (the block
@@ -38,15 +40,17 @@ FULL = {"dim": 1536, "ffn": 8960, "heads": 12, "latent": (21, 60, 104), "text": 
 SMOKE = {"dim": 64, "ffn": 96, "heads": 2, "latent": (1, 4, 6), "text": 8}
 
 
-def _block_inputs(cfg: dict[str, Any], device: torch.device, dtype: torch.dtype):
-    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
-
+def _block_inputs(cfg: dict[str, Any], device: torch.device, dtype: torch.dtype, diffusers_block: bool):
     f, h, w = cfg["latent"]
     tokens = f * (h // 2) * (w // 2)
     head_dim = cfg["dim"] // cfg["heads"]
     gen = torch.Generator(device=device).manual_seed(0)
-    rope = WanRotaryPosEmbed(head_dim, (1, 2, 2), max_seq_len=1024).to(device)
-    rotary = rope(torch.empty(1, 16, f, h, w, device=device))
+    rotary = None
+    if diffusers_block:
+        from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+        rope = WanRotaryPosEmbed(head_dim, (1, 2, 2), max_seq_len=1024).to(device)
+        rotary = rope(torch.empty(1, 16, f, h, w, device=device))
     x = torch.randn(1, tokens, cfg["dim"], generator=gen, device=device).to(dtype)
     text = torch.randn(1, cfg["text"], cfg["dim"], generator=gen, device=device).to(dtype)
     temb = torch.randn(1, 6, cfg["dim"], generator=gen, device=device).to(dtype) * 0.1
@@ -64,19 +68,19 @@ def _measure(step: Callable[[], Any], device: torch.device, args: argparse.Names
 
 def block_rows(cfg: dict[str, Any], device: torch.device, dtype: torch.dtype, args: argparse.Namespace
                ) -> list[dict[str, Any]]:
-    try:
-        from diffusers.models.transformers.transformer_wan import WanTransformerBlock
-    except ImportError as e:
-        reason = f"diffusers not installed ({e.msg}): the Wan block needs its WanTransformerBlock"
-        return [{"provider": p, "skipped": reason} for p in ("block:bf16_step", "block:qat_step")]
     import qvgen
 
     torch.manual_seed(0)
-    teacher = WanTransformerBlock(cfg["dim"], cfg["ffn"], cfg["heads"], cross_attn_norm=True).to(device, dtype)
-    inputs, tokens = _block_inputs(cfg, device, dtype)
+    try:
+        from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+        teacher, kind = WanTransformerBlock(cfg["dim"], cfg["ffn"], cfg["heads"], cross_attn_norm=True), "diffusers"
+    except ImportError:
+        teacher, kind = WanShapedBlock(cfg["dim"], cfg["ffn"], cfg["heads"]), "torch Wan-shaped (no rotary)"
+    teacher = teacher.to(device, dtype)
+    inputs, tokens = _block_inputs(cfg, device, dtype, kind == "diffusers")
     with torch.no_grad():
         target = teacher(*inputs)
-    shape = {"tokens": tokens, **{k: cfg[k] for k in ("dim", "ffn", "heads")}}
+    shape = {"block": kind, "tokens": tokens, **{k: cfg[k] for k in ("dim", "ffn", "heads")}}
 
     def make_step(model: nn.Module) -> Callable[[], None]:
         params = [p for p in model.parameters() if p.requires_grad]
@@ -117,9 +121,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"tokens: bf16 training step vs QAT distillation step (W4A4, rank {QAT_RANK}); time + peak memory")
         try:
             import diffusers  # noqa: F401
-            print("diffusers: installed here")
+            print("block: diffusers' WanTransformerBlock")
         except ImportError:
-            print("diffusers: absent here (block rows recorded as skipped)")
+            print("block: diffusers absent here, benchmarks/_wan_block.py's WanShapedBlock (no rotary)")
         return {"plan": True}
     args.backends = backends
     device, dtype, args.warmup, args.repeats = kc.resolve_run(args)
