@@ -246,4 +246,10 @@ TORCH_LIBRARY_FRAGMENT(qvgen_ext, m) {
   m.impl("int8_linear", &qvgen::int8_linear)
 
 TORCH_LIBRARY_IMPL(qvgen_ext, CPU, m) { QVGEN_INT8_IMPLS(m); }
-TORCH_LIBRARY_IMPL(qvgen_ext, Meta, m) { QVGEN_INT8_IMPLS(m); }
+// int8_linear's fake (meta) implementation is registered from Python (qvgen_kernels/backends/cpu_int8.py): it is
+// the op torch.compile traces, and it must take symbolic sizes, which the checks here (numel) cannot.
+TORCH_LIBRARY_IMPL(qvgen_ext, Meta, m) {
+  m.impl("int8_quantize", &qvgen::int8_quantize);
+  m.impl("int8_gemm", &qvgen::int8_gemm);
+  m.impl("int8_unpack_weight", &qvgen::int8_unpack_weight);
+}

@@ -41,6 +41,16 @@ def _probe(device: torch.device) -> str | None:
 registry.register_backend("cpu_int8", probe=_probe, auto={"cpu": 10}, traceable=True)
 
 
+def _int8_linear_fake(x, w_packed, w_colsum, w_scale, w_zero, bias, w_bits, a_bits, grouped, clip_lo, clip_hi):
+    """[M, N] in x's dtype, from shapes alone, so torch.compile traces the op with symbolic sizes (dynamic=True,
+    group offload); the compiled extension checks the arguments when the op runs."""
+    return x.new_empty(x.shape[0], w_packed.shape[0])
+
+
+if _extension.available() and not torch._C._dispatch_has_kernel_for_dispatch_key("qvgen_ext::int8_linear", "Meta"):
+    torch.library.register_fake("qvgen_ext::int8_linear")(_int8_linear_fake)
+
+
 def _colsum(w_packed: torch.Tensor, w_bits: int, k: int, groups: int) -> torch.Tensor:
     """int32 [G, N]: the sums of the codes over each group's columns, from the extension's unpack (w' + c_w)."""
     n, rows = w_packed.shape[0], max(1, (1 << 24) // max(k, 1))  # blocks of <= 16 MB of int8

@@ -134,3 +134,24 @@ def test_compile_single_qlinear_no_graph_break(mode: str, groups: int, t: object
         assert out.graph_count == 1
         torch.testing.assert_close(torch.compile(layer, fullgraph=True, backend="aot_eager")(x), layer(x),
                                    rtol=RTOL, atol=ATOL)
+
+
+def test_compile_deploy_dynamic_shapes_one_graph() -> None:
+    """dynamic=True over three token counts: the CPU int8 op traces with symbolic sizes (its fake impl reads
+    shapes only), compiles once, and equals eager exactly (the same op on the same inputs)."""
+    torch._dynamo.reset()
+    torch.manual_seed(11)
+    model = qvgen.to_deploy(qvgen.quantize_model(nn.Sequential(nn.Linear(64, 96), nn.Linear(96, 48)),
+                                                 qvgen.QuantConfig.preset("w4a4", rank=0)))
+    frames = []
+
+    def count(gm, example_inputs):
+        frames.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(model, dynamic=True, fullgraph=True, backend=count)
+    with torch.no_grad():
+        for m in (3, 7, 11):
+            x = torch.randn(m, 64)
+            assert torch.equal(compiled(x), model(x))
+    assert len(frames) == 1  # one graph for every token count: no recompile
