@@ -6,6 +6,9 @@
 #   bash benchmarks/gpu_check.sh --dry-run   any machine, no GPU, no index: verifies the bundle, collects every
 #                                            test and plans every benchmark the real run would run, prints the
 #                                            steps with their caps (at most 480 s in all) and exits 0
+#   bash benchmarks/gpu_check.sh --quality   a second <= 8-minute command: the GPU-sized slice of the width sweep
+#                                            (benchmarks/quality/width_sweep.py --preset gpu; its teachers are
+#                                            diffusers Wan models, so it needs diffusers and says so without it)
 # Steps, in order of value (a run cut short keeps the earlier ones; every benchmark writes JSON lines as it goes):
 #   bundle       verify .gpu-bundle/MANIFEST.sha256, install its wheels (--no-index), unpack the CUTLASS headers
 #   build        the extension for sm_90a only, MAX_JOBS=16, ninja from the bundle, tensor-core GEMMs included
@@ -24,6 +27,18 @@ cd "$(dirname "$0")/.."
 DRY_RUN=0
 [ "${1:-}" = "--dry-run" ] && DRY_RUN=1
 export DRY_RUN
+if [ "${1:-}" = "--quality" ]; then
+  . benchmarks/gpu_steps.sh
+  SWEEP=(-m benchmarks.quality.width_sweep --preset gpu --device cuda --threads 4 --max-minutes 6 --out "$OUT/quality")
+  if "$PY" -c "import diffusers" 2>/dev/null; then
+    step quality_slice 480 "" "$PY" "${SWEEP[@]}"
+  else
+    echo "quality_slice: diffusers is not installed here (the sweep's teachers are diffusers Wan models); skipped"
+    STEPS+=("$(printf '%-16s skipped: no diffusers' quality_slice)")
+  fi
+  summary gpu_quality.txt
+  exit
+fi
 CAP_TOTAL=480
 BUNDLE=${QVGEN_GPU_BUNDLE:-.gpu-bundle}
 . benchmarks/gpu_steps.sh
