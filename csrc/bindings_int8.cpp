@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <vector>
 
 #include "qvgen/int8.h"
@@ -70,8 +71,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> int8_quantize(const a
   const int32_t* nf = nonfinite.data();
   const float* plo = lo.data_ptr<float>();
   const float* phi = hi.data_ptr<float>();
+  const float* ps = scale.data_ptr<float>();
   for (int64_t r = 0; r < m; ++r) {
     TORCH_CHECK_VALUE(!nf[r], "lowbit_linear: argument 'x' expected finite values, got NaN or Inf in row ", r);
+    // finite values beyond about 1.7e38 overflow the range hi - lo, so the scale (and the row's output) is not
+    TORCH_CHECK_VALUE(std::isfinite(ps[r]), "lowbit_linear: argument 'x' expected a per-token range (max - min, after"
+                      " the clips) within float32, i.e. |values| below about 1.7e38, got an overflowing range in row ",
+                      r);
   }
   for (int64_t r = 0; r < lo.numel(); ++r) {
     TORCH_CHECK_VALUE(plo[r] > 0.0f && plo[r] <= 1.0f, "lowbit_linear: argument 'clip_lo' expected clip factors"

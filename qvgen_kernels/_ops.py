@@ -52,9 +52,22 @@ def _check_clip(op: str, arg: str, t: Tensor) -> None:
 
 
 def _check_act(op: str, x: Tensor, clip_lo: Tensor, clip_hi: Tensor) -> None:
-    _check_finite(op, "x", x)
     _check_clip(op, "clip_lo", clip_lo)
     _check_clip(op, "clip_hi", clip_hi)
+    if not x.numel():
+        return
+    # One pass: the per-token min / max (NaN and Inf propagate into them) decide both checks.
+    mn, mx = (t.float() for t in torch.aminmax(x.reshape(-1, x.shape[-1]), dim=-1))
+    if not bool((torch.isfinite(mn) & torch.isfinite(mx)).all()):
+        _check_finite(op, "x", x)
+    # The scale is (hi - lo) / P with lo = c_lo min(0, min x), hi = c_hi max(0, max x): finite values beyond
+    # about 1.7e38 make hi - lo overflow to Inf and every output of the row NaN.
+    span = clip_hi.float().reshape(-1) * mx.clamp(min=0) - clip_lo.float().reshape(-1) * mn.clamp(max=0)
+    over = ~torch.isfinite(span)
+    if bool(over.any()):
+        row = int(over.nonzero()[0, 0])
+        fail(op, "x", "a per-token range (max - min, after the clips) within float32, i.e. |values| below about "
+             "1.7e38", f"token {row} spanning [{float(mn[row]):.3g}, {float(mx[row]):.3g}]")
 
 
 def check_weight_params(op: str, scale: Tensor, zero: Tensor, names: tuple[str, str] = ("scale", "zero")) -> None:

@@ -99,3 +99,23 @@ def test_fp64_fake_quant_agrees_or_is_refused(backend: str) -> None:
             assert "argument" in str(e) and "float64" in str(e)
             continue
         assert got.dtype == torch.float64 and torch.equal(got, want)
+
+
+def test_activation_range_beyond_float32_is_a_clear_error(backend: str) -> None:
+    """Finite x whose per-token range overflows float32 (|x| ~ 3e38 on both sides) would make the scale Inf and
+    the whole row NaN: every entry refuses it, naming the token; a large but representable range still runs."""
+    k, n = 16, 3
+    wp = ops.pack(torch.randint(0, 16, (n, k), dtype=torch.uint8), 4)
+    ws, wz = torch.full((n,), 0.01), torch.full((n,), 7.5)
+    x = torch.randn(3, k)
+    x[1, 0], x[1, 1] = 3e38, -3e38
+    with pytest.raises(ValueError, match=r"argument 'x' expected a per-token range.*(token|row) 1"):
+        ops.lowbit_linear(x, wp, ws, wz, None, w_bits=4, a_bits=4, backend=backend)
+    packed = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=4, k=k, backend=backend)
+    with pytest.raises(ValueError, match=r"argument 'x' expected a per-token range.*(token|row) 1"):
+        ops.prepacked_linear(x, packed)
+    with pytest.raises(ValueError, match=r"argument 'x' expected a per-token range"):
+        ops.fake_quant_act(x, 4, backend=backend if backend in ("reference", "triton") else None)
+    x[1, 0], x[1, 1] = 1.5e38, -1.5e38  # range 3e38 < float32 max: runs, and nothing is NaN
+    assert torch.isfinite(ops.lowbit_linear(x, wp, ws, wz, None, w_bits=4, a_bits=4, backend=backend)).all()
+    assert torch.isfinite(ops.fake_quant_act(x, 4)).all()
