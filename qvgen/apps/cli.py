@@ -75,7 +75,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                         "Phi paid off (default: on; --no-qat-baseline halves the training time)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (default 0: the cores the load average leaves free; OMP_NUM_THREADS wins)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, nor progress lines off a terminal")
     p.set_defaults(func=_run_demo)
 
 
@@ -148,7 +148,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mixed-precision", choices=("auto", "bf16", "off"), default="auto",
                    help="FSDP2 compute dtype: bf16 (fp32 masters and gradient reduction), off, or auto = bf16 "
                         "on CUDA (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, nor progress lines off a terminal")
     p.set_defaults(func=_run_train)
 
 
@@ -177,7 +177,7 @@ def _add_precompute(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cuda, cpu or auto = cuda when available (default)")
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable or too-short videos (listed in "
                                                            "OUT/skipped.json) instead of stopping")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, nor progress lines off a terminal")
     p.set_defaults(func=_run_precompute)
 
 
@@ -212,7 +212,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-sequence-length", type=_positive_int, help="text tokens (the pipeline's default)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto = cuda when available (default)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars, nor progress lines off a terminal")
     p.set_defaults(func=_run_generate)
 
 

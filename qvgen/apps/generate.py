@@ -8,6 +8,7 @@ quantized transformer folder (`save_pretrained` / `save_quantized`) that replace
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from qvgen_kernels.errors import fail
 
 from qvgen.artifact.io import META_NAME
+from qvgen.progress import Progress, interactive
 from qvgen.storage.paths import read_json
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -97,12 +99,29 @@ def _call_args(cfg: GenerateConfig) -> dict[str, Any]:
 
 def run_prompts(pipe: Any, cfg: GenerateConfig, label: str) -> list[torch.Tensor]:
     """One clip per prompt, [F, 3, H, W] in [0, 1], each from a generator seeded with cfg.seed."""
-    clips = []
-    for prompt in tqdm(cfg.prompts, desc=f"{label} clips", disable=not cfg.progress or len(cfg.prompts) == 1):
+    clips, n, tty = [], len(cfg.prompts), interactive()
+    # Off a terminal diffusers' bars are off and one Progress over every denoising step of every clip logs a
+    # line at least every 30 s and per clip, fed by the pipeline's step callback where it has one.
+    lines = Progress(n * cfg.steps, f"generate {label}", enabled=cfg.progress and not tty)
+    hook = lines.lines and "callback_on_step_end" in inspect.signature(pipe.__call__).parameters \
+        and "callback_on_step_end" not in cfg.extra
+    for i, prompt in enumerate(tqdm(cfg.prompts, desc=f"{label} clips", disable=not cfg.progress or not tty
+                                    or n == 1)):
         generator = torch.Generator(cfg.device).manual_seed(cfg.seed)
-        pipe.set_progress_bar_config(disable=not cfg.progress, desc=f"{label} denoising")
-        frames = pipe(prompt, generator=generator, **_call_args(cfg)).frames
+        pipe.set_progress_bar_config(disable=not cfg.progress or not tty, desc=f"{label} denoising")
+        kwargs = _call_args(cfg)
+        if hook:
+            def step_end(_pipe, _step, _t, tensors, clip=f"{i + 1}/{n}"):
+                lines.update(1, clip=clip)
+                return tensors
+
+            kwargs["callback_on_step_end"] = step_end
+        frames = pipe(prompt, generator=generator, **kwargs).frames
         clips.append(frames[0].float().cpu())
+        if lines.lines and not hook:
+            lines.update(cfg.steps, clip=f"{i + 1}/{n}")
+        lines.phase(f"clip {i + 1}/{n} done")
+    lines.close()
     return clips
 
 

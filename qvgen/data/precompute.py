@@ -26,6 +26,7 @@ from qvgen.data.shards import (FORMAT, LATENTS, NULL_FILE, TEXT, read_manifest, 
                           write_shard, write_tensors)
 from qvgen.data.sources import Item, list_items
 from qvgen.data.video import read_clip
+from qvgen.progress import Progress
 from qvgen.storage.integrity import file_digest, json_digest, write_text_durably
 
 OP = "qvgen precompute"
@@ -153,8 +154,6 @@ def precompute(items: list[Item], spec: PipelineSpec, vae: nn.Module, tokenizer,
                patch: int = 2) -> Path:
     """Encode `items` into shards under `out`; returns the manifest path. Resumes a partial run (see the
     module docstring)."""
-    from tqdm import tqdm
-
     validate_settings(settings, spec, vae, patch)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,7 +163,8 @@ def precompute(items: list[Item], spec: PipelineSpec, vae: nn.Module, tokenizer,
     size = settings.shard_size
     chunks = [items[k:k + size] for k in range(0, len(items), size)]
     shards, sample, skipped = [], None, []
-    bar = tqdm(total=len(items), desc="precompute", unit="video", disable=not progress, dynamic_ncols=True)
+    # A bar on a terminal, a line at least every 30 s and per shard written otherwise (a log file, a CI job).
+    bar = Progress(len(items), "precompute", unit="video", enabled=progress)
     for k, chunk in enumerate(chunks):
         sources = [_source(it, skip_bad) for it in chunk]
         entry = {"file": shard_name(k), "sources": [src for src, _ in sources]}
@@ -177,8 +177,8 @@ def precompute(items: list[Item], spec: PipelineSpec, vae: nn.Module, tokenizer,
                                  settings.max_sequence_length)
         samples, bad = [], [{"video": src["video"], "reason": why} for src, why in sources if why]
         for it, text, (src, why) in zip(chunk, texts, sources):
-            bar.update(1)
             if why:
+                bar.update(1)
                 continue
             try:
                 clip = read_clip(it.video, settings.frames, settings.height, settings.width, settings.fps)
@@ -186,9 +186,12 @@ def precompute(items: list[Item], spec: PipelineSpec, vae: nn.Module, tokenizer,
                 if not skip_bad:
                     raise
                 bad.append({"video": src["video"], "reason": str(e)})
+                bar.update(1)
                 continue
             samples.append({LATENTS: spec.encode_video(vae, clip[None])[0].cpu(), TEXT: text})
+            bar.update(1)  # after the encoding: the time left is counted from finished videos
         write_shard(out / entry["file"], samples)
+        bar.phase(f"shard {k + 1}/{len(chunks)} written ({len(samples)} videos)")
         entry.update(samples=len(samples), skipped=bad, sha256=file_digest(out / entry["file"]))
         shards.append(entry)
         skipped += bad

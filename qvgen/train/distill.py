@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import nn
 from qvgen_kernels.errors import fail
 
 from qvgen.models.adapters import ModelAdapter, adapter_for
+from qvgen.progress import Progress
 from qvgen.distributed.parallel import is_model_sharded, mean_across_ranks, rank_noisy, sum_across_ranks
 from qvgen.distributed.sharding import all_finite
 from qvgen.quant.swap import model_config
@@ -405,12 +405,10 @@ class Distiller:
 
     # -- the loop -----------------------------------------------------------------------------------
 
-    def _progress(self):
-        from tqdm import tqdm
-
-        show = self.cfg.progress and self.is_main and sys.stderr.isatty()
-        return tqdm(range(self.start_step, self.cfg.steps), initial=self.start_step, total=self.cfg.steps,
-                    disable=not show, desc="distill", dynamic_ncols=True)
+    def _progress(self) -> Progress:
+        # A bar on a terminal, a line at least every 30 s otherwise (a log file, a CI job); rank 0 only.
+        return Progress(self.cfg.steps, "distill", initial=self.start_step,
+                        enabled=self.cfg.progress and self.is_main)
 
     def run(self, resume: bool | str = False, override: Iterable[str] = ()) -> dict:
         """Train to ``cfg.steps``. ``resume``: True continues from the latest checkpoint and is an error
@@ -442,16 +440,17 @@ class Distiller:
         self._saved_step = self.start_step
         bar = self._progress()
         try:
-            for step in bar:
+            for step in range(self.start_step, self.cfg.steps):
                 stop.check(self._interrupted(step))
                 last = self.train_step(step)
                 done = step + 1
                 if self.is_main and (step % self.cfg.log_every == 0 or done == self.cfg.steps):
                     self.metrics.append(last)
-                bar.set_postfix(loss=f"{last['loss']:.4g}", rank=last["rank"])
+                bar.update(1, loss=f"{last['loss']:.4g}", rank=last["rank"])
                 if self.cfg.ckpt_every and done % self.cfg.ckpt_every == 0 and done < self.cfg.steps:
                     self.save(done)
                     self._saved_step = done
+                    bar.phase(f"checkpoint of step {done} saved")
         finally:
             bar.close()
         if self.decay is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -91,3 +92,16 @@ def test_lists_and_unreadable_video(tiny, tmp_path):
     (tmp_path / "nocol.csv").write_text("file_name,prompt\nx.mp4,y\n")
     with pytest.raises(ValueError, match=r"video column .*nocol\.csv:2"):
         _run(tiny["wan"], tmp_path / "nocol.csv", tmp_path / "n", flag="--list")
+
+
+def test_progress_lines_when_stdout_is_not_a_tty(tiny, tmp_path, capsys, monkeypatch):
+    import qvgen.progress
+
+    monkeypatch.setattr(qvgen.progress, "EVERY_S", 0.0)  # a line per video instead of every 30 s
+    args = [a for a in ARGS if a != "--no-progress"]
+    capsys.readouterr()
+    assert main(["precompute", "--pipeline", str(tiny["wan"]), "--videos", str(tiny["clips"]), "--out",
+                 str(tmp_path / "s"), *args]) == 0
+    out = capsys.readouterr().out  # captured: not a TTY, as under `qvgen precompute ... > log.txt`
+    assert [int(n) for n in re.findall(r"^\[precompute\] video (\d)/5, .* elapsed", out, re.M)] == [1, 2, 3, 4, 5]
+    assert re.findall(r"^\[precompute\] shard (\d)/3 written", out, re.M) == ["1", "2", "3"]

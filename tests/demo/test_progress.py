@@ -1,6 +1,6 @@
 """The demo's thread choice, one-line progress off a terminal, and its expected-time line."""
 
-from qvgen.apps.demo.progress import Ticker, auto_threads
+from qvgen.progress import Ticker, auto_threads
 
 
 def test_auto_threads_leaves_busy_cores_alone():

@@ -64,6 +64,23 @@ def test_generate_cli_compare_fp(tmp_path, capfd):
     assert (out / f"{stem}.mp4").stat().st_mtime_ns == before
     assert main(cmd + ["--overwrite"]) == 0
 
+def test_generate_progress_lines_when_stdout_is_not_a_tty(tmp_path, capsys, monkeypatch):
+    import qvgen.progress
+    from qvgen.apps.cli import main
+
+    monkeypatch.setattr(qvgen.progress, "EVERY_S", 0.0)  # a line per denoising step instead of every 30 s
+    fp = fp_pipeline_dir(tmp_path / "fp", "wan")
+    quantize(transformer("wan")).save_pretrained(tmp_path / "qt")
+    capsys.readouterr()
+    assert main(["generate", "--pipeline", str(fp), "--transformer", str(tmp_path / "qt"), "--prompt", PROMPT,
+                 "--prompt", "a blue dot", "--steps", "2", "--height", "32", "--width", "32", "--frames", "5",
+                 "--device", "cpu", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out  # captured: not a TTY, as under `qvgen generate ... > log.txt`
+    steps = re.findall(r"^\[generate quantized\] step (\d)/4, clip (\d)/2, .* elapsed", out, re.M)
+    assert steps == [("1", "1"), ("2", "1"), ("3", "2"), ("4", "2")]  # from the pipeline's step callback
+    assert re.findall(r"^\[generate quantized\] clip (\d)/2 done", out, re.M) == ["1", "2"]
+
+
 
 @pytest.mark.parametrize("flags, message", [(["--guidance", "nan"], "finite"),
                                             (["--device", "cuda:7"], "--device")])

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from qvgen.apps.demo import report
-from qvgen.apps.demo.progress import Ticker, auto_threads
+from qvgen.progress import Ticker, auto_threads, interactive
 from qvgen.apps.demo.metrics import EvalSet, denoising_error, make_eval_set, model_bytes, predict, psnr, ssim
 from qvgen.apps.demo.sampling import make_noise, sample_model
 from qvgen.apps.demo.speed import forward_speed, speed_line
@@ -133,7 +133,9 @@ def distill_qvgen(student: torch.nn.Module, teacher: torch.nn.Module, data, cfg:
     from qvgen.train import Distiller, TrainConfig
 
     tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, clip_lr=cfg.clip_lr,
-                       seed=cfg.seed, out_dir=str(out_dir), log_every=1, ckpt_every=0, progress=cfg.progress)
+                       seed=cfg.seed, out_dir=str(out_dir), log_every=1, ckpt_every=0,
+                       # off a terminal the demo's Ticker reports over all its runs; the trainer's lines would repeat it
+                       progress=cfg.progress and interactive())
     Distiller(student, teacher, adapter_for(teacher), data, tcfg, rank_decay=True).run()
     return out_dir / "metrics.jsonl"
 

@@ -1,6 +1,9 @@
-"""What the demo tells a user while it runs: a thread count fitted to the machine's free cores, one-line progress
-at least every ``every_s`` seconds when stdout is not a terminal (the trainer draws bars on a terminal), and the
-expected total time, measured from the first training steps on this machine."""
+"""What a long command tells its user while it runs: a bar on a terminal, and one-line progress at least every
+``every_s`` seconds (and at each phase) when the output goes to a file or a pipe, where a bar redraws nothing
+readable (``Progress``, used by train, precompute and generate); the demo's thread count fitted to the machine's
+free cores and its expected total time, measured from the first training steps (``auto_threads``, ``Ticker``).
+
+Kept below train, data and apps (the ``qvgen`` layer) so every command reports progress the same way."""
 
 from __future__ import annotations
 
@@ -9,6 +12,83 @@ import os
 import sys
 import time
 from typing import Callable
+
+EVERY_S = 30.0  # a log line at least every 30 s keeps "once a minute" with room for a slow step
+
+
+def interactive() -> bool:
+    """Bars only when both streams are terminals: `cmd > log.txt` must get lines in the file (the bar would
+    go to the terminal's stderr and leave the log empty), `cmd 2> err.txt` lines too."""
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)  # flushed: a file or a pipe otherwise sees nothing until the buffer fills
+
+
+class Progress:
+    """Progress of ``total`` units of work named ``desc``: a tqdm bar when ``tty`` (default: ``interactive()``),
+    otherwise a line ``[desc] step i/N, <postfix>, <elapsed> elapsed, about <eta> left`` on the first update,
+    then at least every ``every_s`` seconds, and at the last unit. ``enabled=False`` shows nothing.
+    ``phase(what)`` logs a line off a terminal (bar or not, it never repeats often enough to flood a log)."""
+
+    def __init__(self, total: int, desc: str, *, initial: int = 0, unit: str = "step", enabled: bool = True,
+                 every_s: float | None = None, tty: bool | None = None, log: Callable[[str], None] = _say,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.desc, self.unit, self.n, self.initial = total, desc, unit, initial, initial
+        self.enabled, self.log, self.clock = enabled, log, clock
+        self.every_s = EVERY_S if every_s is None else every_s  # read at each start: tests shorten it
+        self.tty = interactive() if tty is None else tty
+        self.start = clock()
+        self.last: float | None = None  # time of the last line; None: none yet
+        self.postfix: dict[str, object] = {}
+        self.bar = None
+        if enabled and self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
+
+    @property
+    def lines(self) -> bool:
+        return self.enabled and not self.tty
+
+    def update(self, n: int = 1, **postfix) -> None:
+        self.n += n
+        self.postfix.update(postfix)
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix({k: str(v) for k, v in self.postfix.items()}, refresh=False)
+        elif self.lines:
+            now = self.clock()
+            if self.last is None or now - self.last >= self.every_s or self.n >= self.total:
+                self.last = now
+                self.log(self._line(now))
+
+    def _line(self, now: float) -> str:
+        elapsed, done = now - self.start, self.n - self.initial
+        parts = [f"[{self.desc}] {self.unit} {self.n}/{self.total}"]
+        parts += [f"{k} {v}" for k, v in self.postfix.items()]
+        parts.append(f"{_minutes(elapsed)} elapsed")
+        if 0 < done and self.n < self.total:
+            parts.append(f"about {_minutes(elapsed / done * (self.total - self.n))} left")
+        return ", ".join(parts)
+
+    def phase(self, what: str) -> None:
+        if self.lines:
+            self.last = self.clock()
+            self.log(f"[{self.desc}] {what} ({_minutes(self.last - self.start)} elapsed)")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def auto_threads(cpu_count: int | None = None, load: float | None = None, cap: int = 4) -> int:
@@ -35,11 +115,11 @@ class Ticker:
     first ``calibrate`` steps, the expected total time of the demo (training at the measured pace, plus
     ``other_fraction`` of it for evaluation and deployment)."""
 
-    def __init__(self, log: Callable[[str], None], total_steps: int, every_s: float = 30.0, calibrate: int = 5,
+    def __init__(self, log: Callable[[str], None], total_steps: int, every_s: float = EVERY_S, calibrate: int = 5,
                  other_fraction: float = 0.15, tty: bool | None = None, clock: Callable[[], float] = time.monotonic):
         self.log, self.total, self.every_s, self.calibrate = log, total_steps, every_s, calibrate
         self.other_fraction = other_fraction
-        self.tty = sys.stdout.isatty() if tty is None else tty
+        self.tty = interactive() if tty is None else tty
         self.clock = clock
         self.start = clock()
         self.done = 0  # training steps finished in earlier runs
