@@ -10,13 +10,22 @@ dtype behaviour: `.to(dtype)` / `.half()` / `.bfloat16()` change only the comput
 output follow it); codes stay uint8 and scales, zero points and clip tables stay fp32, bit for bit, so a bf16
 model computes the same integer GEMM with the same epilogue constants as the fp32 one.
 
-An nn.Linear subclass (with `weight` None) so that code dispatching on nn.Linear (PEFT LoRA, diffusers' group
-offloading) takes it for a linear layer; the input gradient is defined (straight through the activation
-quantization, dY/dX = dY · Ŵ with the dequantized weight), so adapters on top of it train.
+An nn.Linear subclass so that code dispatching on nn.Linear (PEFT LoRA, diffusers' group offloading) takes it for a
+linear layer. Its `weight` is a `DeployedWeight`: a storage-less view of the packed codes that reports what code
+reading `weight` looks for (device, compute dtype, logical shape [out_features, in_features], numel = in * out, the
+count of the fp weights it stands for, as `model.num_parameters()` compares) and dequantizes when an op reads its
+values; it holds no bytes and is not in the state dict (the checkpoint is `w_packed`, `w_scale`, `w_zero`).
+The input gradient is defined (straight through the activation quantization, dY/dX = dY · Ŵ with the
+dequantized weight), so adapters on top of it train. Its storage, for code that counts bytes, is `w_packed`'s.
+
+Concurrency: a call running while another thread casts the layer (`.to(dtype)`) sees the old or the new state.
+An in-place edit (or reassignment) of `w_packed`, `w_scale` or `w_zero` rebuilds the layout at the next eager
+call (checked through the tensors' version counters), where invalid values are refused.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -54,8 +63,90 @@ class _LowbitLinearFn(torch.autograd.Function):
         return grad_x, grad_b, None, None, None, None
 
 
+class DeployedWeight(torch.Tensor):
+    """`DeployedLinear.weight`: the layer's packed codes seen as its [out, in] weight, without a copy of them.
+
+    A wrapper tensor with no storage of its own (0 bytes): device, dtype (the compute dtype), shape and numel are
+    the logical weight's; an op that reads its values (matmul, `.float()`, comparisons...) gets the dequantized
+    weight Ŵ = s (q - z), built at that call. Writes are refused (the weights are the packed codes: edit those and
+    the scales). A move or cast of the view (`.to()`, `.data`, `.detach()`) is another view of the same layer.
+    """
+
+    # Ops that only re-describe the view: answered with another view (no dequantization, no bytes).
+    _VIEW_OPS = ("detach", "alias", "_to_copy", "_pin_memory", "lift_fresh")
+
+    @staticmethod
+    def __new__(cls, layer: "DeployedLinear", device: torch.device | None = None,
+                dtype: torch.dtype | None = None, shape: tuple | None = None) -> "DeployedWeight":
+        device = device if device is not None else layer.w_packed.device
+        dtype = dtype if dtype is not None else layer.compute_dtype
+        shape = shape if shape is not None else (layer.out_features, layer.in_features)
+        t = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=device, requires_grad=False)
+        t._layer = weakref.ref(layer)  # weak: the layer holds its view, not the reverse
+        return t
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __repr__(self, *, tensor_contents: Any = None) -> str:
+        return f"DeployedWeight(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device})"
+
+    def __reduce_ex__(self, protocol: int) -> Any:
+        # Pickled with its layer (a whole-module pickle): a view of the unpickled layer, whose state may not be
+        # set yet when this is rebuilt, hence the metadata passed explicitly.
+        return _weight_view, (self.layer(), str(self.device), self.dtype, tuple(self.shape))
+
+    def __deepcopy__(self, memo: dict) -> torch.Tensor:
+        # Copying the layer: a view of the copy (already in memo, its buffers copied next). Copying the weight
+        # alone: its values, as a plain tensor.
+        copy_of_layer = memo.get(id(self.layer()))
+        if copy_of_layer is None:
+            return self.dequantize()
+        out = _weight_view(copy_of_layer, str(self.device), self.dtype, tuple(self.shape))
+        memo[id(self)] = out
+        return out
+
+    def untyped_storage(self) -> torch.UntypedStorage:
+        """The packed codes' storage: the bytes this weight is (code that counts or dedups storages sees them
+        once, shared with `w_packed`)."""
+        return self.layer().w_packed.untyped_storage()
+
+    def layer(self) -> "DeployedLinear":
+        layer = self._layer()
+        if layer is None:
+            fail("DeployedWeight", "layer", "the DeployedLinear this weight view belongs to", "a freed layer")
+        return layer
+
+    def dequantize(self) -> torch.Tensor:
+        """Ŵ as a plain tensor in this view's dtype and on its device."""
+        return self.layer().dequantized_weight().to(self.device, self.dtype)
+
+    @classmethod
+    def __torch_dispatch__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if name in cls._VIEW_OPS and isinstance(args[0], cls):
+            src = args[0]
+            device = kwargs.get("device") or (torch.device("cpu") if name == "_pin_memory" else src.device)
+            return cls(src.layer(), device=torch.device(device), dtype=kwargs.get("dtype") or src.dtype)
+        if func._schema.is_mutable:
+            fail("DeployedWeight", str(func), "a read (the weights are the packed codes w_packed and the scales)",
+                 "an in-place write into the deployed weight view", TypeError)
+        unwrap = lambda a: a.dequantize() if isinstance(a, cls) else a  # noqa: E731
+        args = torch.utils._pytree.tree_map(unwrap, args)
+        kwargs = torch.utils._pytree.tree_map(unwrap, kwargs)
+        return func(*args, **kwargs)
+
+
+def _weight_view(layer: "DeployedLinear", device: str, dtype: torch.dtype, shape: tuple) -> DeployedWeight:
+    out = DeployedWeight(layer, device=torch.device(device), dtype=dtype, shape=shape)
+    out._is_param = True
+    return out
+
+
 class DeployedLinear(PhiView, nn.Linear):
-    """Packed low-bit linear (deployment). `weight` is None; the weights are `w_packed`, `w_scale`, `w_zero`.
+    """Packed low-bit linear (deployment). The weights are `w_packed`, `w_scale`, `w_zero`; `weight` is their
+    storage-less `DeployedWeight` view (not in the state dict).
 
     Built by `QLinear.to_deploy` (or `DeployedLinear.from_qlinear`), or empty (any device, `meta` included)
     for loading a checkpoint. Φ is kept only when converted with keep_phi (then evaluated on the fake-quantized
@@ -73,7 +164,7 @@ class DeployedLinear(PhiView, nn.Linear):
             fail("DeployedLinear", "cfg", "a QuantConfig", type(cfg).__name__, TypeError)
         self.in_features, self.out_features, self.cfg = in_features, out_features, cfg
         self.compute_dtype = dtype if dtype is not None else torch.get_default_dtype()
-        self.register_parameter("weight", None)
+        self.register_parameter("weight", None)  # the DeployedWeight view, once the buffers exist
         self.bias = (nn.Parameter(torch.zeros(out_features, device=device, dtype=self.compute_dtype),
                                   requires_grad=False) if bias else None)
         groups = check_group_size("DeployedLinear", cfg.w_group_size, in_features)
@@ -98,7 +189,14 @@ class DeployedLinear(PhiView, nn.Linear):
             self.register_buffer("phi_gamma", torch.zeros(phi_capacity, **f32))
         setattr(self, STATE_ATTR, TimestepState(cfg.clip_groups, cfg.num_train_timesteps, default_group=0))
         self._packed: ops.PackedLinear | None = None
+        self._packed_stamp: tuple | None = None
         self._clip_views: tuple | None = None
+        self._refresh_weight()
+
+    def _refresh_weight(self) -> None:
+        """Point `weight` at the current codes' device and the compute dtype (after a move, cast or load)."""
+        view = DeployedWeight(self)
+        self._parameters["weight"] = nn.Parameter(view, requires_grad=False)
 
     @classmethod
     @torch.no_grad()
@@ -123,13 +221,14 @@ class DeployedLinear(PhiView, nn.Linear):
         if keep:
             d.phi_l, d.phi_r, d.phi_gamma, d._phi_active = q.phi_l, q.phi_r, q.phi_gamma, q._phi_active
         setattr(d, STATE_ATTR, getattr(q, STATE_ATTR))
+        d._refresh_weight()
         d.prepack()
         return d
 
     @property
     def qweight(self) -> torch.Tensor:
-        """The packed codes under the name adapter libraries (PEFT) look for on quantized layers to find the
-        layer's device when `weight` is None; the dtype they use is `compute_dtype`."""
+        """The packed codes under the name adapter libraries (PEFT) look for on quantized layers (the raw uint8
+        tensor; `weight` is the same codes seen as the [out, in] weight in the compute dtype)."""
         return self.w_packed
 
     # --- forward -------------------------------------------------------------------------------------------
@@ -163,9 +262,11 @@ class DeployedLinear(PhiView, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packed = self._packed
-        # Rebuilt after .to() / loading (_packed reset) and after a move that bypasses _apply (diffusers' group
-        # offloading swaps tensor .data between devices).
-        if packed is None or packed.device != x.device:
+        # Rebuilt after .to() / loading (_packed reset), after a move that bypasses _apply (diffusers' group
+        # offloading swaps tensor .data between devices) and after an edit of the codes, scales or zero points
+        # (in place or by assignment: a layout may hold values derived from them, e.g. grouped scales).
+        if packed is None or packed.device != x.device or (
+                not torch.compiler.is_compiling() and self._layout_stamp() != self._packed_stamp):
             packed = self.prepack()
         c_lo, c_hi = self._clips(x)
         if x.requires_grad and torch.is_grad_enabled():
@@ -185,9 +286,20 @@ class DeployedLinear(PhiView, nn.Linear):
         if self.w_packed.is_meta:
             fail("DeployedLinear.prepack", "w_packed", "loaded weights (not on the meta device)",
                  "a meta tensor: the layer was built empty and never loaded")
-        self._packed = ops.prepack_linear(self.w_packed, self.w_scale, self.w_zero, w_bits=self.cfg.w_bits,
-                                          a_bits=self.cfg.a_bits, k=self.in_features, backend=backend)
-        return self._packed
+        stamp = self._layout_stamp()
+        packed = ops.prepack_linear(self.w_packed, self.w_scale, self.w_zero, w_bits=self.cfg.w_bits,
+                                    a_bits=self.cfg.a_bits, k=self.in_features, backend=backend)
+        self._packed_stamp, self._packed = stamp, packed  # the stamp first: a reader never pairs a new layout
+        return packed  # with an older stamp (it would only rebuild once more)
+
+    def _layout_stamp(self) -> tuple:
+        """Which tensors, at which in-place version, the layout was built from."""
+        b = self._buffers
+        w, s, z = b["w_packed"], b["w_scale"], b["w_zero"]
+        try:
+            return (id(w), w._version, id(s), s._version, id(z), z._version)
+        except RuntimeError:  # inference-mode tensors keep no version counter: replacement is still seen
+            return (id(w), id(s), id(z))
 
     @torch.no_grad()
     def dequantized_weight(self) -> torch.Tensor:
@@ -204,22 +316,42 @@ class DeployedLinear(PhiView, nn.Linear):
             self.prepack()
 
     def _apply(self, fn: Any, recurse: bool = True) -> "DeployedLinear":
-        # A dtype change becomes the compute dtype; the exact buffers keep fp32 (only their device follows).
-        exact = {k: self._buffers[k] for k in EXACT_BUFFERS if self._buffers.get(k) is not None}
+        # A dtype change becomes the compute dtype; the exact buffers keep fp32 (only their device follows). So
+        # that a call running in another thread sees the old or the new state, never a mix, no buffer is ever
+        # replaced by a cast copy to be restored later: `keep_exact` gives the exact buffers only their new
+        # device, the weight view is replaced once at the end, and the layout is kept (a dtype-only cast keeps
+        # the codes and scales) or dropped in one assignment (a move: rebuilt at the next call on the new
+        # device; offloading moves layers back and forth, no layout for a device the layer only rests on).
+        exact = {id(t) for k in EXACT_BUFFERS if (t := self._buffers.get(k)) is not None}
+        weight = self._parameters.get("weight")
+        cast: list[torch.dtype] = []
+
+        def keep_exact(t: torch.Tensor) -> torch.Tensor:
+            if t is weight:  # the view follows the buffers (below), it is not moved itself
+                return t
+            out = fn(t)
+            if id(t) in exact and out.dtype != t.dtype:
+                cast.append(out.dtype)
+                return t.to(out.device)
+            return out
+
         before = self._layout_inputs()
-        super()._apply(fn, recurse)
-        for k, old in exact.items():
-            new = self._buffers[k]
-            if new.dtype != old.dtype:
-                self.compute_dtype = new.dtype
-                self._buffers[k] = old.to(new.device)
+        super()._apply(keep_exact, recurse)
+        if cast:
+            self.compute_dtype = cast[-1]
         if self.bias is not None:
             self.compute_dtype = self.bias.dtype
-        # A dtype-only cast keeps the codes and scales, hence the layout. A move rebuilds it at the next call on
-        # the new device (offloading moves layers back and forth: no layout for a device the layer only rests on).
         if any(a is not b for a, b in zip(before, self._layout_inputs())):
             self._packed = None
+        self._refresh_weight()
         return self
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        weight = self._parameters.pop("weight", None)  # a view of w_packed: the checkpoint holds the codes once
+        try:
+            super()._save_to_state_dict(destination, prefix, keep_vars)
+        finally:
+            self._parameters["weight"] = weight
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         self._packed = None  # new codes or scales: rebuild the deployed layout on next use
@@ -228,7 +360,12 @@ class DeployedLinear(PhiView, nn.Linear):
             self._phi_active = int((gamma != 0).sum())
         errors = args[4] if len(args) > 4 else kwargs.get("error_msgs", [])
         n_errors = len(errors)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        weight = self._parameters.pop("weight", None)  # not a checkpoint entry (see _save_to_state_dict)
+        try:
+            super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        finally:
+            self._parameters["weight"] = weight
+        self._refresh_weight()
         if len(errors) == n_errors:  # at load, not at the first call (a failed load reports its own errors)
             self._prepack_if_loaded()
 

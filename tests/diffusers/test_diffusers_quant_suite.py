@@ -228,8 +228,6 @@ def test_saved_folder_follows_umask(saved, tmp_path):
         assert folder.stat().st_mode & 0o777 == 0o755
 
 
-@pytest.mark.xfail(strict=True, reason="needs DeployedLinear.weight readable (device/dtype/shape/parameter "
-                                        "count), issue 18's change to qvgen/quant/deployed.py")
 @pytest.mark.parametrize("kind", KINDS)
 def test_num_parameters_and_weight_readable(kind):
     fp = fp_model(kind)

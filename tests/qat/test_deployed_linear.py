@@ -3,7 +3,9 @@ and an empty (meta-built) layer that was never loaded."""
 
 from __future__ import annotations
 
+import copy
 import logging
+import pickle
 
 import pytest
 import torch
@@ -51,7 +53,7 @@ def test_to_deploy_swaps_modules_and_keeps_sharing():
 def test_bare_qlinear_to_deploy_returns_the_deployed_layer():
     q = QLinear.from_linear(nn.Linear(8, 4), QuantConfig.preset("w4a8", rank=0))
     d = qvgen.to_deploy(q)
-    assert isinstance(d, DeployedLinear) and d.weight is None and d.qweight is d.w_packed
+    assert isinstance(d, DeployedLinear) and d.qweight is d.w_packed
 
 
 def test_empty_layer_refuses_to_run():
@@ -87,3 +89,104 @@ def test_weights_held_once_and_layout_built_at_load(preset):
         assert torch.equal(e(x.bfloat16()), d.to(torch.bfloat16)(x.bfloat16()))
     again = e.state_dict()
     assert sd.keys() == again.keys() and all(torch.equal(sd[k].to(again[k].dtype), again[k]) for k in sd)
+
+
+def test_weight_is_a_view_of_the_codes():
+    """`weight` reads as the [out, in] weight (device, compute dtype, numel counted by parameters()) and
+    dequantizes when read, but holds no bytes and is not a checkpoint entry."""
+    torch.manual_seed(3)
+    cfg = QuantConfig.preset("w4a8", rank=0, clip_groups=1)
+    d = QLinear.from_linear(nn.Linear(40, 24), cfg).to_deploy()
+    w = d.weight
+    assert isinstance(w, nn.Parameter) and not w.requires_grad
+    assert w.shape == (24, 40) and w.dtype == torch.float32 and w.device == d.w_packed.device
+    assert sum(p.numel() for p in d.parameters()) == 24 * 40 + 24
+    assert torch.equal(w.mul(1), d.dequantized_weight()) and type(w.mul(1)) is torch.Tensor
+    assert w.untyped_storage().data_ptr() == d.w_packed.untyped_storage().data_ptr()
+    assert "weight" not in d.state_dict() and "weight" not in dict(d.named_buffers())
+    codes = d.w_packed.clone()
+    with pytest.raises(TypeError, match="in-place write"):
+        d.weight.mul_(2)
+    d.to(torch.bfloat16)
+    assert d.weight.dtype == torch.bfloat16 and d.weight.shape == (24, 40) and torch.equal(d.w_packed, codes)
+    assert torch.equal(d.weight.detach().mul(1), d.dequantized_weight().bfloat16())
+    e = DeployedLinear(40, 24, True, cfg, device="meta", dtype=torch.bfloat16)
+    assert e.weight.is_meta
+    e.load_state_dict(d.state_dict(), assign=True)
+    assert not e.weight.is_meta and e.weight.dtype == torch.bfloat16
+    c = copy.deepcopy(e)
+    assert isinstance(c.weight, nn.Parameter) and c.weight.layer() is c
+    c.w_scale.mul_(2)
+    assert torch.equal(c.weight.mul(1), c.dequantized_weight().bfloat16())
+    assert torch.equal(copy.deepcopy(e.weight), e.dequantized_weight().bfloat16())
+    p = pickle.loads(pickle.dumps(e))
+    assert p.weight.layer() is p and torch.equal(p.weight.mul(1), e.weight.mul(1))
+
+
+@pytest.mark.parametrize("group", [-1, 8])
+def test_in_place_scale_edit_takes_effect_or_is_refused(group):
+    """An in-place edit of w_scale / w_zero / w_packed reaches every layer kind at the next call (the layout of a
+    grouped layer holds values derived from the scales); an invalid edit is refused there, by name."""
+    torch.manual_seed(4)
+    cfg = QuantConfig.preset("w4a8", rank=0, clip_groups=1, w_group_size=group)
+    d = QLinear.from_linear(nn.Linear(32, 16), cfg).to_deploy()
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        y0 = d(x)
+        for name, edit in (("w_scale", lambda t: t.mul_(2)), ("w_zero", lambda t: t.add_(1)),
+                           ("w_packed", lambda t: t.bitwise_xor_(0x11))):
+            edit(getattr(d, name))
+            fresh = DeployedLinear(32, 16, True, cfg)
+            fresh.load_state_dict(d.state_dict())
+            y = d(x)
+            assert not torch.equal(y, y0) and torch.equal(y, fresh(x)), name
+            y0 = y
+        d.w_scale[0] = -1.0
+        with pytest.raises(ValueError, match="w_scale"):
+            d(x)
+
+
+def test_call_during_dtype_casts_sees_old_or_new_state():
+    """A thread calling the layer while another casts it between fp32 and bf16 gets the output of one state or
+    the other for every call (never a mix, never an error); bounded: 200 calls against 20 casts."""
+    import sys
+    import threading
+    torch.manual_seed(5)
+    cfg = QuantConfig.preset("w4a8", rank=0, clip_groups=1, w_group_size=8)
+    d = QLinear.from_linear(nn.Linear(32, 16), cfg).to_deploy()
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        refs = [d(x)]
+        d.to(torch.bfloat16)
+        refs.append(d(x))
+        d.to(torch.float32)
+    assert not torch.equal(*refs)
+    bad: list = []
+
+    def call() -> None:
+        with torch.no_grad():
+            for _ in range(200):
+                try:
+                    y = d(x)
+                except Exception as e:  # noqa: BLE001 - reported below
+                    bad.append(repr(e))
+                    continue
+                if not any(torch.equal(y, r) for r in refs):
+                    bad.append("mixed output")
+
+    def cast() -> None:
+        for i in range(20):
+            d.to(torch.bfloat16 if i % 2 == 0 else torch.float32)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the windows are short
+    try:
+        threads = [threading.Thread(target=call), threading.Thread(target=cast)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        sys.setswitchinterval(old)
+    assert not any(t.is_alive() for t in threads)
+    assert not bad, bad[:3]

@@ -32,7 +32,8 @@ def test_fake_quant_equals_deploy(gen, preset, group):
         y_qat = q(x)
     q = q.to_deploy()
     assert isinstance(q, DeployedLinear) and isinstance(q, nn.Linear)
-    assert q.mode == "deploy" and q.weight is None and "weight" not in q.state_dict()
+    assert q.mode == "deploy" and "weight" not in q.state_dict()
+    assert q.weight.shape == (q.out_features, q.in_features)
     assert q.w_packed.dtype == torch.uint8
     y_dep = q(x)
     # Same codes on both sides; only the GEMM's operation order differs: fp32, 1e-5 relative.
