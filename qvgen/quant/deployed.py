@@ -111,6 +111,15 @@ class DeployedWeight(torch.Tensor):
         once, shared with `w_packed`)."""
         return self.layer().w_packed.untyped_storage()
 
+    def element_size(self) -> int:
+        """0: the view holds no bytes of its own. Byte counts of the form numel x element_size (diffusers'
+        get_memory_footprint) then see the codes once, as the layer's w_packed buffer, not the fp weight."""
+        return 0
+
+    @property
+    def nbytes(self) -> int:
+        return 0
+
     def layer(self) -> "DeployedLinear":
         layer = self._layer()
         if layer is None:
