@@ -76,3 +76,17 @@ def test_teacher_cache_round_trip(tmp_path):
     assert not info3["cached"]
     with pytest.raises(ValueError, match="TeacherConfig: argument 'size'"):
         TeacherConfig(size=15)
+
+
+def test_teacher_cache_folder_follows_umask(tmp_path):
+    """A shared cache: the teacher's folder gets 0777 minus the umask (mkdtemp would make it 0700)."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        get_teacher(TeacherConfig(steps=1, batch_size=2, num_layers=1, ffn_dim=32, seed=4), cache_root=tmp_path)
+    finally:
+        os.umask(old)
+    path = cache_dir_for(TeacherConfig(steps=1, batch_size=2, num_layers=1, ffn_dim=32, seed=4), tmp_path)
+    assert path.stat().st_mode & 0o777 == 0o755
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left behind

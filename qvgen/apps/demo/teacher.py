@@ -24,7 +24,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 
 from qvgen.apps.demo.sampling import model_velocity
 from qvgen.apps.demo.sprites import SpriteConfig, SpriteData
+from qvgen.storage import atomic_dir
 from qvgen_kernels.errors import fail
 
 TEACHER_FORMAT = 1
@@ -154,8 +154,7 @@ def cache_dir_for(cfg: TeacherConfig, root: str | os.PathLike | None = None) -> 
 
 def save_teacher(model: torch.nn.Module, cfg: TeacherConfig, info: dict, path: Path) -> None:
     """Write the teacher atomically: a temp dir in the same parent, then a rename onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    tmp = atomic_dir.new_tmp(path)  # permissions from the umask, like every folder qvgen writes
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         meta = {"format": TEACHER_FORMAT, "key": cfg.key(), "config": dataclasses.asdict(cfg), **info}
