@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import qvgen
-from tiny_pipes import quantize, transformer
+from tiny_pipes import lora_training_losses, quantize, transformer
 from test_diffusers_loading import _inputs
 
 KINDS = ("wan", "cogvideox")
@@ -73,23 +73,9 @@ def test_deployed_input_gradient_is_dequantized_weight():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_peft_lora_trains_on_deployed_model(kind):
-    peft = pytest.importorskip("peft")
+    pytest.importorskip("peft")
     model = quantize(transformer(kind))
-    model.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                      target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    lora = [p for n, p in model.named_parameters() if "lora_" in n]
-    assert lora and all(p.requires_grad for p in lora)
-    opt = torch.optim.SGD(lora, lr=0.05)
-    args = _inputs(kind)
-    target = torch.zeros_like(model(**args)[0])
-    losses = []
-    for _ in range(4):
-        loss = (model(**args)[0] - target).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        assert all(p.grad is not None for p in lora)
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = lora_training_losses(model, _inputs(kind))
     assert losses[-1] < losses[0]
 
 

@@ -10,6 +10,7 @@ import torch
 import qvgen
 from qvgen.quant.deployed import DeployedLinear
 from test_diffusers_quant_suite import fp_model, inputs, quantized, run
+from tiny_pipes import lora_training_losses
 
 
 def _at(model, timestep: float) -> torch.Tensor:
@@ -33,23 +34,9 @@ def test_flux_compile_fullgraph_no_recompile(mode):
 
 
 def test_flux_peft_lora_trains_on_deployed_model():
-    peft = pytest.importorskip("peft")
+    pytest.importorskip("peft")
     model = quantized("flux", "w4a8")
-    model.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                      target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    lora = [p for n, p in model.named_parameters() if "lora_" in n]
-    assert lora and all(p.requires_grad for p in lora)
-    opt = torch.optim.SGD(lora, lr=0.05)
-    args = inputs("flux")
-    target = torch.zeros_like(model(**args)[0])
-    losses = []
-    for _ in range(4):
-        loss = (model(**args)[0] - target).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        assert all(p.grad is not None for p in lora)
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = lora_training_losses(model, inputs("flux"))
     assert losses[-1] < losses[0]
 
 

@@ -69,3 +69,25 @@ def aligned(model: torch.nn.Module) -> torch.nn.Module:
     for p in model.parameters():
         p.data = p.data.clone()
     return model
+
+
+def lora_training_losses(model: torch.nn.Module, args: dict, steps: int = 4) -> list[float]:
+    """PEFT LoRA (rank 4, attention projections) on `model`, `steps` SGD steps toward a zero output; every LoRA
+    parameter must get a gradient at every step. Returns the losses."""
+    import peft
+
+    model.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                      target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert lora and all(p.requires_grad for p in lora)
+    opt = torch.optim.SGD(lora, lr=0.05)
+    target = torch.zeros_like(model(**args)[0])
+    losses = []
+    for _ in range(steps):
+        loss = (model(**args)[0] - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None for p in lora)
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
