@@ -86,7 +86,7 @@ class DeployedWeight(torch.Tensor):
         return t
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
+        """Everything is set in __new__ (torch.Tensor.__init__ would take __new__'s arguments as data)."""
 
     def __repr__(self, *, tensor_contents: Any = None) -> str:
         return f"DeployedWeight(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device})"
