@@ -4,7 +4,7 @@
 //   x [M, K] --(one pass: per-token quantize, row sums, non-finite check)--> int8 a' [M, K]
 //   codes [N, K] --(per column block: unpack to int8 w' in cache)--> w'
 //   a' @ w'^T --(at::_int_mm: oneDNN s8 x s8 -> s32, AMX or AVX512-VNNI)--> int32 [M, N] per group
-//   int32 --(one pass: format integer, scales, zero point, bias, cast)--> out [M, N]
+//   int32 --(one pass: format integer, scales, zero point, bias, cast, optional activation)--> out [M, N]
 // Weights come prepacked by qvgen_kernels (w' = q_w - c_w as int8 [N, K], and group-major column sums
 // and scales [G, N]); identities in qvgen/int8.h. Arguments are validated once, in Python, by the op
 // registry; the checks here only guard the memory accesses of this function.
@@ -65,7 +65,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> int8_quantize(const a
   int8::QuantArgs q{xs.data_ptr(), tag_of(xs.scalar_type()), k, k_gemm, static_cast<int>(a_bits), groups,
                     lo.data_ptr<float>(), hi.data_ptr<float>(), lo.numel() == 1 ? 0 : 1, hi.numel() == 1 ? 0 : 1,
                     a.data_ptr<int8_t>(), scale.data_ptr<float>(), rowsum.data_ptr<int32_t>(),
-                    offset.data_ptr<int32_t>(), nonfinite.data()};
+                    offset.data_ptr<int32_t>(), nonfinite.data(), m};
   at::parallel_for(0, m, grain(k), [&](int64_t r0, int64_t r1) { int8::quantize_rows(q, r0, r1); });
   // The data checks of the op registry, folded into this op (no second read of x).
   const int32_t* nf = nonfinite.data();
@@ -104,10 +104,12 @@ int64_t tile_cols(int64_t n, int64_t tm, int64_t k_gemm) {
 at::Tensor int8_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::Tensor& a_rowsum,
                      const at::Tensor& a_offset, const at::Tensor& w_packed, const at::Tensor& w_colsum,
                      const at::Tensor& w_scale, const at::Tensor& w_zero, const std::optional<at::Tensor>& bias,
-                     int64_t w_bits, int64_t k, bool grouped, at::ScalarType out_dtype) {
+                     int64_t w_bits, int64_t k, bool grouped, at::ScalarType out_dtype, int64_t activation) {
   constexpr const char* op = "qvgen_ext::int8_gemm";
   const int64_t m = a.size(0), k_gemm = a.size(1), n = w_packed.size(0), groups = w_colsum.size(0);
   TORCH_CHECK_VALUE(w_bits == 3 || w_bits == 4 || w_bits == 8, op, ": expected w_bits 3, 4 or 8, got ", w_bits);
+  TORCH_CHECK_VALUE(activation == 0 || activation == 1, op, ": expected activation 0 (none) or 1 (GELU, tanh"
+                    " approximation), got ", activation);
   // K = 1 runs as K = 2 with a zero column: oneDNN's s8 GEMM returns wrong sums for K = 1 and N > 1.
   TORCH_CHECK_VALUE(a.dim() == 2 && w_packed.dim() == 2 && w_packed.scalar_type() == at::kByte &&
                         w_packed.size(1) == packed_width(k, static_cast<int>(w_bits)) &&
@@ -190,7 +192,7 @@ at::Tensor int8_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::T
                              wz.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr, n, groups, g, gs,
                              m0, n0, n0 + cols, cols, w_offset, grouped,
                              part_ptr, out.data_ptr(),
-                             tag_of(out.scalar_type())};
+                             tag_of(out.scalar_type()), static_cast<Activation>(activation)};
         at::parallel_for(m0, m0 + rows, grain(cols), [&](int64_t r0, int64_t r1) { int8::epilogue_rows(e, r0, r1); });
       }
     }
@@ -218,14 +220,14 @@ at::Tensor int8_unpack_weight(const at::Tensor& w_packed, int64_t w_bits, int64_
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_colsum,
                        const at::Tensor& w_scale, const at::Tensor& w_zero, const std::optional<at::Tensor>& bias,
                        int64_t w_bits, int64_t a_bits, bool grouped, const at::Tensor& clip_lo,
-                       const at::Tensor& clip_hi) {
+                       const at::Tensor& clip_hi, int64_t activation) {
   TORCH_CHECK_VALUE(x.dim() == 2 && w_packed.dim() == 2 && w_colsum.dim() == 2, "qvgen_ext::int8_linear: expected x"
                     " [M, K], w_packed [N, packed_width(K, w_bits)], w_colsum [G, N], got ", x.sizes(), ", ",
                     w_packed.sizes(), ", ", w_colsum.sizes());
   const int64_t k_gemm = std::max<int64_t>(x.size(1), 2);
   const auto [a, scale, rowsum, offset] = int8_quantize(x, a_bits, w_colsum.size(0), k_gemm, clip_lo, clip_hi);
   return int8_gemm(a, scale, rowsum, offset, w_packed, w_colsum, w_scale, w_zero, bias, w_bits, x.size(1), grouped,
-                   x.scalar_type());
+                   x.scalar_type(), activation);
 }
 
 // Test hook: run the portable code instead of the AVX-512 code (returns the previous setting).
@@ -238,10 +240,11 @@ TORCH_LIBRARY_FRAGMENT(qvgen_ext, m) {
   m.def("int8_quantize(Tensor x, int a_bits, int groups, int k_gemm, Tensor clip_lo, Tensor clip_hi)"
         " -> (Tensor a, Tensor scale, Tensor rowsum, Tensor offset)");
   m.def("int8_gemm(Tensor a, Tensor a_scale, Tensor a_rowsum, Tensor a_offset, Tensor w_packed, Tensor w_colsum,"
-        " Tensor w_scale, Tensor w_zero, Tensor? bias, int w_bits, int k, bool grouped, ScalarType out_dtype) -> Tensor");
+        " Tensor w_scale, Tensor w_zero, Tensor? bias, int w_bits, int k, bool grouped, ScalarType out_dtype,"
+        " int activation=0) -> Tensor");
   m.def("int8_unpack_weight(Tensor w_packed, int w_bits, int k, int k_out) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor w_packed, Tensor w_colsum, Tensor w_scale, Tensor w_zero, Tensor? bias,"
-        " int w_bits, int a_bits, bool grouped, Tensor clip_lo, Tensor clip_hi) -> Tensor");
+        " int w_bits, int a_bits, bool grouped, Tensor clip_lo, Tensor clip_hi, int activation=0) -> Tensor");
   m.def("int8_set_simd(bool enabled) -> bool", &qvgen::int8_set_simd);
 }
 

@@ -10,6 +10,7 @@ from qvgen.artifact.io import save_quantized
 from qvgen.artifact.pretrained import QuantizedModelMixin, load_quantized, quantize_model
 from qvgen.quant.config import ARCH_SKIP_PRESETS, QuantConfig
 from qvgen.quant.deployed import DeployedLinear
+from qvgen.quant.fuse import fuse_activations
 from qvgen.quant.qlinear import QLinear
 from qvgen.quant.rank_decay import RankDecay
 from qvgen.quant.swap import iter_qlinears, to_deploy
@@ -27,6 +28,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "ARCH_SKIP_PRESETS", "DeployedLinear", "QLinear", "QuantConfig", "QuantizedModelMixin", "RankDecay",
-    "iter_qlinears", "load_quantized", "quantize_model", "save_quantized", "set_timesteps", "timestep_to_group",
+    "fuse_activations", "iter_qlinears", "load_quantized", "quantize_model", "save_quantized", "set_timesteps", "timestep_to_group",
     "to_deploy",
 ]

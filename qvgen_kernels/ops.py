@@ -322,7 +322,7 @@ class PackedLinear:
     checkpoint codes from it, so that a layer needs to hold nothing else.
     """
 
-    __slots__ = ("backend", "w_bits", "a_bits", "k", "n", "tensors", "device", "_run", "_one")
+    __slots__ = ("backend", "w_bits", "a_bits", "k", "n", "tensors", "device", "_run", "_fused", "_one")
 
     def __init__(self, backend: str, w_bits: int, a_bits: int, k: int, n: int, tensors: tuple[Tensor, ...]):
         self.backend, self.w_bits, self.a_bits, self.k, self.n = backend, w_bits, a_bits, k, n
@@ -333,6 +333,8 @@ class PackedLinear:
             self._run = impl
         else:  # an opaque node under torch.compile, with the data checks of the custom op
             self._run = functools.partial(_opaque_prepacked, backend)
+        # The backend's linear + activation in one op, if it has one (traced like _run; opaque backends have none).
+        self._fused = registry.impl_of(backend, "prepacked_linear_fused") if registry.is_traceable(backend) else None
         self._one = torch.ones(1, dtype=torch.float32, device=tensors[0].device)
 
     @property
@@ -381,14 +383,24 @@ def prepack_linear(w_packed: Tensor, w_scale: Tensor, w_zero: Tensor, *, w_bits:
     return PackedLinear(name, w_bits, a_bits, k, n, tensors)
 
 
+# Activations a deployed layer can apply to its own output (``prepacked_linear(..., activation=)``).
+ACTIVATIONS = ("gelu_tanh",)
+
+
 def prepacked_linear(x: Tensor, packed: PackedLinear, bias: Tensor | None = None, clip_lo: Clip = 1.0,
-                     clip_hi: Clip = 1.0) -> Tensor:
+                     clip_hi: Clip = 1.0, activation: str | None = None) -> Tensor:
     """``lowbit_linear`` with weights from ``prepack_linear``: ``x [..., K]`` -> ``[..., N]`` in x.dtype.
+
+    ``activation`` ("gelu_tanh": ``F.gelu(y, approximate="tanh")``) is applied to the output: inside the
+    backend's epilogue where it has one (CPU int8: on each output rounded to x.dtype, the GELU evaluated in fp32
+    as x / (1 + exp(-2u)), within 1 unit of x.dtype's last place of torch's), else as a separate op.
 
     Checks here are host-side metadata only (this is the per-call path of every deployed layer); the data
     checks (finite x, clips in (0, 1]) run inside the backend's op, on CPU folded into its single pass.
     """
     op = "prepacked_linear"
+    if activation is not None and activation not in ACTIVATIONS:
+        fail(op, "activation", f"None or one of {ACTIVATIONS}", repr(activation))
     if not isinstance(packed, PackedLinear):
         fail(op, "packed", "a PackedLinear (from prepack_linear)", type(packed).__name__, TypeError)
     if not isinstance(x, Tensor):
@@ -404,8 +416,14 @@ def prepacked_linear(x: Tensor, packed: PackedLinear, bias: Tensor | None = None
         _bias(op, bias, packed.n, x)
     lo, hi = _fast_clip(op, "clip_lo", clip_lo, x, packed), _fast_clip(op, "clip_hi", clip_hi, x, packed)
     flat = len(shape) == 2  # the common case costs no reshape / view (each a tensor op)
-    out = packed._run(x if flat else x.reshape(-1, packed.k), packed.tensors, bias, packed.w_bits, packed.a_bits,
-                      packed.k, packed.n, lo, hi)
+    x2 = x if flat else x.reshape(-1, packed.k)
+    if activation is not None and packed._fused is not None:
+        out = packed._fused(x2, packed.tensors, bias, packed.w_bits, packed.a_bits, packed.k, packed.n, lo, hi,
+                            activation)
+    else:
+        out = packed._run(x2, packed.tensors, bias, packed.w_bits, packed.a_bits, packed.k, packed.n, lo, hi)
+        if activation is not None:
+            out = torch.nn.functional.gelu(out, approximate="tanh")
     return out if flat else out.view(*shape[:-1], packed.n)
 
 
@@ -422,4 +440,4 @@ def _fast_clip(op: str, arg: str, clip: Clip, x: Tensor, packed: PackedLinear) -
     return _clip(op, arg, clip, x, torch.float32)
 
 
-__all__ += ["PackedLinear", "checkpoint_codes", "prepack_linear", "prepacked_linear"]
+__all__ += ["ACTIVATIONS", "PackedLinear", "checkpoint_codes", "prepack_linear", "prepacked_linear"]

@@ -167,6 +167,12 @@ def refresh() -> None:
     _clear_caches()
 
 
+def impl_of(backend: str, op: str) -> Callable[..., Any] | None:
+    """``backend``'s own implementation of ``op``, or None (no fallback to the reference): for optional ops a
+    backend may add, such as a fused variant of another op."""
+    return _impl(backend, op) if backend in _BACKENDS else None
+
+
 def require(op: str, device: torch.device, backend: str | None = None) -> str | None:
     """The requested backend (None = automatic); an explicit one that cannot run on ``device`` raises."""
     name = normalize(op, backend)
@@ -207,7 +213,7 @@ def available_backends(device: torch.device | str) -> list[str]:
 
 
 __all__ = [
-    "Backend", "ENV_VAR", "REFERENCE", "available_backends", "backend_names", "call", "is_traceable", "normalize",
+    "Backend", "ENV_VAR", "REFERENCE", "available_backends", "backend_names", "call", "impl_of", "is_traceable", "normalize",
     "refresh",
     "register_backend", "register_impl", "require", "resolve", "unavailable_reason", "unregister_backend",
 ]

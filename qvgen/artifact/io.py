@@ -22,6 +22,7 @@ from qvgen.storage.integrity import (check_digests, digests, fsync_path, json_di
                                      text_digest, write_error, write_text_durably)
 from qvgen.quant.deployed import DeployedLinear
 from qvgen.quant.qlinear import QLinear
+from qvgen.quant.fuse import fuse_activations
 from qvgen.quant.swap import QUANTIZED, attach, iter_qlinears, model_config, replace_modules, swap_linears
 
 CHECKPOINT_VERSION = 2  # 2: content hashes in the safetensors metadata
@@ -262,7 +263,8 @@ def _empty_weights() -> Any:
 
 def prepare_layers(model: nn.Module, meta: dict[str, Any], cfg: QuantConfig, widths: dict[str, int]) -> nn.Module:
     """Make model's structure match the checkpoint: same config, modules swapped, modes, Phi ranks (meta's
-    "modules", "modes", "phi_ranks"; widths: each layer's Phi tensor width). Deployed layers are built empty."""
+    "modules", "modes", "phi_ranks"; widths: each layer's Phi tensor width). Deployed layers are built empty, and
+    the activations after them fused (as `to_deploy` does)."""
     op = "load_quantized"
     existing = model_config(model)
     if existing is not None and existing != cfg:
@@ -291,6 +293,7 @@ def prepare_layers(model: nn.Module, meta: dict[str, Any], cfg: QuantConfig, wid
             fail(op, "model", f"layer '{name}' in qat mode (as in the checkpoint)", "deploy mode")
         if isinstance(q, QLinear):
             q.set_phi_width(int(meta["phi_ranks"][name]))
+    fuse_activations(model)  # structure only: the layers' weights are loaded after this
     return model
 
 

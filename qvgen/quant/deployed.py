@@ -39,6 +39,10 @@ from qvgen.quant.config import QuantConfig
 from qvgen.quant.lowrank import PhiView
 from qvgen.quant.timestep import STATE_ATTR, TimestepState, row_group_index
 
+# Activations a layer applies after itself when asked (forward's `activation`), outside the kernel.
+_ACTIVATION_FNS = {"gelu_tanh": lambda y: torch.nn.functional.gelu(y, approximate="tanh")}
+assert tuple(_ACTIVATION_FNS) == ops.ACTIVATIONS
+
 # Buffers whose values define the quantized function: never cast by `.to(dtype)`.
 EXACT_BUFFERS = ("w_scale", "w_zero", "a_clip_lo", "a_clip_hi")
 
@@ -269,7 +273,11 @@ class DeployedLinear(PhiView, nn.Linear):
             cached = self._clip_views = (key, lo[g:g + 1], hi[g:g + 1])
         return cached[1], cached[2]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
+        """y = x Ŵ^T + b (plus Φ when kept), then `activation` if given ("gelu_tanh", see `qvgen.quant.fuse`):
+        in the kernel's epilogue for inference without Φ, else as a separate op after y."""
+        if activation is not None and activation not in _ACTIVATION_FNS:
+            fail("DeployedLinear.forward", "activation", f"None or one of {tuple(_ACTIVATION_FNS)}", repr(activation))
         packed = self._packed
         # Rebuilt after .to() / loading (_packed reset), after a move that bypasses _apply (diffusers' group
         # offloading swaps tensor .data between devices) and after an edit of the codes, scales or zero points
@@ -278,15 +286,19 @@ class DeployedLinear(PhiView, nn.Linear):
                 not torch.compiler.is_compiling() and self._layout_stamp() != self._packed_stamp):
             packed = self.prepack()
         c_lo, c_hi = self._clips(x)
-        if x.requires_grad and torch.is_grad_enabled():
+        training = x.requires_grad and torch.is_grad_enabled()
+        if training:
             y = _LowbitLinearFn.apply(x, self.bias, self, packed, c_lo, c_hi)
         else:  # prepacked_linear checks x itself
-            y = ops.prepacked_linear(x, packed, self.bias, c_lo, c_hi)
-        if self.phi_l is None:
-            return y
-        with torch.no_grad():
-            x_hat = x if self.cfg.a_bits == 16 else ops.fake_quant_act(x, self.cfg.a_bits, c_lo, c_hi)
-        return y + self._phi(x_hat).to(y.dtype)
+            fused = activation if self.phi_l is None else None
+            y = ops.prepacked_linear(x, packed, self.bias, c_lo, c_hi, fused)
+            if fused is not None:
+                return y
+        if self.phi_l is not None:
+            with torch.no_grad():
+                x_hat = x if self.cfg.a_bits == 16 else ops.fake_quant_act(x, self.cfg.a_bits, c_lo, c_hi)
+            y = y + self._phi(x_hat).to(y.dtype)
+        return y if activation is None else _ACTIVATION_FNS[activation](y)
 
     @torch.no_grad()
     def prepack(self, backend: str | None = None) -> ops.PackedLinear:

@@ -41,7 +41,8 @@ def _probe(device: torch.device) -> str | None:
 registry.register_backend("cpu_int8", probe=_probe, auto={"cpu": 10}, traceable=True)
 
 
-def _int8_linear_fake(x, w_packed, w_colsum, w_scale, w_zero, bias, w_bits, a_bits, grouped, clip_lo, clip_hi):
+def _int8_linear_fake(x, w_packed, w_colsum, w_scale, w_zero, bias, w_bits, a_bits, grouped, clip_lo, clip_hi,
+                      activation=0):
     """[M, N] in x's dtype, from shapes alone, so torch.compile traces the op with symbolic sizes (dynamic=True,
     group offload); the compiled extension checks the arguments when the op runs."""
     return x.new_empty(x.shape[0], w_packed.shape[0])
@@ -87,6 +88,22 @@ def prepacked_linear(x, weights, bias, w_bits, a_bits, k, n, clip_lo, clip_hi):
     w_packed, colsum, scale, zero = weights
     return torch.ops.qvgen_ext.int8_linear(x, w_packed, colsum, scale, zero, bias, w_bits, a_bits,
                                            scale.dim() == 2, clip_lo, clip_hi)
+
+
+# Activation codes of the extension's epilogue (csrc/include/qvgen/activation.h).
+_ACTIVATION_CODES = {"gelu_tanh": 1}
+
+
+@registry.register_impl("prepacked_linear_fused", "cpu_int8")
+def prepacked_linear_fused(x, weights, bias, w_bits, a_bits, k, n, clip_lo, clip_hi, activation):
+    """``prepacked_linear`` followed by ``activation``, the activation applied in the epilogue to each output as
+    it is stored (no second pass over [M, N])."""
+    if a_bits == 16:
+        y = reference_linear.prepacked_linear(x, weights, bias, w_bits, a_bits, k, n, clip_lo, clip_hi)
+        return torch.nn.functional.gelu(y, approximate="tanh")
+    w_packed, colsum, scale, zero = weights
+    return torch.ops.qvgen_ext.int8_linear(x, w_packed, colsum, scale, zero, bias, w_bits, a_bits,
+                                           scale.dim() == 2, clip_lo, clip_hi, _ACTIVATION_CODES[activation])
 
 
 @registry.register_impl("lowbit_linear", "cpu_int8")

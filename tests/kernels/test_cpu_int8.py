@@ -238,3 +238,62 @@ def test_unpack_and_gemm_argument_errors() -> None:
         torch.ops.qvgen_ext.int8_gemm(*q, wp.view(torch.int8), *packed.tensors[1:], bias, 4, 10, False, torch.float32)
     with pytest.raises(TypeError, match=r"^checkpoint_codes: argument 'packed' expected a PackedLinear"):
         ops.checkpoint_codes(wp)
+
+
+def _gelu_tanh_f64(y: torch.Tensor) -> torch.Tensor:
+    """The tanh-approximated GELU of y in float64, in the form without cancellation (x / (1 + exp(-2u)))."""
+    yd = y.double()
+    return yd / (1 + torch.exp(-2 * 0.7978845608028654 * (yd + 0.044715 * yd ** 3)))
+
+
+@pytest.mark.parametrize("w_bits, a_bits, groups", [(4, 4, None), (3, 3, None), (8, 8, None), (4, 8, 3)])
+def test_fused_gelu_epilogue(w_bits, a_bits, groups) -> None:
+    """activation="gelu_tanh": the AVX-512 and portable epilogues agree bit for bit; the result is the GELU of the
+    unfused output (as stored) within half a unit in the last place of the output dtype plus the fp32
+    evaluation's error (bf16 / fp16: within 1 ulp; fp32: 64 ulp, the exp of a rounded argument near |t| = 100),
+    absolute 1e-6 near 0."""
+    gen = torch.Generator().manual_seed(3)
+    for (m, k, n), dtype in itertools.product([(1, 24, 7), (37, 96, 130), (300, 48, 17), (5, 300, 70)], DTYPES):
+        wp, ws, wz, bias = _layer(n, k, w_bits, groups, gen)
+        x = (torch.randn(m, k, generator=gen) * 3).to(dtype)
+        packed = ops.prepack_linear(wp, ws, wz, w_bits=w_bits, a_bits=a_bits, k=k)
+        outs = []
+        for flag in (True, False):
+            previous = torch.ops.qvgen_ext.int8_set_simd(flag)
+            try:
+                outs.append(ops.prepacked_linear(x, packed, bias.to(dtype), activation="gelu_tanh"))
+            finally:
+                torch.ops.qvgen_ext.int8_set_simd(previous)
+        assert torch.equal(outs[0], outs[1]), ((m, k, n), dtype)
+        y = ops.prepacked_linear(x, packed, bias.to(dtype))
+        truth = _gelu_tanh_f64(y)
+        ulps = 1 if dtype != torch.float32 else 64
+        err = (outs[0].double() - truth).abs()
+        assert bool((err <= ulps * torch.finfo(dtype).eps * truth.abs() + 1e-6).all()), ((m, k, n), dtype)
+
+
+def test_fused_gelu_edge_values(simd) -> None:
+    """Outputs of every size through the fused GELU: large positive stays x, large negative goes to -0 / tiny
+    negative, infinities as torch's GELU gives them."""
+    n, k = 9, 16
+    wp = ops.pack(torch.full((n, k), 15, dtype=torch.uint8), 4)
+    packed = ops.prepack_linear(wp, torch.ones(n), torch.zeros(n), w_bits=4, a_bits=8, k=k)
+    bias = torch.tensor([0.0, 1e-30, -3.0, -20.0, -120.0, 30.0, 1e30, -1e30, 3e38])
+    x = torch.zeros(2, k)
+    got = ops.prepacked_linear(x, packed, bias, activation="gelu_tanh")
+    y = ops.prepacked_linear(x, packed, bias)
+    truth = _gelu_tanh_f64(y).float()
+    torch.testing.assert_close(got[:, :7], truth[:, :7], rtol=64 * torch.finfo(torch.float32).eps, atol=1e-6)
+    assert torch.equal(got[:, 5:7], y[:, 5:7]) and got[0, 8] == y[0, 8]
+    assert torch.equal(got[:, 7], torch.full((2,), -0.0)) and bool(torch.signbit(got[:, 7]).all())
+
+
+def test_fused_activation_on_other_backends_is_the_plain_op() -> None:
+    gen = torch.Generator().manual_seed(4)
+    wp, ws, wz, bias = _layer(20, 24, 4, None, gen)
+    x = torch.randn(6, 24, generator=gen)
+    packed = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=4, k=24, backend="reference")
+    assert torch.equal(ops.prepacked_linear(x, packed, bias, activation="gelu_tanh"),
+                       torch.nn.functional.gelu(ops.prepacked_linear(x, packed, bias), approximate="tanh"))
+    with pytest.raises(ValueError, match=r"^prepacked_linear: argument 'activation' expected None or one of"):
+        ops.prepacked_linear(x, packed, bias, activation="relu")

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 
+#include "qvgen/activation.h"
 #include "qvgen/common.h"
 
 namespace qvgen {
@@ -37,6 +38,7 @@ struct QuantArgs {
   int32_t* rowsum;         // [M, G] out: r_g = sum_{k in g} (q_x - z_x)
   int32_t* offset;         // [M] out: d = c_a - z_x
   int32_t* nonfinite;      // [M] out: 1 where the row holds a NaN or an infinity
+  int64_t rows = 0;        // M (rows < M are prefetched ahead of their turn)
 };
 
 // One tile of the epilogue: rows [r0, r1) (the caller's range) and columns [n0, n1) of the output.
@@ -58,6 +60,7 @@ struct EpilogueArgs {
   float* partial;          // fp32 running group sum t, tile buffer (grouped only)
   void* out;               // [M, N] of out_dtype (written by the last group / per channel)
   DType out_dtype;
+  Activation activation = Activation::kNone;  // applied to the output rounded to out_dtype (activation.h)
 };
 
 // The weight operand, unpacked just before its GEMM tile from the codes kept at rest (the checkpoint layout of
