@@ -28,6 +28,15 @@ Model, per CTA tile of ``tile_rows`` weight rows x ``tile_tokens`` tokens and pe
   K tiles x cycle + (prologue + epilogue) / c (occupancy from registers, threads and shared memory).
 - waves: tiles = ceil(M / tokens) x ceil(N / rows); non-persistent grids run ceil(tiles / (132 x occ))
   waves, persistent ones ceil(tiles / grid) tiles per CTA: partial last waves count in full.
+- split K (Triton, per channel, small M; the launch table ``qvgen_kernels.triton._configs.gemm_launch`` picks
+  tile and splits, and the estimate models that choice, not the best config): tiles x splits programs of
+  ceil(K tiles / splits) K tiles each. Each program reduces its int32 partial tile into an L2 workspace
+  (RED.ADD), then counts its arrival (a GPU-scope fence and an atomic round trip); the last one takes the sums
+  (atomic exchange, which also zeroes the workspace) and runs the epilogue. The epilogue's instructions are the
+  whole split-K epilogue of the SASS for every program (an over-count: only one program per tile runs the
+  final epilogue); its rounds count value-returning atomics like loads and a GPU-scope fence as one round.
+  The reductions' bytes (tiles x splits x rows x tokens x 4) run at the assumed L2 atomic throughput, a leg
+  beside compute and HBM; the workspace is zeroed by a memset before the launch (bytes at HBM rate, serial).
 - memory: unique bytes (int8 activations, packed weights, bf16 output, per-token and per-channel vectors)
   at 4.8 TB/s; time = max(compute, memory).
 - cuBLAS BF16: max(2MNK / (0.75 x 989.4 TFLOPS), bf16 bytes / 4.8 TB/s) unless measured.
@@ -59,6 +68,9 @@ HW = dict(
     barrier_clk=24,          # one CTA-wide bar.sync once every warp has arrived
     l2_latency_clk=300,      # global load served by L2 (epilogue vectors)
     hbm_latency_clk=700,     # global load from HBM (operand tiles in flight in the pipeline)
+    # (assumed) throughput of int32 reductions (RED.ADD, coalesced, distinct addresses) in the L2, whole GPU:
+    # a quarter of its ~5.5 TB/s hit bandwidth; only split-K programs issue them
+    l2_atomic_bytes_per_clk=768,
     cublas_bf16_fraction=0.75,
 )
 INT8_PEAK_OPS = 2 * HW["sms"] * HW["int8_macs_per_clk_sm"] * HW["clock_hz"]   # 1.979e15
@@ -104,6 +116,8 @@ class Design:
     epilogue_instructions: float = 0.0     # per warp, per tile
     epilogue_load_rounds: int = 1          # dependent global round trips in the epilogue
     register_operand_bytes: float = 0.0    # per warpgroup per K tile: shared -> register weight loads
+    split_k: bool = False                  # the split-K program (partial sums through an L2 workspace)
+    autotuned: bool = True                 # among the autotuner's configs (else run only by a launch table)
 
     def w_bytes(self) -> float:
         """Bytes per weight in the operand tiles (3/4-bit weights travel as nibbles)."""
@@ -160,13 +174,16 @@ def hbm_bytes(m: int, n: int, k: int, w_bits: int, groups: int) -> float:
     return m * kp + w + 2 * m * n + 12 * m + 12 * n * groups + 4 * m * (kp // 32 if groups > 1 else 1)
 
 
-def estimate(d: Design, m: int, n: int, k: int) -> dict:
-    """Predicted time of one GEMM (M tokens, K, N) and its fraction of the INT8 peak (module docstring)."""
+def estimate(d: Design, m: int, n: int, k: int, split: int = 1) -> dict:
+    """Predicted time of one GEMM (M tokens, K, N) and its fraction of the INT8 peak (module docstring);
+    ``split``: K splits of a split-K design."""
     occ = occupancy(d)
     if occ == 0:
         return dict(error="does not fit on an SM")
+    if split > 1 and not d.split_k:
+        return dict(error="not a split-K program")
     kp = math.ceil(k / 128) * 128
-    k_tiles = kp // d.block_k
+    k_tiles = math.ceil(kp // d.block_k / split)
     cyc = k_tile_cycles(d, occ)
     mma_warps = 4 * d.mma_warpgroups
     # Issue of the instructions by the warps that run them, and the global round trips they wait for: other
@@ -175,7 +192,8 @@ def estimate(d: Design, m: int, n: int, k: int) -> dict:
     epilogue = max(_tile_extra_cycles(d.epilogue_instructions, mma_warps),
                    d.epilogue_load_rounds * HW["l2_latency_clk"])
     tile_latency = prologue + k_tiles * cyc["sm_clk"] + epilogue
-    tiles = math.ceil(m / d.tile_tokens) * math.ceil(n / d.tile_rows)
+    out_tiles = math.ceil(m / d.tile_tokens) * math.ceil(n / d.tile_rows)
+    tiles = out_tiles * split                     # programs
     slots = HW["sms"] * occ
     if d.persistent:
         grid = min(tiles, slots)
@@ -195,10 +213,17 @@ def estimate(d: Design, m: int, n: int, k: int) -> dict:
     compute_s = compute_clk / HW["clock_hz"]
     groups = kp // d.group_size if d.group_size > 0 else 1
     mem_s = hbm_bytes(m, n, k, d.w_bits, groups) / HW["hbm_bytes_per_s"]
-    t = max(compute_s, mem_s)
+    atomic_s = memset_s = 0.0
+    if split > 1:
+        atomic_s = tiles * d.tile_rows * d.tile_tokens * 4 / (HW["l2_atomic_bytes_per_clk"] * HW["clock_hz"])
+        memset_s = out_tiles * (d.tile_rows * d.tile_tokens + 1) * 4 / HW["hbm_bytes_per_s"]
+    legs = dict(compute=compute_s, memory=mem_s, l2_atomics=atomic_s)
+    t = max(legs.values()) + memset_s
+    bound = max(legs, key=legs.get)
     l2_bytes = tiles * k_tiles * (d.tile_tokens * d.block_k + d.tile_rows * d.block_k * d.w_bytes())
-    return dict(seconds=t, int8_peak_fraction=2 * m * n * k / t / INT8_PEAK_OPS, bound="memory" if mem_s > compute_s
-                else cyc["bound"], compute_s=compute_s, hbm_s=mem_s, l2_to_sm_bytes=l2_bytes,
+    return dict(seconds=t, int8_peak_fraction=2 * m * n * k / t / INT8_PEAK_OPS,
+                bound=cyc["bound"] if bound == "compute" else bound, split_k=split,
+                l2_atomics_s=atomic_s, workspace_memset_s=memset_s, compute_s=compute_s, hbm_s=mem_s, l2_to_sm_bytes=l2_bytes,
                 implied_l2_to_sm_tb_per_s=round(l2_bytes / t / 1e12, 2), tiles=tiles,
                 occupancy=occ, waves_or_tiles_per_cta=waves, k_tiles=k_tiles, tile_latency_clk=round(tile_latency),
                 prologue_clk=round(prologue), epilogue_clk=round(epilogue),
@@ -265,15 +290,19 @@ def loop_facts(rows: list, promotion_weight: float | None = None) -> dict:
 
 
 def _load_rounds(rows: list) -> int:
-    """Runs of global loads separated by arithmetic on loaded data (load -> compute -> store blocks)."""
+    """Runs of global loads (or value-returning atomics) separated by arithmetic on loaded data (load ->
+    compute -> store blocks), plus one per GPU-scope memory barrier."""
     from benchmarks import sass_roofline as sr
 
     rounds, in_run = 0, False
     for _, op, _ in rows:
         cls = sr._opclass(op)
-        if op.startswith("LDG"):
+        if op.startswith(("LDG", "ATOMG")):       # loads and value-returning atomics
             rounds += not in_run
             in_run = True
+        elif op.startswith("MEMBAR") and ".GPU" in op:   # waits for the CTA's earlier writes / reductions
+            rounds += 1
+            in_run = False
         elif cls in ("fp_alu", "convert") or op.startswith("STG"):
             in_run = False
     return max(1, rounds)
@@ -304,7 +333,7 @@ def triton_designs(only: str | None = None) -> list[Design]:
             mma_warpgroups=wgs, threads=32 * spec.num_warps, registers=res.get("REG", 255), shared_bytes=c["shared"],
             w_bits=spec.meta["w_bits"], group_size=gs, persistent=False,
             # Each warpgroup loads the whole [64, BK] nibble tile (both halves come from it).
-            register_operand_bytes=64 * bk, **f))
+            register_operand_bytes=64 * bk, split_k=spec.meta["split_k"] > 1, autotuned=spec.meta["autotuned"], **f))
     return out
 
 
@@ -336,6 +365,26 @@ def cuda_designs(only: str | None = None) -> list[Design]:
     return out
 
 
+def _choose(kernel: str, grouping: str, ds: list[Design], m: int, n: int, k: int) -> tuple[dict, Design, str]:
+    """The config a launch runs: for Triton the launch table's choice where it fixes one (small M), else the
+    best autotuned config by this model (what an autotuner picking by it would run)."""
+    if kernel == "triton":
+        from qvgen_kernels.triton._configs import gemm_launch
+
+        d0 = ds[0]
+        launch = gemm_launch(m, n, math.ceil(k / 128) * 128, d0.block_k, d0.w_bits, d0.w_bits,
+                             grouping != "per_channel", sms=HW["sms"])
+        if launch is not None:
+            d = next(d for d in ds if (d.tile_tokens, d.threads, d.stages, d.split_k) == (
+                launch.block_m, 32 * launch.num_warps, launch.num_stages, launch.split_k > 1))
+            return (estimate(d, m, n, k, launch.split_k), d,
+                    f"table: {launch.block_m} tokens, split K {launch.split_k}")
+        ds = [d for d in ds if d.autotuned]
+    cands = [(estimate(d, m, n, k), d) for d in ds]
+    e, d = min(((e, d) for e, d in cands if "error" not in e), key=lambda ed: ed[0]["seconds"])
+    return e, d, "autotuned (best config by this model)"
+
+
 def evaluate(designs: list[Design]) -> list[dict]:
     """Per kernel family and shape: the best config (what an autotuner picking by this model would run)."""
     families: dict[tuple, list[Design]] = {}
@@ -345,12 +394,10 @@ def evaluate(designs: list[Design]) -> list[dict]:
     out = []
     for (kernel, grouping), ds in families.items():
         for name, m, k, n in SHAPES:
-            cands = [(estimate(d, m, n, k), d) for d in ds]
-            cands = [(e, d) for e, d in cands if "error" not in e]
-            e, d = min(cands, key=lambda ed: ed[0]["seconds"])
+            e, d, how = _choose(kernel, grouping, ds, m, n, k)
             cub = cublas_bf16_seconds(m, n, k)
             out.append(dict(kernel=kernel, grouping=grouping, variant="W4A4 (W3A3 runs the same code)", shape=name,
-                            m=m, k=k, n=n, config=d.name, predicted_us=round(e["seconds"] * 1e6, 2),
+                            m=m, k=k, n=n, config=d.name, launch=how, predicted_us=round(e["seconds"] * 1e6, 2),
                             int8_peak_fraction=round(e["int8_peak_fraction"], 3),
                             x_cublas_bf16=round(cub / e["seconds"], 2), cublas_bf16_us=round(cub * 1e6, 2),
                             bound=e["bound"], detail=e))

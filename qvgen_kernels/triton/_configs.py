@@ -7,13 +7,20 @@ shared memory exceeds the device's limit are pruned before benchmarking. The aut
 power of two) so decode-like and prefill-like shapes get their own winners. Under TRITON_INTERPRET=1 a
 single small config runs (no benchmarking; programs execute sequentially through numpy).
 
+Small M (up to ``SMALL_M_MAX`` tokens, per channel) is not autotuned: ``gemm_launch`` is the one place that
+chooses the tile by M and the K splits that fill the GPU when the output tiles alone cannot (``gemm_tc.py``,
+split K); the static estimate (``benchmarks.static_estimate``) models the same choice.
+
 BLOCK_K of the GEMM is not tuned: the host picks it (``gemm_block_k``) so a K tile never straddles a
 weight group; 8-bit ``tl.dot`` needs K >= 32, so group sizes must be multiples of 32.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import os
+from dataclasses import dataclass
 
 import triton
 
@@ -41,6 +48,23 @@ GROUPED_GEMM_TILES = (
 )
 GEMM_WEIGHT_ROWS = 128          # weight rows per program (layout.ROW_BLOCK)
 
+# Small M (decode-like and short prompts): the launch is chosen by M here instead of by the autotuner: a
+# token tile that M fills and, when its output tiles cannot fill the GPU, split K (per channel only: the int32
+# partial sums are exact in any order, while per-group results are fp32 sums of the groups' promotions).
+# (max M, BLOCK_M, num_warps, num_stages, SWIZZLE, resident programs per SM); the first row whose max M >= M
+# applies. Residency: what registers and shared memory of the sm_90a compile allow (the split-K program's,
+# the tighter); the 64-token row's 6 stages hold it at 2 per SM, which loses no throughput (two programs
+# already saturate the SM's shared memory bandwidth) and halves the tail of a partly filled last wave.
+SMALL_M_MAX = 256
+SMALL_M_TILES = (
+    (16, 16, 4, 3, 8, 6),
+    (32, 32, 4, 4, 8, 4),
+    (SMALL_M_MAX, 64, 4, 6, 8, 2),
+)
+SPLIT_K_MIN_K_TILES = 4         # every split runs at least this many K tiles (prologue / epilogue amortised)
+SPLIT_K_MAX = 32
+DEFAULT_SMS = 132               # H200 / H100 SXM, used without a GPU (interpreter, static estimate)
+
 GEMM_BLOCK_K_MAX = 128          # largest K tile (four k32 int8 MMA steps per weight half)
 GEMM_BLOCK_K_MIN = 32           # 8-bit tl.dot's minimum K on sm_80 / sm_90
 
@@ -66,12 +90,11 @@ def gemm_shared_bytes(block_m: int, block_k: int, num_stages: int, w_bits: int) 
     return num_stages * (block_m * block_k + w_tile)
 
 
-def _device_shared_limit() -> int | None:
+def device_shared_limit() -> int | None:
     import torch
     if not torch.cuda.is_available():
         return None
-    props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    return getattr(props, "shared_memory_per_block_optin", None)
+    return _device_props(torch.cuda.current_device())[1]
 
 
 def prune_gemm_configs(configs: list, named_args: dict, **kwargs) -> list:
@@ -83,7 +106,7 @@ def prune_gemm_configs(configs: list, named_args: dict, **kwargs) -> list:
     args = {**named_args, **kwargs}
     bk, wb, ab = args["BLOCK_K"], args["W_BITS"], args["A_BITS"]
     tiles = gemm_tiles(wb, ab, args["GROUPED"])
-    limit = _device_shared_limit() or float("inf")
+    limit = device_shared_limit() or float("inf")
     kept = [c for c in configs if (c.kwargs["BLOCK_M"], c.num_warps, c.num_stages, c.kwargs["SWIZZLE"]) in tiles
             and gemm_shared_bytes(c.kwargs["BLOCK_M"], bk, c.num_stages, wb) <= limit] or configs[-1:]
     if os.environ.get("QVGEN_TRITON_TUNE", "1") == "0":  # no benchmarking: compile one config (GPU tests)
@@ -100,6 +123,67 @@ def gemm_block_k(k: int, group_size: int) -> int:
         if bk <= GEMM_BLOCK_K_MAX and group_size % bk == 0:
             return bk
     return 0
+
+
+@dataclass(frozen=True)
+class GemmLaunch:
+    """A launch fixed by the table (no autotuning): tile, warps, stages, swizzle and K splits."""
+    block_m: int
+    num_warps: int
+    num_stages: int
+    swizzle: int
+    split_k: int
+
+
+def gemm_split_k(tiles: int, k_tiles: int, slots: int) -> int:
+    """K splits of ``tiles`` output tiles of ``k_tiles`` K tiles each on ``slots`` resident programs (SMs x
+    programs per SM). 1 while the tiles fill the slots (a split only adds reduction traffic); else the
+    split minimising waves x K tiles per program, ceil(tiles s / slots) ceil(k_tiles / s) (smallest s on
+    ties), with at least ``SPLIT_K_MIN_K_TILES`` K tiles per split and at most two slot-fillings."""
+    if tiles >= slots:
+        return 1
+    most = max(1, min(SPLIT_K_MAX, k_tiles // SPLIT_K_MIN_K_TILES, 2 * math.ceil(slots / tiles)))
+    return min(range(1, most + 1), key=lambda s: (math.ceil(tiles * s / slots) * math.ceil(k_tiles / s), s))
+
+
+def gemm_launch(m: int, n: int, kp: int, block_k: int, w_bits: int, a_bits: int, grouped: bool,
+                sms: int | None = None, split_k: int | None = None, shared_limit: int | None = None
+                ) -> GemmLaunch | None:
+    """The one place that chooses the GEMM launch per shape: None for large M (the autotuner picks among
+    ``gemm_tiles``), else the small-M tile of ``SMALL_M_TILES`` for M and its K splits (``gemm_split_k``;
+    ``split_k`` overrides them, 1 = no split), with fewer stages where the device's shared memory
+    (``shared_limit``) asks for it. Per group there is no split (the result is an fp32 sum of the groups'
+    promotions, in K order) and the autotuner keeps the choice."""
+    if grouped:
+        if split_k not in (None, 1):
+            raise ValueError(f"lowbit GEMM (triton): split_k={split_k} with weight groups (per channel only)")
+        return None
+    if m > SMALL_M_MAX and split_k is None:
+        return None
+    bm, warps, stages, sw, resident = next((t[1:] for t in SMALL_M_TILES if m <= t[0]), SMALL_M_TILES[-1][1:])
+    if 8 in (w_bits, a_bits):
+        bm = min(bm, GEMM_MAX_BLOCK_M_8BIT)
+    while shared_limit is not None and stages > 3 and gemm_shared_bytes(bm, block_k, stages, w_bits) > shared_limit:
+        stages -= 1
+    tiles = math.ceil(m / bm) * math.ceil(n / GEMM_WEIGHT_ROWS)
+    if split_k is None:
+        split_k = gemm_split_k(tiles, kp // block_k, (sms or DEFAULT_SMS) * resident)
+    return GemmLaunch(bm, warps, stages, sw, max(1, split_k))
+
+
+def gpu_sm_count() -> int | None:
+    import torch
+    if not torch.cuda.is_available():
+        return None
+    return _device_props(torch.cuda.current_device())[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _device_props(index: int) -> tuple[int, int | None]:
+    """(SM count, opt-in shared memory per block) of a CUDA device, read once."""
+    import torch
+    props = torch.cuda.get_device_properties(index)
+    return props.multi_processor_count, getattr(props, "shared_memory_per_block_optin", None)
 
 
 def m_bucket(m: int) -> int:

@@ -17,13 +17,13 @@ BIT_VARIANTS = (("W4A4", 4, 4), ("W3A3", 3, 3), ("W4A8", 4, 8), ("W8A8", 8, 8))
 GROUPINGS = (("per_channel", -1), ("g128", 128))
 
 _TYPES = dict(w_ptr="*u8", a_ptr="*i8", sx_ptr="*fp32", zx_ptr="*i32", s_ptr="*i32", sw_ptr="*fp32",
-              zw_ptr="*fp32", cs_ptr="*i32", bias_ptr="*fp32", out_ptr="*bf16")
+              zw_ptr="*fp32", cs_ptr="*i32", bias_ptr="*fp32", out_ptr="*bf16", ws_ptr="*i32")
 _DIVISIBLE = ("KP", "stride_o")
 
 
 @dataclass(frozen=True)
 class CompileSpec:
-    name: str                      # e.g. "W4A4/per_channel/128x256x128/w8s3"
+    name: str                      # e.g. "W4A4/per_channel/128x256x128/w8s3" (+ "-splitk": split-K program)
     kernel: object                 # the @triton.jit function (autotuner unwrapped)
     signature: dict                # argument name -> Triton type ("*u8", "i32", "constexpr")
     constexprs: dict               # constexpr argument name -> value
@@ -37,7 +37,7 @@ class CompileSpec:
 def gemm_compile_specs() -> list[CompileSpec]:
     """Every GEMM variant x GPU autotune config."""
     from . import gemm_tc  # late: the kernels are defined on import
-    from ._configs import GEMM_WEIGHT_ROWS, gemm_block_k, gemm_shared_bytes, gemm_tiles
+    from ._configs import GEMM_MAX_BLOCK_M_8BIT, GEMM_WEIGHT_ROWS, SMALL_M_TILES, gemm_block_k, gemm_shared_bytes, gemm_tiles
 
     fn = gemm_tc._tc_gemm_kernel.fn
     names = fn.arg_names
@@ -47,17 +47,26 @@ def gemm_compile_specs() -> list[CompileSpec]:
             if gs != -1 and wb == 8:
                 continue
             bk = gemm_block_k(4096, gs)
-            for bm, warps, stages, swizzle in gemm_tiles(wb, ab, gs != -1):
+            # The autotuned tiles, then (per channel) the small-M tiles of the launch table, without split K
+            # (where not autotuned too) and with it (the code depends on the number of splits only through
+            # constants: 2 stands for all).
+            tiles = [(t, 1) for t in gemm_tiles(wb, ab, gs != -1)]
+            if gs == -1:
+                small = [t[1:5] for t in SMALL_M_TILES
+                         if t[1] <= (GEMM_MAX_BLOCK_M_8BIT if 8 in (wb, ab) else t[1])]
+                tiles += [(t, 1) for t in small if (t, 1) not in tiles] + [(t, 2) for t in small]
+            n_auto = len(gemm_tiles(wb, ab, gs != -1))
+            for i, ((bm, warps, stages, swizzle), split) in enumerate(tiles):
                 consts = dict(W_BITS=wb, A_BITS=ab, GROUPED=gs != -1, HAS_BIAS=True, BLOCK_K=bk, GROUP_SIZE=max(gs, 0),
-                              BLOCK_M=bm, SWIZZLE=swizzle, HALF_=GEMM_WEIGHT_ROWS // 2)
+                              BLOCK_M=bm, SWIZZLE=swizzle, HALF_=GEMM_WEIGHT_ROWS // 2, SPLIT_K=split)
                 sig = {a: _TYPES.get(a, "i32") for a in names}
                 sig["w_ptr"] = "*i8" if wb == 8 else "*u8"
                 sig.update({k: "constexpr" for k in consts})
                 attrs = {(names.index(a),): [["tt.divisibility", 16]]
                          for a in names if sig[a].startswith("*") or a in _DIVISIBLE}
                 specs.append(CompileSpec(
-                    f"{vname}/{gname}/{bm}x{GEMM_WEIGHT_ROWS}x{bk}/w{warps}s{stages}", fn, sig, consts, attrs,
-                    warps, stages, (bm, GEMM_WEIGHT_ROWS, bk),
-                    dict(variant=vname, w_bits=wb, a_bits=ab, group_size=gs,
+                    f"{vname}/{gname}/{bm}x{GEMM_WEIGHT_ROWS}x{bk}/w{warps}s{stages}" + ("-splitk" if split > 1 else ""),
+                    fn, sig, consts, attrs, warps, stages, (bm, GEMM_WEIGHT_ROWS, bk),
+                    dict(variant=vname, w_bits=wb, a_bits=ab, group_size=gs, split_k=split, autotuned=i < n_auto,
                          shared_estimate=gemm_shared_bytes(bm, bk, stages, wb))))
     return specs

@@ -18,6 +18,14 @@ Epilogue (``layout.py`` for the integer identity): per channel, with r = S + e K
 per group (GROUP_SIZE a compile-time constant, 0 per channel): a fresh int32 accumulator per group, promoted as s_w[n, g] (float(...) - z_w[n, g] float(r_g)),
 summed in fp32, then s_x * sum + bias. S comes from the quantize (per channel: the row sum of a8; per
 group: the sum of the group's 32-column chunks).
+
+Split K (per channel, small M; ``_configs.gemm_launch`` decides): a grid of (output tiles, SPLIT_K) programs,
+each summing its share of the K tiles. The int32 partial tiles meet in a zeroed workspace through relaxed
+atomic adds in L2 (integer addition: the total is the same in any order, so the result is bit-identical to
+the unsplit kernel); after a CTA barrier one thread counts the program's arrival with an acq_rel atomic (the
+release publishes the whole CTA's adds); the last of a tile's programs exchanges the sums for zeros (atomic
+exchange: read and reset in L2), resets the counter and runs the same epilogue. The workspace is zero again
+when the launch ends.
 """
 
 from __future__ import annotations
@@ -100,11 +108,11 @@ def _store(out_ptr, y, n, tok, N, M, stride_o):
 @triton.autotune(configs=gemm_configs(), key=["M_BUCKET", "N", "KP", "GROUP_SIZE", "A_BITS", "W_BITS"],
                  prune_configs_by={"early_config_prune": prune_gemm_configs})
 @triton.jit
-def _tc_gemm_kernel(w_ptr, a_ptr, sx_ptr, zx_ptr, s_ptr, sw_ptr, zw_ptr, cs_ptr, bias_ptr, out_ptr,
+def _tc_gemm_kernel(w_ptr, a_ptr, sx_ptr, zx_ptr, s_ptr, sw_ptr, zw_ptr, cs_ptr, bias_ptr, out_ptr, ws_ptr,
                     M, N, K, KP, GROUPS, NCHUNK, stride_o, M_BUCKET, GROUP_SIZE: tl.constexpr,
                     W_BITS: tl.constexpr, A_BITS: tl.constexpr, GROUPED: tl.constexpr,
                     HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
-                    SWIZZLE: tl.constexpr, HALF_: tl.constexpr):
+                    SWIZZLE: tl.constexpr, HALF_: tl.constexpr, SPLIT_K: tl.constexpr = 1):
     # Swizzled order: SWIZZLE weight blocks share each activation block while it is in L2.
     pid = tl.program_id(0)
     n_blocks = tl.cdiv(N, 2 * HALF_)
@@ -149,18 +157,70 @@ def _tc_gemm_kernel(w_ptr, a_ptr, sx_ptr, zx_ptr, s_ptr, sw_ptr, zw_ptr, cs_ptr,
     else:
         acc_lo = zero_acc
         acc_hi = zero_acc
-        for k in range(0, KP, BLOCK_K):
-            acc_lo, acc_hi = _dot_tile(w_ptr, w_rows, a_cols, k, KP, acc_lo, acc_hi, BLOCK_K, W_BITS == 8, HALF_)
-        # Per-token operands are loaded after the loop (they would hold registers across it), and each
-        # half is finished and stored before the other (the two int32 accumulators fill the registers).
-        sx = tl.load(sx_ptr + tok_c)
-        e = _act_offset(zx_ptr, tok_c, BLOCK_M, A_BITS == 8)
-        S = tl.load(s_ptr + tok_c)
-        r = (S + e * K).to(tl.float32)
-        y = _per_channel(acc_lo, nl, sx, S, e, r, sw_ptr, zw_ptr, cs_ptr, W_BITS == 8, A_BITS == 8)
-        _finish(out_ptr, y, bias_ptr, nl, n_lo, tok, N, M, stride_o, HAS_BIAS)
-        y = _per_channel(acc_hi, nh, sx, S, e, r, sw_ptr, zw_ptr, cs_ptr, W_BITS == 8, A_BITS == 8)
-        _finish(out_ptr, y, bias_ptr, nh, n_hi, tok, N, M, stride_o, HAS_BIAS)
+        if SPLIT_K == 1:
+            for k in range(0, KP, BLOCK_K):
+                acc_lo, acc_hi = _dot_tile(w_ptr, w_rows, a_cols, k, KP, acc_lo, acc_hi, BLOCK_K, W_BITS == 8,
+                                           HALF_)
+            _epilogue(acc_lo, acc_hi, sx_ptr, zx_ptr, s_ptr, sw_ptr, zw_ptr, cs_ptr, bias_ptr, out_ptr, nl, nh,
+                      n_lo, n_hi, tok, tok_c, N, M, K, stride_o, BLOCK_M, W_BITS, A_BITS, HAS_BIAS)
+        else:
+            # Split K: this program sums K tiles [split * per, (split + 1) * per) of its output tile.
+            split = tl.program_id(1)
+            per = tl.cdiv(KP // BLOCK_K, SPLIT_K) * BLOCK_K
+            k_end = tl.minimum(KP, (split + 1) * per)
+            for k in range(split * per, k_end, BLOCK_K):
+                acc_lo, acc_hi = _dot_tile(w_ptr, w_rows, a_cols, k, KP, acc_lo, acc_hi, BLOCK_K, W_BITS == 8,
+                                           HALF_)
+            # The int32 partial sums meet in the tile's workspace (exact: integer addition in any order);
+            # the last of the SPLIT_K programs to arrive takes the sums, leaves the workspace and its
+            # counter at zero for the next launch, and runs the epilogue.
+            tile = pid_n * m_blocks + pid_m
+            ws = ws_ptr + tile * (2 * HALF_ * BLOCK_M) + (h[:, None] * BLOCK_M + tl.arange(0, BLOCK_M)[None, :])
+            cnt = ws_ptr + tl.num_programs(0) * (2 * HALF_ * BLOCK_M) + tile
+            tl.atomic_add(ws, acc_lo, sem="relaxed")
+            tl.atomic_add(ws + HALF_ * BLOCK_M, acc_hi, sem="relaxed")
+            # Every thread's partial sums are issued before one thread releases them with the count.
+            tl.debug_barrier()
+            if tl.atomic_add(cnt, 1, sem="acq_rel") == SPLIT_K - 1:
+                tl.atomic_xchg(cnt, 0, sem="relaxed")
+                # One half at a time: the sums of a half are taken just before its epilogue (registers).
+                sx, e, S, r = _token_terms(sx_ptr, zx_ptr, s_ptr, tok_c, K, BLOCK_M, A_BITS == 8)
+                acc = tl.atomic_xchg(ws, zero_acc, sem="relaxed")
+                _half_epilogue(acc, nl, n_lo, sx, S, e, r, sw_ptr, zw_ptr, cs_ptr, bias_ptr, out_ptr, tok, N, M,
+                               stride_o, W_BITS, A_BITS, HAS_BIAS)
+                acc = tl.atomic_xchg(ws + HALF_ * BLOCK_M, zero_acc, sem="relaxed")
+                _half_epilogue(acc, nh, n_hi, sx, S, e, r, sw_ptr, zw_ptr, cs_ptr, bias_ptr, out_ptr, tok, N, M,
+                               stride_o, W_BITS, A_BITS, HAS_BIAS)
+
+
+@triton.jit
+def _token_terms(sx_ptr, zx_ptr, s_ptr, tok_c, K, BLOCK_M: tl.constexpr, A8: tl.constexpr):
+    """Per-token epilogue operands (s_x, e, S, r = S + e K): loaded after the main loop (they would hold
+    registers across it)."""
+    sx = tl.load(sx_ptr + tok_c)
+    e = _act_offset(zx_ptr, tok_c, BLOCK_M, A8)
+    S = tl.load(s_ptr + tok_c)
+    return sx, e, S, (S + e * K).to(tl.float32)
+
+
+@triton.jit
+def _half_epilogue(acc, n_c, n, sx, S, e, r, sw_ptr, zw_ptr, cs_ptr, bias_ptr, out_ptr, tok, N, M, stride_o,
+                   W_BITS: tl.constexpr, A_BITS: tl.constexpr, HAS_BIAS: tl.constexpr):
+    y = _per_channel(acc, n_c, sx, S, e, r, sw_ptr, zw_ptr, cs_ptr, W_BITS == 8, A_BITS == 8)
+    _finish(out_ptr, y, bias_ptr, n_c, n, tok, N, M, stride_o, HAS_BIAS)
+
+
+@triton.jit
+def _epilogue(acc_lo, acc_hi, sx_ptr, zx_ptr, s_ptr, sw_ptr, zw_ptr, cs_ptr, bias_ptr, out_ptr, nl, nh, n_lo, n_hi,
+              tok, tok_c, N, M, K, stride_o, BLOCK_M: tl.constexpr, W_BITS: tl.constexpr, A_BITS: tl.constexpr,
+              HAS_BIAS: tl.constexpr):
+    """Per channel: each half is finished and stored before the other (the two int32 accumulators fill the
+    registers)."""
+    sx, e, S, r = _token_terms(sx_ptr, zx_ptr, s_ptr, tok_c, K, BLOCK_M, A_BITS == 8)
+    _half_epilogue(acc_lo, nl, n_lo, sx, S, e, r, sw_ptr, zw_ptr, cs_ptr, bias_ptr, out_ptr, tok, N, M, stride_o,
+                   W_BITS, A_BITS, HAS_BIAS)
+    _half_epilogue(acc_hi, nh, n_hi, sx, S, e, r, sw_ptr, zw_ptr, cs_ptr, bias_ptr, out_ptr, tok, N, M, stride_o,
+                   W_BITS, A_BITS, HAS_BIAS)
 
 
 @triton.jit
@@ -189,27 +249,44 @@ def gemm_block_k_for(k: int, groups: int) -> int:
     return gemm_block_k(k, k // groups if groups > 1 else -1)
 
 
+def split_workspace(tiles: int, block_m: int, device: torch.device) -> torch.Tensor:
+    """Zeroed int32 workspace of a split-K launch: every output tile's partial sums [128, BLOCK_M], then one
+    arrival counter per tile. The kernel leaves it zero again (the last program of a tile exchanges the
+    sums for zeros and resets the counter)."""
+    return torch.zeros(tiles * (ROW_BLOCK * block_m + 1), dtype=torch.int32, device=device)
+
+
 def tc_gemm(a8: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, s: torch.Tensor, w: torch.Tensor,
             colsum: torch.Tensor, sw: torch.Tensor, zw: torch.Tensor, bias: torch.Tensor | None,
-            w_bits: int, a_bits: int, k: int, n: int, out_dtype: torch.dtype) -> torch.Tensor:
+            w_bits: int, a_bits: int, k: int, n: int, out_dtype: torch.dtype, split_k: int | None = None
+            ) -> torch.Tensor:
     """a8 int8 [M, KP], sx fp32 [M], zx int32 [M], s int32 [M] (per channel: row sums of a8) or
     [M, KP / 32] (per group: 32-column sums); weights in the layout of ``layout.py`` with colsum int32
-    [N, G], sw / zw fp32 [N, G]; bias [N] or None -> out_dtype [M, N]. Arguments are validated upstream."""
+    [N, G], sw / zw fp32 [N, G]; bias [N] or None -> out_dtype [M, N]. Arguments are validated upstream.
+    The launch comes from ``_configs.gemm_launch`` (``split_k`` overrides its K splits: tests)."""
+    from ._configs import device_shared_limit, gemm_launch, gpu_sm_count, m_bucket
+
     m, kp = a8.shape
     groups = sw.shape[1]
     block_k = gemm_block_k_for(k, groups)
     out = empty_out((m, n), out_dtype, a8.device)
     if m == 0 or n == 0:
         return out.to(out_dtype)
+    args = (w, a8, sx, zx, s, sw, zw, colsum, bias if bias is not None else sw, out)
+    scalars = (m, n, k, kp, groups, s.shape[1] if s.dim() == 2 else 0, out.stride(0), m_bucket(m))
+    consts = dict(GROUP_SIZE=k // groups if groups > 1 else 0, W_BITS=w_bits, A_BITS=a_bits, GROUPED=groups > 1,
+                  HAS_BIAS=bias is not None, BLOCK_K=block_k, HALF_=HALF)
+    launch = gemm_launch(m, n, kp, block_k, w_bits, a_bits, groups > 1, gpu_sm_count() if a8.is_cuda else None,
+                         split_k, device_shared_limit() if a8.is_cuda else None)
+    if launch is None:
+        def grid(meta: dict) -> tuple[int]:
+            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, ROW_BLOCK),)
 
-    def grid(meta: dict) -> tuple[int]:
-        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, ROW_BLOCK),)
-
-    from ._configs import m_bucket
-    _tc_gemm_kernel[grid](
-        w, a8, sx, zx, s, sw, zw, colsum, bias if bias is not None else sw, out,
-        m, n, k, kp, groups, s.shape[1] if s.dim() == 2 else 0, out.stride(0), m_bucket(m),
-        GROUP_SIZE=k // groups if groups > 1 else 0,
-        W_BITS=w_bits, A_BITS=a_bits, GROUPED=groups > 1, HAS_BIAS=bias is not None, BLOCK_K=block_k,
-        HALF_=HALF)
+        _tc_gemm_kernel[grid](*args, out, *scalars, **consts)   # ws_ptr unused without split
+        return out.to(out_dtype)
+    tiles = triton.cdiv(m, launch.block_m) * triton.cdiv(n, ROW_BLOCK)
+    ws = split_workspace(tiles, launch.block_m, a8.device) if launch.split_k > 1 else out
+    _tc_gemm_kernel.fn[(tiles, launch.split_k)](
+        *args, ws, *scalars, **consts, BLOCK_M=launch.block_m, SWIZZLE=launch.swizzle, SPLIT_K=launch.split_k,
+        num_warps=launch.num_warps, num_stages=launch.num_stages)
     return out.to(out_dtype)

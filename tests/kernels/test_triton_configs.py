@@ -73,3 +73,51 @@ def test_every_gemm_config_compiles_for_sm80_and_sm90():
         assert r["shared"] <= r["estimate"], r
         ops = " ".join(r["tensor"])
         assert ("IGMMA" in ops) if r["arch"] == "sm_90a" else ("IMMA" in ops), r
+
+
+_TABLE_SCRIPT = r"""
+import json
+from benchmarks import sass_roofline as sr
+from qvgen_kernels.triton._configs import SMALL_M_TILES
+from qvgen_kernels.triton._specs import gemm_compile_specs
+
+out = []
+for spec in gemm_compile_specs():
+    bm, warps, stages = spec.block[0], spec.num_warps, spec.num_stages
+    row = next((t for t in SMALL_M_TILES if t[1:4] == (bm, warps, stages)), None)
+    if spec.meta["variant"] not in ("W4A4", "W3A3") or spec.meta["group_size"] != -1 or row is None:
+        continue
+    c = sr.compile_triton(spec, "sm_90a")
+    res = sr.resource_usage(c["cubin"])[c["name"]]
+    out.append(dict(name=spec.name, resident=row[5], regs=res["REG"], spills=res["STACK"], shared=c["shared"],
+                    threads=32 * warps))
+print(json.dumps(out))
+"""
+
+
+def test_launch_table_residency_matches_the_sm90_compile():
+    """The small-M launch table's programs per SM (which sizes its K splits) is what the sm_90a compile of
+    the tile allows (registers, shared memory; the tighter of the split-K and plain programs), by the
+    static estimate's occupancy rule."""
+    pytest.importorskip("triton")
+    from benchmarks.static_estimate import Design, occupancy
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[2]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", _TABLE_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=1800, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads(proc.stdout.strip().splitlines()[-1])
+    by_tile: dict = {}
+    for r in records:
+        assert r["spills"] == 0, r
+        d = Design(kernel="triton", name=r["name"], tile_rows=128, tile_tokens=0, block_k=128, stages=0,
+                   mma_warpgroups=1, threads=r["threads"], registers=r["regs"], shared_bytes=r["shared"], w_bits=4,
+                   group_size=-1, persistent=False, macs_per_warpgroup=0, wgmma_n_bytes=0, waits_to_0=0,
+                   waits_pending=0, cta_barriers=0, loop_instructions=0, serial_instructions=0)
+        key = r["name"].split("/", 2)[2].removesuffix("-splitk")
+        by_tile.setdefault(key, []).append((occupancy(d), r["resident"]))
+    assert len(by_tile) == 3, by_tile
+    for key, occ in by_tile.items():
+        assert min(o for o, _ in occ) == occ[0][1], (key, occ)
