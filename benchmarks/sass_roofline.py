@@ -263,7 +263,7 @@ def triton_records(arch: str, only: str | None) -> list[dict]:
 
     out = []
     for spec in gemm_compile_specs():
-        if only and only not in spec.name:
+        if (only and only not in spec.name) or ARCHS[arch]["capability"] < spec.meta.get("min_capability", 0):
             continue
         rec = dict(kernel="triton", name=spec.name, arch=arch, num_warps=spec.num_warps,
                    pipeline_stages=spec.num_stages, block=list(spec.block), **spec.meta)

@@ -2,7 +2,8 @@
 
 GEMM (``gemm_tc.py``): a program computes 128 weight rows x BLOCK_M tokens. Autotuned on GPU over
 BLOCK_M (the MMA's N: 16..256 tokens, so decode-like M keeps the full 64-row MMA), warps (4 = one
-warpgroup, 8 = two splitting the tokens), pipeline stages (>= 3) and the L2 swizzle; configs whose
+warpgroup, 8 = two splitting the tokens; on sm_90 one warpgroup also takes 128 tokens), pipeline stages
+(>= 3) and the L2 swizzle; configs whose
 shared memory exceeds the device's limit are pruned before benchmarking. The autotune key buckets M (next
 power of two) so decode-like and prefill-like shapes get their own winners. Under TRITON_INTERPRET=1 a
 single small config runs (no benchmarking; programs execute sequentially through numpy).
@@ -36,6 +37,14 @@ GPU_GEMM_TILES = (
     (32, 4, 4, 8),
     (16, 4, 3, 8),
 )
+# sm_90 only, 3/4-bit weights and activations: one warpgroup on 128 tokens (two 64 x 128 int32 accumulators in
+# wgmma's registers, 250 per thread, two programs per SM): twice the tensor work per shared-memory byte of the
+# 64-token tile, whose operand traffic (activation and weight tiles in, the wgmma's activation reads, the
+# weights' ldmatrix) exceeds the tensor time. It spills on sm_80 / sm_89 (mma.sync) and with an 8-bit operand.
+HOPPER_GEMM_TILES = (
+    (128, 4, 4, 8),
+)
+HOPPER_CAPABILITY = 90
 INTERPRETER_GEMM_TILE = (32, 4, 1, 2)
 # With an 8-bit operand the epilogue's corrections need more registers than 256 tokens x 8 warps leave.
 GEMM_MAX_BLOCK_M_8BIT = 128
@@ -69,17 +78,19 @@ GEMM_BLOCK_K_MAX = 128          # largest K tile (four k32 int8 MMA steps per we
 GEMM_BLOCK_K_MIN = 32           # 8-bit tl.dot's minimum K on sm_80 / sm_90
 
 
-def gemm_tiles(w_bits: int, a_bits: int, grouped: bool) -> tuple[tuple[int, int, int, int], ...]:
-    """The GPU tiles a variant may run."""
+def gemm_tiles(w_bits: int, a_bits: int, grouped: bool, capability: int = 80
+               ) -> tuple[tuple[int, int, int, int], ...]:
+    """The GPU tiles a variant may run on a device of compute ``capability`` (major x 10 + minor)."""
     if grouped:
         return GROUPED_GEMM_TILES
     if 8 in (w_bits, a_bits):
         return tuple(t for t in GPU_GEMM_TILES if t[0] <= GEMM_MAX_BLOCK_M_8BIT)
-    return GPU_GEMM_TILES
+    return (HOPPER_GEMM_TILES if capability >= HOPPER_CAPABILITY else ()) + GPU_GEMM_TILES
 
 
 def gemm_configs() -> list[triton.Config]:
-    tiles = (INTERPRETER_GEMM_TILE,) if interpreting() else tuple(dict.fromkeys(GPU_GEMM_TILES + GROUPED_GEMM_TILES))
+    tiles = (INTERPRETER_GEMM_TILE,) if interpreting() else tuple(dict.fromkeys(
+        HOPPER_GEMM_TILES + GPU_GEMM_TILES + GROUPED_GEMM_TILES))
     return [triton.Config({"BLOCK_M": bm, "SWIZZLE": sw}, num_warps=w, num_stages=s)
             for bm, w, s, sw in tiles]
 
@@ -105,7 +116,7 @@ def prune_gemm_configs(configs: list, named_args: dict, **kwargs) -> list:
         return configs
     args = {**named_args, **kwargs}
     bk, wb, ab = args["BLOCK_K"], args["W_BITS"], args["A_BITS"]
-    tiles = gemm_tiles(wb, ab, args["GROUPED"])
+    tiles = gemm_tiles(wb, ab, args["GROUPED"], device_capability() or 80)
     limit = device_shared_limit() or float("inf")
     kept = [c for c in configs if (c.kwargs["BLOCK_M"], c.num_warps, c.num_stages, c.kwargs["SWIZZLE"]) in tiles
             and gemm_shared_bytes(c.kwargs["BLOCK_M"], bk, c.num_stages, wb) <= limit] or configs[-1:]
@@ -178,12 +189,20 @@ def gpu_sm_count() -> int | None:
     return _device_props(torch.cuda.current_device())[0]
 
 
+def device_capability() -> int | None:
+    import torch
+    if not torch.cuda.is_available():
+        return None
+    return _device_props(torch.cuda.current_device())[2]
+
+
 @functools.lru_cache(maxsize=None)
-def _device_props(index: int) -> tuple[int, int | None]:
-    """(SM count, opt-in shared memory per block) of a CUDA device, read once."""
+def _device_props(index: int) -> tuple[int, int | None, int]:
+    """(SM count, opt-in shared memory per block, compute capability x 10) of a CUDA device, read once."""
     import torch
     props = torch.cuda.get_device_properties(index)
-    return props.multi_processor_count, getattr(props, "shared_memory_per_block_optin", None)
+    return (props.multi_processor_count, getattr(props, "shared_memory_per_block_optin", None),
+            10 * props.major + props.minor)
 
 
 def m_bucket(m: int) -> int:

@@ -2,7 +2,8 @@
 variant that can launch on a GPU, as the inputs of ``triton.compile`` (no device needed).
 
 One table for the two consumers: the static roofline (``benchmarks.sass_roofline``) and the test that
-compiles every autotune config for sm_80, sm_89 and sm_90 (``tests/kernels/test_triton_configs.py``).
+compiles every autotune config for sm_80, sm_89 and sm_90 (``tests/kernels/test_triton_configs.py``); a
+spec's ``meta["min_capability"]`` (90 for the Hopper-only tiles) says which architectures run it.
 Integer arguments that are multiples of 16 at every real shape (KP, the output stride) and the pointers
 (torch allocations) carry Triton's divisibility-16 specialization, as they do at launch.
 """
@@ -37,7 +38,8 @@ class CompileSpec:
 def gemm_compile_specs() -> list[CompileSpec]:
     """Every GEMM variant x GPU autotune config."""
     from . import gemm_tc  # late: the kernels are defined on import
-    from ._configs import GEMM_MAX_BLOCK_M_8BIT, GEMM_WEIGHT_ROWS, SMALL_M_TILES, gemm_block_k, gemm_shared_bytes, gemm_tiles
+    from ._configs import (GEMM_MAX_BLOCK_M_8BIT, GEMM_WEIGHT_ROWS, HOPPER_CAPABILITY, SMALL_M_TILES, gemm_block_k,
+                           gemm_shared_bytes, gemm_tiles)
 
     fn = gemm_tc._tc_gemm_kernel.fn
     names = fn.arg_names
@@ -50,12 +52,13 @@ def gemm_compile_specs() -> list[CompileSpec]:
             # The autotuned tiles, then (per channel) the small-M tiles of the launch table, without split K
             # (where not autotuned too) and with it (the code depends on the number of splits only through
             # constants: 2 stands for all).
-            tiles = [(t, 1) for t in gemm_tiles(wb, ab, gs != -1)]
+            tiles = [(t, 1) for t in gemm_tiles(wb, ab, gs != -1, HOPPER_CAPABILITY)]
+            everywhere = set(gemm_tiles(wb, ab, gs != -1))
             if gs == -1:
                 small = [t[1:5] for t in SMALL_M_TILES
                          if t[1] <= (GEMM_MAX_BLOCK_M_8BIT if 8 in (wb, ab) else t[1])]
                 tiles += [(t, 1) for t in small if (t, 1) not in tiles] + [(t, 2) for t in small]
-            n_auto = len(gemm_tiles(wb, ab, gs != -1))
+            n_auto = len(gemm_tiles(wb, ab, gs != -1, HOPPER_CAPABILITY))
             for i, ((bm, warps, stages, swizzle), split) in enumerate(tiles):
                 consts = dict(W_BITS=wb, A_BITS=ab, GROUPED=gs != -1, HAS_BIAS=True, BLOCK_K=bk, GROUP_SIZE=max(gs, 0),
                               BLOCK_M=bm, SWIZZLE=swizzle, HALF_=GEMM_WEIGHT_ROWS // 2, SPLIT_K=split)
@@ -68,5 +71,6 @@ def gemm_compile_specs() -> list[CompileSpec]:
                     f"{vname}/{gname}/{bm}x{GEMM_WEIGHT_ROWS}x{bk}/w{warps}s{stages}" + ("-splitk" if split > 1 else ""),
                     fn, sig, consts, attrs, warps, stages, (bm, GEMM_WEIGHT_ROWS, bk),
                     dict(variant=vname, w_bits=wb, a_bits=ab, group_size=gs, split_k=split, autotuned=i < n_auto,
+                         min_capability=80 if i >= n_auto or tiles[i][0] in everywhere else HOPPER_CAPABILITY,
                          shared_estimate=gemm_shared_bytes(bm, bk, stages, wb))))
     return specs

@@ -10,7 +10,9 @@ sm_80+; on sm_90 the next tiles' loads are in flight during the wgmmas). The wgm
 flight: Triton (3.6 to 3.9) makes a wgmma "properly async" only with an fp32 accumulator, so each int32 dot
 ends in a wait to 0, and the cp.async hand-off adds CTA-wide barriers per K tile: the warpgroups of a CTA
 run in lockstep and the tensor cores idle between dots. Overlap comes from other resident CTAs (small token
-tiles, several CTAs per SM); ``benchmarks.static_estimate`` predicts what that reaches. Token indices wrap
+tiles, several CTAs per SM); ``benchmarks.static_estimate`` predicts what that reaches. On sm_90 the 3/4-bit
+variants also have a one-warpgroup tile of 128 tokens (``_configs.HOPPER_GEMM_TILES``): two resident CTAs fill
+each other's gaps, and it reads half the shared-memory bytes per MAC of the 64-token tile. Token indices wrap
 modulo M so the loads need no masks; the store masks the wrapped rows.
 
 Epilogue (``layout.py`` for the integer identity): per channel, with r = S + e K,
@@ -34,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._configs import gemm_configs, prune_gemm_configs
+from ._configs import GemmLaunch, gemm_configs, prune_gemm_configs
 from ._utils import empty_out, interpreting
 from .layout import CHUNK, ROW_BLOCK
 
@@ -258,12 +260,13 @@ def split_workspace(tiles: int, block_m: int, device: torch.device) -> torch.Ten
 
 def tc_gemm(a8: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, s: torch.Tensor, w: torch.Tensor,
             colsum: torch.Tensor, sw: torch.Tensor, zw: torch.Tensor, bias: torch.Tensor | None,
-            w_bits: int, a_bits: int, k: int, n: int, out_dtype: torch.dtype, split_k: int | None = None
-            ) -> torch.Tensor:
+            w_bits: int, a_bits: int, k: int, n: int, out_dtype: torch.dtype, split_k: int | None = None,
+            launch: GemmLaunch | None = None) -> torch.Tensor:
     """a8 int8 [M, KP], sx fp32 [M], zx int32 [M], s int32 [M] (per channel: row sums of a8) or
     [M, KP / 32] (per group: 32-column sums); weights in the layout of ``layout.py`` with colsum int32
     [N, G], sw / zw fp32 [N, G]; bias [N] or None -> out_dtype [M, N]. Arguments are validated upstream.
-    The launch comes from ``_configs.gemm_launch`` (``split_k`` overrides its K splits: tests)."""
+    The launch comes from ``_configs.gemm_launch`` (``split_k`` overrides its K splits, ``launch`` the whole
+    choice: tests)."""
     from ._configs import device_shared_limit, gemm_launch, gpu_sm_count, m_bucket
 
     m, kp = a8.shape
@@ -276,8 +279,9 @@ def tc_gemm(a8: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, s: torch.Tenso
     scalars = (m, n, k, kp, groups, s.shape[1] if s.dim() == 2 else 0, out.stride(0), m_bucket(m))
     consts = dict(GROUP_SIZE=k // groups if groups > 1 else 0, W_BITS=w_bits, A_BITS=a_bits, GROUPED=groups > 1,
                   HAS_BIAS=bias is not None, BLOCK_K=block_k, HALF_=HALF)
-    launch = gemm_launch(m, n, kp, block_k, w_bits, a_bits, groups > 1, gpu_sm_count() if a8.is_cuda else None,
-                         split_k, device_shared_limit() if a8.is_cuda else None)
+    if launch is None:
+        launch = gemm_launch(m, n, kp, block_k, w_bits, a_bits, groups > 1, gpu_sm_count() if a8.is_cuda else None,
+                             split_k, device_shared_limit() if a8.is_cuda else None)
     if launch is None:
         def grid(meta: dict) -> tuple[int]:
             return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, ROW_BLOCK),)

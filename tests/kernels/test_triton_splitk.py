@@ -1,5 +1,5 @@
-"""Split K and the small-M launch table of the Triton GEMM: bit-exact against the unsplit kernel and the
-reference, the workspace left zero, and the table's choices.
+"""Split K, the small-M launch table and the Hopper-only tiles of the Triton GEMM: bit-exact against the
+unsplit kernel and the reference, the workspace left zero, and the table's choices.
 
 Runs compiled on a GPU, else under TRITON_INTERPRET=1 on CPU (``_triton_backend``).
 """
@@ -17,6 +17,7 @@ enable_interpreter()  # before anything imports triton
 
 from qvgen_kernels import reference as ref  # noqa: E402
 from qvgen_kernels.format import qmax  # noqa: E402
+from qvgen_kernels.triton._configs import HOPPER_GEMM_TILES  # noqa: E402
 
 BITS = (3, 4, 8)
 
@@ -172,3 +173,22 @@ def test_large_m_autotuned_path(tk, w_bits, a_bits):
     got = _gemm(mod, dev, c, w_bits, a_bits, k, None)
     _close(got, c["want"])
     assert torch.equal(got, _gemm(mod, dev, c, w_bits, a_bits, k, 3))
+
+
+@pytest.mark.parametrize("tile", HOPPER_GEMM_TILES)
+@pytest.mark.parametrize("w_bits,a_bits", ((4, 4), (3, 3)))
+def test_hopper_tiles(tk, tile, w_bits, a_bits):
+    """The sm_90-only autotune tiles (one warpgroup on 128 tokens), forced: M across two token tiles, odd N / K."""
+    mod, dev = tk
+    bm, warps, stages, swizzle = tile
+    m, n, k = bm + 5, 131, 300
+    c = _case(m, n, k, w_bits, a_bits, seed=bm + w_bits)
+    from qvgen_kernels.triton.gemm import _act_operand
+
+    weights = mod.prepack_weight(c["w_packed"].to(dev), c["w_scale"].to(dev), c["w_zero"].to(dev), w_bits, a_bits, k)
+    a8, sums = _act_operand(c["a_packed"].to(dev), c["a_zero"].to(dev), a_bits, k, False)
+    launch = mod._configs.GemmLaunch(bm, warps, stages, swizzle, 1)
+    got = mod.gemm_tc.tc_gemm(a8, c["a_scale"].to(dev), c["a_zero"].to(dev), sums, *weights, c["bias"].to(dev),
+                              w_bits, a_bits, k, n, torch.float32, launch=launch).cpu()
+    _close(got, c["want"])
+    assert torch.equal(got, _gemm(mod, dev, c, w_bits, a_bits, k, None))
