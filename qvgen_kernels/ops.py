@@ -319,14 +319,18 @@ class PackedLinear:
     weight work. The backend is fixed at prepack time (its layout is its own); ``nbytes`` is the memory
     the layout holds, every byte of every tensor (the CPU layout is the checkpoint codes themselves plus column
     sums; the tensor-core layout holds 4 bits per weight, 8 at W8), and ``checkpoint_codes`` derives the
-    checkpoint codes from it, so that a layer needs to hold nothing else.
+    checkpoint codes from it, so that a layer needs to hold nothing else. ``weight_layout`` names the layout of
+    the first tensor (a key of ``WEIGHT_LAYOUTS``): the checkpoint codes come back from that tensor alone, on
+    any device.
     """
 
-    __slots__ = ("backend", "w_bits", "a_bits", "k", "n", "tensors", "device", "_run", "_fused", "_one")
+    __slots__ = ("backend", "w_bits", "a_bits", "k", "n", "tensors", "weight_layout", "device", "_run", "_fused",
+                 "_one")
 
-    def __init__(self, backend: str, w_bits: int, a_bits: int, k: int, n: int, tensors: tuple[Tensor, ...]):
+    def __init__(self, backend: str, w_bits: int, a_bits: int, k: int, n: int, tensors: tuple[Tensor, ...],
+                 weight_layout: str = "codes"):
         self.backend, self.w_bits, self.a_bits, self.k, self.n = backend, w_bits, a_bits, k, n
-        self.tensors = tensors
+        self.tensors, self.weight_layout = tensors, weight_layout
         self.device = tensors[0].device  # a layout never moves (a move builds a new one)
         impl = registry.resolve("prepacked_linear", tensors[0].device, backend)[1]
         if registry.is_traceable(backend):
@@ -346,14 +350,33 @@ class PackedLinear:
                 f"nbytes={self.nbytes})")
 
 
+def _tensor_core_codes(weight: Tensor, w_bits: int, k: int, n: int) -> Tensor:
+    from .triton.layout import checkpoint_codes as from_kernel_layout  # the layout's own module (torch code)
+    return from_kernel_layout(weight, w_bits, n, k)
+
+
+# The layouts a prepacked weight tensor may be in, each with its exact inverse to the checkpoint codes (torch code,
+# any device): "codes" is the checkpoint layout itself (CPU, reference); "tensor_core" the layout of
+# qvgen_kernels/triton/layout.py, shared by the Triton and the extension's CUDA GEMMs. A backend whose
+# prepack_weight returns another layout registers "weight_layout" (tensors, w_bits, a_bits) -> a key here.
+WEIGHT_LAYOUTS = {"codes": lambda weight, w_bits, k, n: weight, "tensor_core": _tensor_core_codes}
+
+
+def layout_codes(weight: Tensor, weight_layout: str, w_bits: int, k: int, n: int) -> Tensor:
+    """The checkpoint codes (uint8 ``[N, packed_width(k, w_bits)]``) of a weight tensor in ``weight_layout``,
+    exactly (the same tensor for "codes")."""
+    if weight_layout not in WEIGHT_LAYOUTS:
+        fail("layout_codes", "weight_layout", f"one of {tuple(WEIGHT_LAYOUTS)}", repr(weight_layout))
+    return WEIGHT_LAYOUTS[weight_layout](weight, w_bits, k, n)
+
+
 def checkpoint_codes(packed: PackedLinear) -> Tensor:
     """The checkpoint codes ``w_packed`` (uint8 ``[N, packed_width(k, w_bits)]``, the DESIGN.md format) of a
     prepacked layout, exactly: on the CPU the layout's own tensor (no copy), on CUDA unpacked from the
     tensor-core layout. What a deployed layer saves."""
     if not isinstance(packed, PackedLinear):
         fail("checkpoint_codes", "packed", "a PackedLinear (from prepack_linear)", type(packed).__name__, TypeError)
-    impl = registry.resolve("checkpoint_codes", packed.device, packed.backend)[1]
-    return impl(packed.tensors, packed.w_bits, packed.a_bits, packed.k, packed.n)
+    return layout_codes(packed.tensors[0], packed.weight_layout, packed.w_bits, packed.k, packed.n)
 
 
 def _opaque_prepacked(backend, x, tensors, bias, w_bits, a_bits, k, n, lo, hi):
@@ -380,7 +403,9 @@ def prepack_linear(w_packed: Tensor, w_scale: Tensor, w_zero: Tensor, *, w_bits:
     prep_name, prep = registry.resolve("prepack_weight", dev, name)
     name = prep_name  # a backend without its own layout falls back to the reference for both
     tensors = tuple(prep(w_packed, w_scale.contiguous(), w_zero.contiguous(), w_bits, a_bits, k))
-    return PackedLinear(name, w_bits, a_bits, k, n, tensors)
+    which = registry.impl_of(name, "weight_layout")
+    layout = "codes" if tensors[0] is w_packed or which is None else which(tensors, w_bits, a_bits)
+    return PackedLinear(name, w_bits, a_bits, k, n, tensors, layout)
 
 
 # Activations a deployed layer can apply to its own output (``prepacked_linear(..., activation=)``).
@@ -440,4 +465,5 @@ def _fast_clip(op: str, arg: str, clip: Clip, x: Tensor, packed: PackedLinear) -
     return _clip(op, arg, clip, x, torch.float32)
 
 
-__all__ += ["ACTIVATIONS", "PackedLinear", "checkpoint_codes", "prepack_linear", "prepacked_linear"]
+__all__ += ["ACTIVATIONS", "PackedLinear", "WEIGHT_LAYOUTS", "checkpoint_codes", "layout_codes", "prepack_linear",
+            "prepacked_linear"]

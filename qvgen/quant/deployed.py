@@ -203,6 +203,7 @@ class DeployedLinear(PhiView, nn.Linear):
         setattr(self, STATE_ATTR, TimestepState(cfg.clip_groups, cfg.num_train_timesteps, default_group=0))
         self._packed: ops.PackedLinear | None = None
         self._packed_stamp: tuple | None = None
+        self._weight_layout = "codes"  # the layout `w_packed` holds (ops.WEIGHT_LAYOUTS)
         self._clip_views: tuple | None = None
         self._refresh_weight()
 
@@ -241,8 +242,15 @@ class DeployedLinear(PhiView, nn.Linear):
     @property
     def qweight(self) -> torch.Tensor:
         """The packed codes under the name adapter libraries (PEFT) look for on quantized layers (the raw uint8
-        tensor; `weight` is the same codes seen as the [out, in] weight in the compute dtype)."""
+        tensor as held: the checkpoint codes, or on CUDA the tensor-core layout they were turned into; `weight` is
+        the same weights seen as the [out, in] weight in the compute dtype)."""
         return self.w_packed
+
+    def checkpoint_codes(self) -> torch.Tensor:
+        """The checkpoint codes (uint8 [out, packed_width(in, w_bits)]): `w_packed` itself, or derived exactly from
+        the backend layout it holds (what `state_dict` saves)."""
+        return ops.layout_codes(self.w_packed, self._weight_layout, self.cfg.w_bits, self.in_features,
+                                self.out_features)
 
     # --- forward -------------------------------------------------------------------------------------------
 
@@ -307,9 +315,16 @@ class DeployedLinear(PhiView, nn.Linear):
         if self.w_packed.is_meta:
             fail("DeployedLinear.prepack", "w_packed", "loaded weights (not on the meta device)",
                  "a meta tensor: the layer was built empty and never loaded")
-        stamp = self._layout_stamp()
-        packed = ops.prepack_linear(self.w_packed, self.w_scale, self.w_zero, w_bits=self.cfg.w_bits,
+        codes = self.checkpoint_codes()
+        packed = ops.prepack_linear(codes, self.w_scale, self.w_zero, w_bits=self.cfg.w_bits,
                                     a_bits=self.cfg.a_bits, k=self.in_features, backend=backend)
+        # One copy of the weights: `w_packed` becomes the layout's weight tensor when that is not the codes
+        # themselves (CUDA's tensor-core layout), and the codes again when the new layout is.
+        if packed.weight_layout != "codes" or self._weight_layout != "codes":
+            self._buffers["w_packed"] = packed.tensors[0]
+            self._weight_layout = packed.weight_layout
+            self._refresh_weight()
+        stamp = self._layout_stamp()
         self._packed_stamp, self._packed = stamp, packed  # the stamp first: a reader never pairs a new layout
         return packed  # with an older stamp (it would only rebuild once more)
 
@@ -325,7 +340,7 @@ class DeployedLinear(PhiView, nn.Linear):
     @torch.no_grad()
     def dequantized_weight(self) -> torch.Tensor:
         """Ŵ = s (q - z), fp32 [N, K]."""
-        codes = ops.unpack(self.w_packed, self.cfg.w_bits, self.in_features)
+        codes = ops.unpack(self.checkpoint_codes(), self.cfg.w_bits, self.in_features)
         return ops.dequantize_weight(codes, self.w_scale, self.w_zero)
 
     def _layout_inputs(self) -> tuple[Any, ...]:
@@ -373,9 +388,14 @@ class DeployedLinear(PhiView, nn.Linear):
             super()._save_to_state_dict(destination, prefix, keep_vars)
         finally:
             self._parameters["weight"] = weight
+        if self._weight_layout != "codes" and prefix + "w_packed" in destination:
+            destination[prefix + "w_packed"] = self.checkpoint_codes()  # the checkpoint format, whatever is held
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         self._packed = None  # new codes or scales: rebuild the deployed layout on next use
+        if self._weight_layout != "codes":  # receive codes (the checkpoint format) into a codes-shaped buffer
+            self._buffers["w_packed"] = self.checkpoint_codes()
+            self._weight_layout = "codes"
         gamma = state_dict.get(prefix + "phi_gamma")
         if gamma is not None and self.phi_gamma is not None:
             self._phi_active = int((gamma != 0).sum())

@@ -15,7 +15,7 @@ Load-time layout (``prepack_weight``), in the order ``int8_linear`` takes them:
     scale    fp32 [G, N]  w_scale, group-major; [N] per channel (the 1-D shape selects the per-channel
     zero     fp32 [G, N]  w_zero, likewise                         epilogue, whose rounding differs)
 Per channel, scale and zero are the layer's own fp32 tensors (no copy); grouped, a transposed copy
-(2 x 4 bytes per group and channel). ``checkpoint_codes`` gives the codes back: the first tensor.
+(2 x 4 bytes per group and channel). ``ops.checkpoint_codes`` gives the codes back: the first tensor.
 Weight-only layers (a_bits = 16) keep the checkpoint layout and run the reference's dequantize +
 ``F.linear``.
 """
@@ -73,12 +73,6 @@ def prepack_weight(w_packed, w_scale, w_zero, w_bits, a_bits, k):
     if w_scale.dim() == 1:
         return w_packed, colsum, w_scale.float().contiguous(), w_zero.float().contiguous()
     return w_packed, colsum, *(t.t().float().contiguous() for t in (w_scale, w_zero))
-
-
-@registry.register_impl("checkpoint_codes", "cpu_int8")
-def checkpoint_codes(weights, w_bits, a_bits, k, n):
-    """The checkpoint codes of a layout from ``prepack_weight``: its first tensor (the same one, not a copy)."""
-    return weights[0]
 
 
 @registry.register_impl("prepacked_linear", "cpu_int8")

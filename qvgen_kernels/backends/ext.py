@@ -68,9 +68,8 @@ def prepacked_linear(x, weights, bias, w_bits, a_bits, k, n, clip_lo, clip_hi):
     return cpu_int8.prepacked_linear(x, weights, bias, w_bits, a_bits, k, n, clip_lo, clip_hi)
 
 
-@registry.register_impl("checkpoint_codes", "ext")
-def checkpoint_codes(weights, w_bits, a_bits, k, n):
-    if weights[0].is_cuda and len(weights) == 4:  # the tensor-core layout is Triton's (csrc/include/qvgen/tc.h)
-        from ..triton.layout import checkpoint_codes as from_kernel_layout
-        return from_kernel_layout(weights[0], w_bits, n, k)
-    return reference_linear.checkpoint_codes(weights, w_bits, a_bits, k, n)
+@registry.register_impl("weight_layout", "ext")
+def weight_layout(weights, w_bits, a_bits):
+    """The layout of prepack_weight's first tensor (ops.WEIGHT_LAYOUTS): CUDA's tensor-core GEMMs read Triton's
+    (csrc/include/qvgen/tc.h); the reference and the CPU layouts are the codes themselves."""
+    return "tensor_core" if weights[0].is_cuda and len(weights) == 4 else "codes"

@@ -42,12 +42,10 @@ def prepacked_linear(x, weights, bias, w_bits, a_bits, k, n, clip_lo, clip_hi):
                                     clip_lo.expand(m).contiguous(), clip_hi.expand(m).contiguous())
 
 
-@registry.register_impl("checkpoint_codes", "triton")
-def checkpoint_codes(weights, w_bits, a_bits, k, n):
-    if a_bits == 16:  # weight-only layers keep the reference layout
-        return reference_linear.checkpoint_codes(weights, w_bits, a_bits, k, n)
-    from ..triton.layout import checkpoint_codes as from_kernel_layout
-    return from_kernel_layout(weights[0], w_bits, n, k)
+@registry.register_impl("weight_layout", "triton")
+def weight_layout(weights, w_bits, a_bits):
+    """The layout of prepack_weight's first tensor (ops.WEIGHT_LAYOUTS): weight-only layers keep the codes."""
+    return "codes" if a_bits == 16 else "tensor_core"
 
 
 @registry.register_impl("lowbit_linear", "triton")

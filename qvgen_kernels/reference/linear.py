@@ -36,15 +36,10 @@ def prepack_weight(w_packed: torch.Tensor, w_scale: torch.Tensor, w_zero: torch.
     return w_packed, w_scale, w_zero
 
 
-def checkpoint_codes(weights: tuple[torch.Tensor, ...], w_bits: int, a_bits: int, k: int, n: int) -> torch.Tensor:
-    """The checkpoint codes of ``prepack_weight``'s layout: its first tensor."""
-    return weights[0]
-
-
 def prepacked_linear(x: torch.Tensor, weights: tuple[torch.Tensor, ...], bias: torch.Tensor | None,
                      w_bits: int, a_bits: int, k: int, n: int, clip_lo: torch.Tensor,
                      clip_hi: torch.Tensor) -> torch.Tensor:
     return lowbit_linear(x, *weights, bias, w_bits, a_bits, clip_lo, clip_hi)
 
 
-__all__ = ["checkpoint_codes", "composite_linear", "lowbit_linear", "prepack_weight", "prepacked_linear"]
+__all__ = ["composite_linear", "lowbit_linear", "prepack_weight", "prepacked_linear"]

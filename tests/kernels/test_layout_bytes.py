@@ -68,3 +68,29 @@ def test_cpu_layout_bytes(bits: int) -> None:
                                                              zero.untyped_storage().data_ptr()))
     assert extra == 4 * n  # the column sums: nothing else beyond what the layer holds already
     assert n * packed_width(k, bits) * 8 == bits * n * k
+
+
+@pytest.mark.parametrize("preset", ["w4a4", "w3a3", "w8a8"])
+def test_deployed_layer_on_the_tensor_core_layout_holds_it_once(preset: str) -> None:
+    """A DeployedLinear prepacked for the Triton GEMM (the interpreter here, CUDA on a GPU) holds the tensor-core
+    layout as its w_packed, with no checkpoint codes beside it; its state dict holds the codes, derived exactly; its
+    output is the reference's bit for bit."""
+    from torch import nn
+
+    from qvgen import QLinear, QuantConfig
+    from qvgen.apps.demo.metrics import model_bytes
+    if registry.unavailable_reason("triton", "cpu") is not None:
+        pytest.skip(registry.unavailable_reason("triton", "cpu"))
+    torch.manual_seed(5)
+    d = QLinear.from_linear(nn.Linear(64, 48), QuantConfig.preset(preset, rank=0, clip_groups=1)).to_deploy()
+    codes, x = d.w_packed.clone(), torch.randn(7, 64)
+    with torch.no_grad():
+        want = ops.prepacked_linear(x, ops.prepack_linear(codes, d.w_scale, d.w_zero, w_bits=d.cfg.w_bits,
+                                                          a_bits=d.cfg.a_bits, k=64, backend="reference"), d.bias,
+                                    d.a_clip_lo, d.a_clip_hi)
+    packed = d.prepack(backend="triton")
+    assert packed.weight_layout == "tensor_core" and d.w_packed is packed.tensors[0]
+    assert model_bytes(d) == packed.nbytes + 8 + 4 * 48  # layout, its column sums / scales / zeros, clips, bias
+    assert torch.equal(d.state_dict()["w_packed"], codes)
+    with torch.no_grad():
+        assert torch.equal(d(x), want)

@@ -190,3 +190,66 @@ def test_call_during_dtype_casts_sees_old_or_new_state():
         sys.setswitchinterval(old)
     assert not any(t.is_alive() for t in threads)
     assert not bad, bad[:3]
+
+
+@pytest.fixture
+def tensor_core_backend():
+    """A backend whose layout is CUDA's tensor-core layout (built and run by torch code here): a layer on it holds
+    that layout in place of its codes, as on a GPU."""
+    layout = pytest.importorskip("qvgen_kernels.triton.layout", reason="needs triton importable (the layout module)")
+    from qvgen_kernels import ops, registry
+    name = "tensor_core_test"
+    registry.register_backend(name, traceable=True)
+    registry.register_impl("prepack_weight", name,
+                           lambda wp, ws, wz, w_bits, a_bits, k: (layout.repack_weight(wp, w_bits, k), ws, wz))
+    registry.register_impl("weight_layout", name, lambda weights, w_bits, a_bits: "tensor_core")
+
+    def run(x, weights, bias, w_bits, a_bits, k, n, lo, hi):
+        codes = layout.checkpoint_codes(weights[0], w_bits, n, k)
+        return ops.lowbit_linear(x, codes, weights[1], weights[2], bias, w_bits, a_bits, lo, hi, backend="reference")
+
+    registry.register_impl("prepacked_linear", name, run)
+    yield name
+    registry.unregister_backend(name)
+
+
+@pytest.mark.parametrize("preset", ["w4a4", "w3a3", "w8a8"])
+def test_layer_holding_a_backend_layout_keeps_one_copy(tensor_core_backend, preset):
+    """Where the backend's layout is not the codes (CUDA's tensor-core layout), w_packed becomes that layout: no
+    second copy. The state dict still holds the checkpoint codes (derived exactly), loading into such a layer works,
+    a move rebuilds and holds the codes again where the new layout is the codes (CPU), outputs never change."""
+    import copy
+
+    from qvgen.apps.demo.metrics import model_bytes
+    from qvgen_kernels import ops
+    torch.manual_seed(3)
+    cfg = QuantConfig.preset(preset, rank=0, clip_groups=1)
+    d = QLinear.from_linear(nn.Linear(40, 24), cfg).to_deploy()
+    codes, x = d.w_packed.clone(), torch.randn(5, 40)
+    with torch.no_grad():
+        want = d(x)
+    sd_codes = {k: v.clone() for k, v in d.state_dict().items()}
+
+    d.prepack(backend=tensor_core_backend)
+    assert d._weight_layout == "tensor_core" and d.w_packed is d._packed.tensors[0]
+    assert d.w_packed.shape != codes.shape  # [NP / 2, KP] (4-bit nibbles) or [NP, KP] (8 bits)
+    assert model_bytes(d) == d._packed.nbytes + 8 + 4 * 24  # the layout (with its scale / zero), clips, bias
+    assert torch.equal(d.checkpoint_codes(), codes) and torch.equal(ops.checkpoint_codes(d._packed), codes)
+    sd = d.state_dict()
+    assert sd.keys() == sd_codes.keys() and all(torch.equal(sd[k], sd_codes[k]) for k in sd)
+    with torch.no_grad():
+        assert torch.equal(d(x), want)
+        assert torch.equal(d.weight.float(), DeployedLinear.dequantized_weight(d))
+        assert torch.equal(copy.deepcopy(d).state_dict()["w_packed"], codes)
+
+    e = QLinear.from_linear(nn.Linear(40, 24), cfg).to_deploy()
+    e.prepack(backend=tensor_core_backend)
+    e.load_state_dict(sd)  # into a layer holding the layout: received as codes, the layout rebuilt at load
+    assert torch.equal(e.w_packed, codes) and e._weight_layout == "codes"
+    with torch.no_grad():
+        assert torch.equal(e(x), want)
+
+    d._apply(lambda t: t.clone())  # a move (new tensors): the layout is dropped, rebuilt at the next call
+    with torch.no_grad():
+        assert torch.equal(d(x), want)
+    assert d._weight_layout == "codes" and torch.equal(d.w_packed, codes)
