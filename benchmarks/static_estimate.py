@@ -59,7 +59,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 HW = dict(
-    gpu="H200 SXM (sm_90a)", sms=132, clock_hz=1.83e9, int8_macs_per_clk_sm=4096, bf16_macs_per_clk_sm=2048,
+    gpu="H200 SXM (sm_90a)", compute_capability=90,
+    sms=132, clock_hz=1.83e9, int8_macs_per_clk_sm=4096, bf16_macs_per_clk_sm=2048,
     schedulers_per_sm=4, smem_bytes_per_clk_sm=128, hbm_bytes_per_s=4.8e12, smem_per_sm=228 * 1024,
     regs_per_sm=65536, max_threads_per_sm=2048, max_ctas_per_sm=32,
     # (assumed) latencies in SM clocks
@@ -373,7 +374,7 @@ def _choose(kernel: str, grouping: str, ds: list[Design], m: int, n: int, k: int
 
         d0 = ds[0]
         launch = gemm_launch(m, n, math.ceil(k / 128) * 128, d0.block_k, d0.w_bits, d0.w_bits,
-                             grouping != "per_channel", sms=HW["sms"])
+                             grouping != "per_channel", sms=HW["sms"], capability=HW["compute_capability"])
         if launch is not None:
             d = next(d for d in ds if (d.tile_tokens, d.threads, d.stages, d.split_k) == (
                 launch.block_m, 32 * launch.num_warps, launch.num_stages, launch.split_k > 1))

@@ -70,6 +70,12 @@ SMALL_M_TILES = (
     (32, 32, 4, 4, 8, 4),
     (SMALL_M_MAX, 64, 4, 6, 8, 2),
 )
+# sm_90 with 3/4-bit weights and activations: above 64 tokens the one-warpgroup 128-token tile of
+# HOPPER_GEMM_TILES (its split-K program: 254 registers, 0 spills on sm_90a; 2 per SM).
+SMALL_M_TILES_SM90 = SMALL_M_TILES[:2] + (
+    (64, 64, 4, 6, 8, 2),
+    (SMALL_M_MAX, 128, 4, 4, 8, 2),
+)
 SPLIT_K_MIN_K_TILES = 4         # every split runs at least this many K tiles (prologue / epilogue amortised)
 SPLIT_K_MAX = 32
 DEFAULT_SMS = 132               # H200 / H100 SXM, used without a GPU (interpreter, static estimate)
@@ -157,21 +163,29 @@ def gemm_split_k(tiles: int, k_tiles: int, slots: int) -> int:
     return min(range(1, most + 1), key=lambda s: (math.ceil(tiles * s / slots) * math.ceil(k_tiles / s), s))
 
 
+def small_m_tiles(w_bits: int, a_bits: int, capability: int = 80) -> tuple[tuple[int, ...], ...]:
+    """The small-M launch table of a variant on a device of compute ``capability``."""
+    if capability >= HOPPER_CAPABILITY and 8 not in (w_bits, a_bits):
+        return SMALL_M_TILES_SM90
+    return SMALL_M_TILES
+
+
 def gemm_launch(m: int, n: int, kp: int, block_k: int, w_bits: int, a_bits: int, grouped: bool,
-                sms: int | None = None, split_k: int | None = None, shared_limit: int | None = None
-                ) -> GemmLaunch | None:
+                sms: int | None = None, split_k: int | None = None, shared_limit: int | None = None,
+                capability: int | None = None) -> GemmLaunch | None:
     """The one place that chooses the GEMM launch per shape: None for large M (the autotuner picks among
-    ``gemm_tiles``), else the small-M tile of ``SMALL_M_TILES`` for M and its K splits (``gemm_split_k``;
-    ``split_k`` overrides them, 1 = no split), with fewer stages where the device's shared memory
-    (``shared_limit``) asks for it. Per group there is no split (the result is an fp32 sum of the groups'
-    promotions, in K order) and the autotuner keeps the choice."""
+    ``gemm_tiles``), else the small-M tile of ``small_m_tiles`` for M and the device's ``capability``, and
+    its K splits (``gemm_split_k``; ``split_k`` overrides them, 1 = no split), with fewer stages where the
+    device's shared memory (``shared_limit``) asks for it. Per group there is no split (the result is an fp32
+    sum of the groups' promotions, in K order) and the autotuner keeps the choice."""
     if grouped:
         if split_k not in (None, 1):
             raise ValueError(f"lowbit GEMM (triton): split_k={split_k} with weight groups (per channel only)")
         return None
     if m > SMALL_M_MAX and split_k is None:
         return None
-    bm, warps, stages, sw, resident = next((t[1:] for t in SMALL_M_TILES if m <= t[0]), SMALL_M_TILES[-1][1:])
+    table = small_m_tiles(w_bits, a_bits, capability or 80)
+    bm, warps, stages, sw, resident = next((t[1:] for t in table if m <= t[0]), table[-1][1:])
     if 8 in (w_bits, a_bits):
         bm = min(bm, GEMM_MAX_BLOCK_M_8BIT)
     while shared_limit is not None and stages > 3 and gemm_shared_bytes(bm, block_k, stages, w_bits) > shared_limit:

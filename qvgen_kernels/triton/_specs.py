@@ -38,8 +38,8 @@ class CompileSpec:
 def gemm_compile_specs() -> list[CompileSpec]:
     """Every GEMM variant x GPU autotune config."""
     from . import gemm_tc  # late: the kernels are defined on import
-    from ._configs import (GEMM_MAX_BLOCK_M_8BIT, GEMM_WEIGHT_ROWS, HOPPER_CAPABILITY, SMALL_M_TILES, gemm_block_k,
-                           gemm_shared_bytes, gemm_tiles)
+    from ._configs import (GEMM_MAX_BLOCK_M_8BIT, GEMM_WEIGHT_ROWS, HOPPER_CAPABILITY, gemm_block_k, gemm_shared_bytes,
+                           gemm_tiles, small_m_tiles)
 
     fn = gemm_tc._tc_gemm_kernel.fn
     names = fn.arg_names
@@ -49,17 +49,20 @@ def gemm_compile_specs() -> list[CompileSpec]:
             if gs != -1 and wb == 8:
                 continue
             bk = gemm_block_k(4096, gs)
-            # The autotuned tiles, then (per channel) the small-M tiles of the launch table, without split K
+            # The autotuned tiles, then (per channel) the small-M tiles of the launch tables, without split K
             # (where not autotuned too) and with it (the code depends on the number of splits only through
-            # constants: 2 stands for all).
-            tiles = [(t, 1) for t in gemm_tiles(wb, ab, gs != -1, HOPPER_CAPABILITY)]
-            everywhere = set(gemm_tiles(wb, ab, gs != -1))
+            # constants: 2 stands for all): (tile, splits, autotuned, lowest compute capability).
+            everywhere = gemm_tiles(wb, ab, gs != -1)
+            tiles = [(t, 1, True, 80 if t in everywhere else HOPPER_CAPABILITY)
+                     for t in gemm_tiles(wb, ab, gs != -1, HOPPER_CAPABILITY)]
             if gs == -1:
-                small = [t[1:5] for t in SMALL_M_TILES
-                         if t[1] <= (GEMM_MAX_BLOCK_M_8BIT if 8 in (wb, ab) else t[1])]
-                tiles += [(t, 1) for t in small if (t, 1) not in tiles] + [(t, 2) for t in small]
-            n_auto = len(gemm_tiles(wb, ab, gs != -1, HOPPER_CAPABILITY))
-            for i, ((bm, warps, stages, swizzle), split) in enumerate(tiles):
+                for cap in (80, HOPPER_CAPABILITY):
+                    for row in small_m_tiles(wb, ab, cap):
+                        t = (min(row[1], GEMM_MAX_BLOCK_M_8BIT) if 8 in (wb, ab) else row[1],) + row[2:5]
+                        for split in (1, 2):
+                            if not any(x[:2] == (t, split) for x in tiles):
+                                tiles.append((t, split, False, cap))
+            for (bm, warps, stages, swizzle), split, autotuned, min_cap in tiles:
                 consts = dict(W_BITS=wb, A_BITS=ab, GROUPED=gs != -1, HAS_BIAS=True, BLOCK_K=bk, GROUP_SIZE=max(gs, 0),
                               BLOCK_M=bm, SWIZZLE=swizzle, HALF_=GEMM_WEIGHT_ROWS // 2, SPLIT_K=split)
                 sig = {a: _TYPES.get(a, "i32") for a in names}
@@ -68,9 +71,10 @@ def gemm_compile_specs() -> list[CompileSpec]:
                 attrs = {(names.index(a),): [["tt.divisibility", 16]]
                          for a in names if sig[a].startswith("*") or a in _DIVISIBLE}
                 specs.append(CompileSpec(
-                    f"{vname}/{gname}/{bm}x{GEMM_WEIGHT_ROWS}x{bk}/w{warps}s{stages}" + ("-splitk" if split > 1 else ""),
+                    f"{vname}/{gname}/{bm}x{GEMM_WEIGHT_ROWS}x{bk}/w{warps}s{stages}"
+                    + ("-splitk" if split > 1 else ""),
                     fn, sig, consts, attrs, warps, stages, (bm, GEMM_WEIGHT_ROWS, bk),
-                    dict(variant=vname, w_bits=wb, a_bits=ab, group_size=gs, split_k=split, autotuned=i < n_auto,
-                         min_capability=80 if i >= n_auto or tiles[i][0] in everywhere else HOPPER_CAPABILITY,
+                    dict(variant=vname, w_bits=wb, a_bits=ab, group_size=gs, split_k=split, autotuned=autotuned,
+                         min_capability=min_cap,
                          shared_estimate=gemm_shared_bytes(bm, bk, stages, wb))))
     return specs

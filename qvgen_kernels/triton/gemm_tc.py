@@ -267,7 +267,7 @@ def tc_gemm(a8: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, s: torch.Tenso
     [N, G], sw / zw fp32 [N, G]; bias [N] or None -> out_dtype [M, N]. Arguments are validated upstream.
     The launch comes from ``_configs.gemm_launch`` (``split_k`` overrides its K splits, ``launch`` the whole
     choice: tests)."""
-    from ._configs import device_shared_limit, gemm_launch, gpu_sm_count, m_bucket
+    from ._configs import device_capability, device_shared_limit, gemm_launch, gpu_sm_count, m_bucket
 
     m, kp = a8.shape
     groups = sw.shape[1]
@@ -280,8 +280,9 @@ def tc_gemm(a8: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, s: torch.Tenso
     consts = dict(GROUP_SIZE=k // groups if groups > 1 else 0, W_BITS=w_bits, A_BITS=a_bits, GROUPED=groups > 1,
                   HAS_BIAS=bias is not None, BLOCK_K=block_k, HALF_=HALF)
     if launch is None:
-        launch = gemm_launch(m, n, kp, block_k, w_bits, a_bits, groups > 1, gpu_sm_count() if a8.is_cuda else None,
-                             split_k, device_shared_limit() if a8.is_cuda else None)
+        cuda = a8.is_cuda
+        launch = gemm_launch(m, n, kp, block_k, w_bits, a_bits, groups > 1, gpu_sm_count() if cuda else None, split_k,
+                             device_shared_limit() if cuda else None, device_capability() if cuda else None)
     if launch is None:
         def grid(meta: dict) -> tuple[int]:
             return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, ROW_BLOCK),)

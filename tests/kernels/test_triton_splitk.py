@@ -44,8 +44,8 @@ def _case(m: int, n: int, k: int, w_bits: int, a_bits: int, seed: int, unit: boo
     w_packed = ref.pack(codes, w_bits)
     want = ref.lowbit_gemm(a_packed, a_scale, a_zero, a_rowsum, w_packed, w_scale, w_zero, bias, w_bits, a_bits,
                            k, torch.float32) if want else None
-    return dict(x=x, a_packed=a_packed, a_scale=a_scale, a_zero=a_zero, a_rowsum=a_rowsum, w_packed=w_packed, w_scale=w_scale,
-                w_zero=w_zero, bias=bias, codes=codes, want=want)
+    return dict(x=x, a_packed=a_packed, a_scale=a_scale, a_zero=a_zero, a_rowsum=a_rowsum, w_packed=w_packed,
+                w_scale=w_scale, w_zero=w_zero, bias=bias, codes=codes, want=want)
 
 
 def _gemm(mod, dev, c: dict, w_bits: int, a_bits: int, k: int, split_k):
@@ -164,6 +164,23 @@ def test_launch_table_rules(tk):
         assert bm >= min(m, 64) and bm in {t[1] for t in cfg.SMALL_M_TILES}
 
 
+def test_launch_table_sm90(tk):
+    """On sm_90 the 3/4-bit variants take the one-warpgroup 128-token tile above 64 tokens; 8-bit operands
+    and older devices keep the common table."""
+    mod, _ = tk
+    cfg = mod._configs
+    for m, want in ((16, 16), (64, 64), (65, 128), (256, 128)):
+        assert cfg.gemm_launch(m, 5120, 13824, 128, 4, 4, False, capability=90).block_m == want
+        assert cfg.gemm_launch(m, 5120, 13824, 128, 3, 3, False, capability=90).block_m == want
+    assert cfg.gemm_launch(256, 5120, 13824, 128, 4, 8, False, capability=90).block_m == 64
+    assert cfg.gemm_launch(256, 5120, 13824, 128, 4, 4, False, capability=89).block_m == 64
+    hopper = {t[:4] for t in cfg.HOPPER_GEMM_TILES}
+    assert all(t[1:5] in hopper or t[1:] in {r[1:] for r in cfg.SMALL_M_TILES} for t in cfg.SMALL_M_TILES_SM90)
+    # M = 256 at the Wan-14B FFN down projection: 80 output tiles of 128 tokens, split to fill 2 x 132 slots.
+    launch = cfg.gemm_launch(256, 5120, 13824, 128, 4, 4, False, sms=132, capability=90)
+    assert launch.split_k == 3
+
+
 @pytest.mark.parametrize("w_bits,a_bits", ((4, 4), (3, 3), (8, 8)))
 def test_large_m_autotuned_path(tk, w_bits, a_bits):
     """Above SMALL_M_MAX the autotuner's launch (no split) runs; same result as a forced split."""
@@ -188,11 +205,13 @@ def test_hopper_tiles(tk, tile, w_bits, a_bits):
 
     weights = mod.prepack_weight(c["w_packed"].to(dev), c["w_scale"].to(dev), c["w_zero"].to(dev), w_bits, a_bits, k)
     a8, sums = _act_operand(c["a_packed"].to(dev), c["a_zero"].to(dev), a_bits, k, False)
-    launch = mod._configs.GemmLaunch(bm, warps, stages, swizzle, 1)
-    got = mod.gemm_tc.tc_gemm(a8, c["a_scale"].to(dev), c["a_zero"].to(dev), sums, *weights, c["bias"].to(dev),
-                              w_bits, a_bits, k, n, torch.float32, launch=launch).cpu()
-    _close(got, c["want"])
-    assert torch.equal(got, _gemm(mod, dev, c, w_bits, a_bits, k, None))
+    base = _gemm(mod, dev, c, w_bits, a_bits, k, None)
+    _close(base, c["want"])
+    for split in (1, 2, 3):     # the sm_90 launch table runs this tile with split K as well
+        launch = mod._configs.GemmLaunch(bm, warps, stages, swizzle, split)
+        got = mod.gemm_tc.tc_gemm(a8, c["a_scale"].to(dev), c["a_zero"].to(dev), sums, *weights, c["bias"].to(dev),
+                                  w_bits, a_bits, k, n, torch.float32, launch=launch).cpu()
+        assert torch.equal(got, base), split
 
 
 @pytest.mark.gpu
