@@ -287,10 +287,10 @@ def tc_gemm(a8: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, s: torch.Tenso
         def grid(meta: dict) -> tuple[int]:
             return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, ROW_BLOCK),)
 
-        _tc_gemm_kernel[grid](*args, out, *scalars, **consts)   # ws_ptr unused without split
+        _tc_gemm_kernel[grid](*args, s, *scalars, **consts)   # ws_ptr (int32) unused without split
         return out.to(out_dtype)
     tiles = triton.cdiv(m, launch.block_m) * triton.cdiv(n, ROW_BLOCK)
-    ws = split_workspace(tiles, launch.block_m, a8.device) if launch.split_k > 1 else out
+    ws = split_workspace(tiles, launch.block_m, a8.device) if launch.split_k > 1 else s
     _tc_gemm_kernel.fn[(tiles, launch.split_k)](
         *args, ws, *scalars, **consts, BLOCK_M=launch.block_m, SWIZZLE=launch.swizzle, SPLIT_K=launch.split_k,
         num_warps=launch.num_warps, num_stages=launch.num_stages)
