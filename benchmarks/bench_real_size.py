@@ -3,6 +3,7 @@ the bf16 model.
 
     python -m benchmarks.bench_real_size                       # W4A4, W3A3, W8A8 at Wan2.1-1.3B, 1024 video tokens
     python -m benchmarks.bench_real_size --smoke               # a 2-block, width-64 Wan (the test suite runs it)
+    python -m benchmarks.bench_real_size --device cuda --model wan2.1-14b --bits w4a4 --out DIR   # on a GPU
 
 Per format, two fresh processes (so that each RSS figure is that stage's own):
     convert   builds the architecture from its diffusers config (``WanTransformer3DModel``: 30 blocks, dim 1536 =
@@ -12,6 +13,8 @@ Per format, two fresh processes (so that each RSS figure is that stage's own):
     load      ``from_pretrained(..., torch_dtype=torch.bfloat16)`` and its first forward, then the same
               architecture (same seed) cast to bf16 in the same process; then ``--rounds`` rounds of one forward
               of each model in turn (the best time of each is kept)
+On CUDA the model is built, converted and run on the GPU (loaded on the host, then moved), times wait for the
+GPU, and each stage also reports its peak GPU memory (``torch.cuda.max_memory_allocated``).
 Figures: bytes on disk (the saved folder); resident bytes after one forward (``model_bytes``: every parameter,
 buffer and deployed layout, each storage once); peak extra RSS while converting (over the RSS with the fp32 model
 built) and while loading (over the RSS before loading); convert / load / first-forward / forward seconds; whether
@@ -40,7 +43,10 @@ OUT = Path(__file__).resolve().parent / "results" / "cpu"
 WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
                 text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
                 qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+WAN_14B = dict(WAN_1_3B, num_attention_heads=40, ffn_dim=13824, num_layers=40)  # 5120 = 40 x 128
 SMOKE = dict(WAN_1_3B, num_attention_heads=2, attention_head_dim=32, text_dim=48, ffn_dim=128, num_layers=2)
+MODELS = {"wan2.1-1.3b": ("Wan2.1-1.3B (random weights)", WAN_1_3B), "wan2.1-14b": ("Wan2.1-14B (random weights)", WAN_14B),
+          "smoke": ("tiny Wan", SMOKE)}
 BITS = ("w4a4", "w3a3", "w8a8")
 SEED = 0
 
@@ -73,26 +79,45 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def build(config: dict[str, Any]) -> torch.nn.Module:
+def build(config: dict[str, Any], device: torch.device = torch.device("cpu")) -> torch.nn.Module:
     import diffusers
     torch.manual_seed(SEED)
-    return diffusers.WanTransformer3DModel(**config).eval()
+    with device:  # built where it runs (a 14B fp32 model is 57 GB: on a GPU, not through the host)
+        return diffusers.WanTransformer3DModel(**config).eval()
 
 
-def inputs(config: dict[str, Any], tokens: int, text_tokens: int, dtype: torch.dtype) -> dict[str, Any]:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gpu_peak(device: torch.device, reset: bool = False) -> int | None:
+    """Peak bytes allocated on the GPU since the last reset (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    if reset:
+        torch.cuda.reset_peak_memory_stats(device)
+    return torch.cuda.max_memory_allocated(device)
+
+
+def inputs(config: dict[str, Any], tokens: int, text_tokens: int, dtype: torch.dtype,
+           device: torch.device = torch.device("cpu")) -> dict[str, Any]:
     """Latents [1, C, F, H, W] with F * (H / 2) * (W / 2) = tokens video tokens (F = 4 frames of a square grid)."""
     side = int(round((tokens / 4) ** 0.5)) * 2
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, config["in_channels"], 4, side, side, generator=g)
     text = torch.randn(1, text_tokens, config["text_dim"], generator=g)
-    return {"hidden_states": x.to(dtype), "encoder_hidden_states": text.to(dtype), "timestep": torch.tensor([500]),
-            "return_dict": False}
+    return {"hidden_states": x.to(device, dtype), "encoder_hidden_states": text.to(device, dtype),
+            "timestep": torch.tensor([500], device=device), "return_dict": False}
 
 
 def timed_forward(model: torch.nn.Module, args: dict[str, Any]) -> tuple[float, torch.Tensor]:
+    device = args["hidden_states"].device
+    sync(device)
     t0 = time.perf_counter()
     with torch.no_grad():
         out = model(**args)[0]
+    sync(device)
     return time.perf_counter() - t0, out
 
 
@@ -100,58 +125,71 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def mse_init_time(config: dict[str, Any]) -> tuple[float, int]:
+def mse_init_time(config: dict[str, Any], device: torch.device) -> tuple[float, int]:
     """Seconds of the MSE weight init (80 shrink candidates) of one FFN weight [ffn_dim, dim], and its size."""
     from qvgen.quant.config import QuantConfig
     from qvgen.quant.quantizers import WeightQuantizer
     n, k = config["ffn_dim"], config["num_attention_heads"] * config["attention_head_dim"]
-    w = torch.randn(n, k, generator=torch.Generator().manual_seed(2)) * 0.02
-    q = WeightQuantizer(n, k, QuantConfig.preset("w4a4", rank=0, w_init="mse"))
+    w = (torch.randn(n, k, generator=torch.Generator().manual_seed(2)) * 0.02).to(device)
+    q = WeightQuantizer(n, k, QuantConfig.preset("w4a4", rank=0, w_init="mse")).to(device)
+    sync(device)
     t0 = time.perf_counter()
     q.calibrate(w)
+    sync(device)
     return time.perf_counter() - t0, n * k
 
 
-def stage_convert(config: dict[str, Any], bits: str, work: Path, tokens: int, text_tokens: int) -> dict[str, Any]:
+def stage_convert(config: dict[str, Any], bits: str, work: Path, tokens: int, text_tokens: int,
+                  device: torch.device) -> dict[str, Any]:
     import qvgen
     from qvgen.artifact.pretrained import cast
-    model = build(config)
+    model = build(config, device)
     n_params = sum(p.numel() for p in model.parameters())
     cfg = qvgen.QuantConfig.preset(bits, rank=0, w_init="minmax")
+    before_gpu = gpu_peak(device, reset=True)
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         model = qvgen.to_deploy(qvgen.quantize_model(model, cfg))
+        sync(device)
         convert_s = time.perf_counter() - t0
-    mse_s, mse_params = mse_init_time(config)
+    convert_gpu = gpu_peak(device)
+    mse_s, mse_params = mse_init_time(config, device)
     t0 = time.perf_counter()
     model.save_pretrained(work / "model")
     save_s = time.perf_counter() - t0
     cast(model, torch.bfloat16)
-    _, out = timed_forward(model, inputs(config, tokens, text_tokens, torch.bfloat16))
-    torch.save(out, work / "convert_out.pt")
-    return {"params": n_params, "convert_s": convert_s, "convert_s_per_billion_params": convert_s / n_params * 1e9,
+    _, out = timed_forward(model, inputs(config, tokens, text_tokens, torch.bfloat16, device))
+    torch.save(out.cpu(), work / "convert_out.pt")
+    gpu = {} if before_gpu is None else {"gpu_bytes_before_convert": before_gpu, "convert_gpu_peak": convert_gpu}
+    return {**gpu, "params": n_params, "convert_s": convert_s, "convert_s_per_billion_params": convert_s / n_params * 1e9,
             "save_s": save_s, "mse_init_s_per_billion_params": mse_s / mse_params * 1e9, "mse_init_params": mse_params, "rss_before_convert": mem.start, "convert_peak_rss": mem.peak,
             "convert_peak_extra_rss": mem.peak - mem.start, "disk_bytes": folder_bytes(work / "model")}
 
 
-def stage_load(config: dict[str, Any], work: Path, tokens: int, text_tokens: int, rounds: int) -> dict[str, Any]:
+def stage_load(config: dict[str, Any], work: Path, tokens: int, text_tokens: int, rounds: int,
+               device: torch.device) -> dict[str, Any]:
     import diffusers
     import qvgen  # noqa: F401  (registers the diffusers backend)
     from qvgen.apps.demo.metrics import model_bytes
     from qvgen.artifact.pretrained import cast
     from qvgen.quant.fuse import fuse_activations
-    args = inputs(config, tokens, text_tokens, torch.bfloat16)
+    args = inputs(config, tokens, text_tokens, torch.bfloat16, device)
+    gpu_peak(device, reset=True)
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         model = diffusers.WanTransformer3DModel.from_pretrained(work / "model", torch_dtype=torch.bfloat16)
+        model.to(device)  # loaded on the host, then moved: the deployed layouts are built on the device
+        sync(device)
         load_s = time.perf_counter() - t0
     first_s, out = timed_forward(model, args)
     resident = model_bytes(model)
-    want = torch.load(work / "convert_out.pt")
+    want = torch.load(work / "convert_out.pt").to(device)
     row = {"load_s": load_s, "rss_before_load": mem.start, "load_peak_rss": mem.peak,
            "load_peak_extra_rss": mem.peak - mem.start, "first_forward_s": first_s, "resident_bytes": resident,
            "loaded_class": type(model).__name__}
-    bf16 = cast(build(config), torch.bfloat16)  # diffusers' keep-in-fp32 modules stay fp32, as when loaded
+    if device.type == "cuda":
+        row["load_and_first_forward_gpu_peak"] = gpu_peak(device)
+    bf16 = cast(build(config, device), torch.bfloat16)  # diffusers' keep-in-fp32 modules stay fp32, as when loaded
     row["bf16_resident_bytes"] = model_bytes(bf16)
     row["bf16_first_forward_s"], _ = timed_forward(bf16, args)
     # Rounds alternate the models (the machine is shared: load from other processes hits all alike): the deployed
@@ -179,7 +217,8 @@ def stage_load(config: dict[str, Any], work: Path, tokens: int, text_tokens: int
 def run_stage(stage: str, bits: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """One stage in a fresh interpreter; its figures come back through a JSON file."""
     cmd = [sys.executable, "-m", "benchmarks.bench_real_size", "--stage", stage, "--bits", bits, "--work", str(work),
-           "--tokens", str(args.tokens), "--text-tokens", str(args.text_tokens), "--rounds", str(args.rounds)]
+           "--tokens", str(args.tokens), "--text-tokens", str(args.text_tokens), "--rounds", str(args.rounds),
+           "--model", args.model, "--device", args.device]
     cmd += ["--smoke"] if args.smoke else []
     cmd += ["--threads", str(args.threads)] if args.threads else []
     subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parent.parent)
@@ -189,7 +228,8 @@ def run_stage(stage: str, bits: str, work: Path, args: argparse.Namespace) -> di
 def markdown(doc: dict[str, Any]) -> str:
     gb = 1e9
     prov = doc["provenance"]
-    lines = [f"# Real size on the CPU: {doc['model']} ({doc['params'] / 1e9:.3f} B parameters)", "",
+    where = "the CPU" if prov["device"] == "cpu" else prov["device_name"]
+    lines = [f"# Real size on {where}: {doc['model']} ({doc['params'] / 1e9:.3f} B parameters)", "",
              f"Command: `{prov['command']}`; torch {prov['torch']}, {prov['torch_threads']} threads; commit "
              f"{str(prov['commit'])[:10]}; load average at start {prov['load_average_1_5_15']}.", "",
              f"Forward: {doc['tokens']} video tokens + {doc['text_tokens']} text tokens, batch 1, bf16 compute; "
@@ -216,6 +256,10 @@ def markdown(doc: dict[str, Any]) -> str:
             ("forward without the GELU fusion (s)", lambda r: f"{r['unfused_forward_s']:.2f}"),
             ("speed vs bf16 without the GELU fusion", lambda r: f"{r['unfused_speed_vs_bf16']:.2f}×"),
             ("round trip output-identical", lambda r: "yes" if r["round_trip_identical"] else "NO")]
+    if "convert_gpu_peak" in doc["rows"][0]:
+        rows += [("GPU peak while converting (GB, fp32 model included)", lambda r: f"{r['convert_gpu_peak'] / gb:.2f}"),
+                 ("GPU peak while loading + first forward (GB)",
+                  lambda r: f"{r['load_and_first_forward_gpu_peak'] / gb:.2f}")]
     for label, cell in rows:
         lines.append(f"| {label} | " + " | ".join(cell(r) for r in doc["rows"]) + " |")
     return "\n".join(lines) + "\n"
@@ -229,18 +273,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--rounds", type=int, default=2, help="timed forward rounds per model (best kept)")
     ap.add_argument("--smoke", action="store_true", help="a 2-block, width-64 Wan and 64 tokens (for tests)")
+    ap.add_argument("--model", choices=[m for m in MODELS if m != "smoke"], default="wan2.1-1.3b")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--stage", choices=("convert", "load"), help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = SMOKE if args.smoke else WAN_1_3B
+    name, config = MODELS["smoke" if args.smoke else args.model]
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device here")
     if args.stage:
         if args.stage == "convert":
-            row = stage_convert(config, args.bits[0], args.work, args.tokens, args.text_tokens)
+            row = stage_convert(config, args.bits[0], args.work, args.tokens, args.text_tokens, device)
         else:
-            row = stage_load(config, args.work, args.tokens, args.text_tokens, args.rounds)
+            row = stage_load(config, args.work, args.tokens, args.text_tokens, args.rounds, device)
         (args.work / f"{args.stage}.json").write_text(json.dumps(row))
         return None
     rows = []
@@ -252,10 +301,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
               f"convert {row['convert_s']:.1f} s (peak extra RSS {row['convert_peak_extra_rss'] / 1e9:.2f} GB), "
               f"load {row['load_s']:.1f} s, first forward {row['first_forward_s']:.2f} s vs {row['forward_s']:.2f} s, "
               f"round trip identical: {row['round_trip_identical']}", flush=True)
-    doc = {"provenance": _harness.provenance(torch.device("cpu")), "model": "tiny Wan" if args.smoke else
-           "Wan2.1-1.3B (random weights)", "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+    doc = {"provenance": _harness.provenance(device), "model": name, "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
            "params": rows[0]["params"], "tokens": args.tokens, "text_tokens": args.text_tokens, "rows": rows}
-    stem = "real_size_smoke" if args.smoke else "real_size"
+    stem = "real_size_smoke" if args.smoke else "real_size" if args.model == "wan2.1-1.3b" else f"real_size_{args.model}"
     args.out.mkdir(parents=True, exist_ok=True)
     _harness.write_json(args.out / f"{stem}.json", doc)
     (args.out / f"{stem}.md").write_text(markdown(doc))

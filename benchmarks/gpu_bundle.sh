@@ -4,10 +4,12 @@
 #   cutlass-include.tar.gz   the CUTLASS / CuTe headers (include/cute, include/cutlass) of the pinned
 #                            nvidia-cutlass wheel (csrc/requirements-cuda.txt) for the tensor-core GEMMs
 #   wheels/                  pytest (and what it needs), ninja (parallel extension build), setuptools / wheel
-#                            (the editable install without build isolation)
+#                            (the editable install without build isolation); diffusers at its pin, for the second
+#                            commands (--quality, --real-size), installed there without its dependencies (the
+#                            image has them: huggingface-hub, safetensors, Pillow, regex, requests, numpy)
 #   MANIFEST.sha256          sha256 of every file above (gpu_check.sh verifies it first)
 # Not bundled, on purpose: hypothesis (test_pack.py falls back to a fixed sweep), matplotlib (results keep
-# their .json/.jsonl/.md; no .png), diffusers (the QAT block step skips with a line saying so).
+# their .json/.jsonl/.md; no .png).
 # Run where the package index is reachable: bash benchmarks/gpu_bundle.sh [PYTHON]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +40,7 @@ except m.PackageNotFoundError: print('$1')"; }
 "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$BUNDLE/wheels" \
   "$(pin pytest)" "$(pin ninja)" "$(installed pluggy)" "$(installed iniconfig)" "$(installed packaging)" \
   "$(installed pygments)" "$(installed exceptiongroup)" "$(installed tomli)" "$(installed typing_extensions)" \
-  "$(installed setuptools)" "$(installed wheel)"
+  "$(installed setuptools)" "$(installed wheel)" "$(pin diffusers)"
 
 (cd "$BUNDLE" && find . -type f ! -name MANIFEST.sha256 | sort | xargs sha256sum > MANIFEST.sha256)
 SIZE=$(du -sm "$BUNDLE" | cut -f1)

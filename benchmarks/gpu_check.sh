@@ -8,7 +8,11 @@
 #                                            steps with their caps (at most 480 s in all) and exits 0
 #   bash benchmarks/gpu_check.sh --quality   a second <= 8-minute command: the GPU-sized slice of the width sweep
 #                                            (benchmarks/quality/width_sweep.py --preset gpu; its teachers are
-#                                            diffusers Wan models, so it needs diffusers and says so without it)
+#                                            diffusers Wan models: diffusers comes from the bundle)
+#   bash benchmarks/gpu_check.sh --real-size another <= 8-minute command: benchmarks/bench_real_size.py at
+#                                            Wan2.1-14B on the GPU (W4A4: convert, save, load in a fresh process,
+#                                            forward at 1024 video tokens beside bf16; resident bytes, peak GPU
+#                                            memory); diffusers from the bundle, the Triton kernels (no build)
 # Steps, in order of value (a run cut short keeps the earlier ones; every benchmark writes JSON lines as it goes):
 #   bundle       verify .gpu-bundle/MANIFEST.sha256, install its wheels (--no-index), unpack the CUTLASS headers
 #   build        the extension for sm_90a only, MAX_JOBS=16, ninja from the bundle, tensor-core GEMMs included
@@ -27,20 +31,40 @@ cd "$(dirname "$0")/.."
 DRY_RUN=0
 [ "${1:-}" = "--dry-run" ] && DRY_RUN=1
 export DRY_RUN
-if [ "${1:-}" = "--quality" ]; then
+BUNDLE=${QVGEN_GPU_BUNDLE:-.gpu-bundle}
+
+# diffusers for the second commands: importable already, or its wheel from the verified bundle, installed without
+# its dependencies (the GPU image has them).
+bundle_diffusers() {
+  "$PY" -c "import diffusers" 2>/dev/null && return 0
+  local whl
+  whl=$(ls "$BUNDLE"/wheels/diffusers-*.whl 2>/dev/null | head -1)
+  [ -n "$whl" ] || { echo "no diffusers wheel in $BUNDLE/wheels (make gpu-bundle)"; return 1; }
+  (cd "$BUNDLE" && sha256sum --quiet -c MANIFEST.sha256) || { echo "$BUNDLE: hash mismatch"; return 1; }
+  "$PY" -m pip install -q --no-index --no-deps "$whl" && "$PY" -c "import diffusers; print('diffusers', diffusers.__version__)"
+}
+
+if [ "${1:-}" = "--quality" ] || [ "${1:-}" = "--real-size" ]; then
   . benchmarks/gpu_steps.sh
-  SWEEP=(-m benchmarks.quality.width_sweep --preset gpu --device cuda --threads 4 --max-minutes 6 --out "$OUT/quality")
-  if "$PY" -c "import diffusers" 2>/dev/null; then
-    step quality_slice 480 "" "$PY" "${SWEEP[@]}"
+  export QVGEN_TRITON_TUNE=0
+  if [ "$1" = "--quality" ]; then
+    name=quality_slice
+    cmd=("$PY" -m benchmarks.quality.width_sweep --preset gpu --device cuda --threads 4 --max-minutes 6
+         --out "$OUT/quality")
   else
-    echo "quality_slice: diffusers is not installed here (the sweep's teachers are diffusers Wan models); skipped"
-    STEPS+=("$(printf '%-16s skipped: no diffusers' quality_slice)")
+    name=real_size
+    cmd=("$PY" -m benchmarks.bench_real_size --device cuda --model wan2.1-14b --bits w4a4 --rounds 2 --out "$OUT")
   fi
-  summary gpu_quality.txt
+  if bundle_diffusers; then
+    step "$name" 420 "" "${cmd[@]}"
+  else
+    echo "$name: diffusers is neither installed nor in the bundle (its models are diffusers Wan models); skipped"
+    STEPS+=("$(printf '%-16s skipped: no diffusers' "$name")")
+  fi
+  summary "gpu_${name}.txt"
   exit
 fi
 CAP_TOTAL=480
-BUNDLE=${QVGEN_GPU_BUNDLE:-.gpu-bundle}
 . benchmarks/gpu_steps.sh
 export PIP_NO_INDEX=1 QVGEN_TRITON_TUNE=0
 

@@ -22,3 +22,12 @@ def test_real_size_smoke(tmp_path) -> None:
         assert row[key] > 0, key
     md = (tmp_path / "real_size_smoke.md").read_text()
     assert "resident vs bf16" in md and "round trip output-identical | yes" in md
+
+
+def test_real_configs_have_the_published_sizes() -> None:
+    """The architectures the benchmark builds, on the meta device: Wan2.1-1.3B 1.419 B and Wan2.1-14B 14.29 B
+    parameters (dim 5120 = 40 x 128, FFN 13824, 40 blocks)."""
+    import torch
+    sizes = {name: sum(p.numel() for p in bench_real_size.build(cfg, torch.device("meta")).parameters())
+             for name, (_, cfg) in bench_real_size.MODELS.items() if name != "smoke"}
+    assert round(sizes["wan2.1-1.3b"] / 1e9, 3) == 1.419 and round(sizes["wan2.1-14b"] / 1e9, 2) == 14.29
