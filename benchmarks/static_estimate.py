@@ -38,11 +38,18 @@ Model, per CTA tile of ``tile_rows`` weight rows x ``tile_tokens`` tokens and pe
   The reductions' bytes (tiles x splits x rows x tokens x 4) run at the assumed L2 atomic throughput, a leg
   beside compute and HBM; the workspace is zeroed by a memset before the launch (bytes at HBM rate, serial).
 - memory: unique bytes (int8 activations, packed weights, bf16 output, per-token and per-channel vectors)
-  at 4.8 TB/s; time = max(compute, memory).
+  at 4.8 TB/s.
+- L2 to SM: every CTA reads its operand tiles from L2 each K tile (tiles x K tiles x (tokens x BK int8
+  activations + rows x BK weights at their stored width)), whatever the tile order: a swizzle changes the HBM
+  traffic, not these bytes. They cross at ``l2_bytes_per_clk`` for the whole L2 at the SM clock (5120 B/clk,
+  9.37 TB/s: NVIDIA's published A100 L2 read bandwidth per clock, assumed for the H200 because no Hopper
+  figure is published; an assumption, not a measurement). Each row also reports its prediction at 4096 and
+  6144 B/clk (``l2_sensitivity``).
+- time = max(compute, memory, L2 to SM, L2 atomics) (+ the split-K workspace memset); ``bound`` names the leg
+  that decides ("l2" for the L2-to-SM bytes; the K-tile leg when compute decides).
 - cuBLAS BF16: max(2MNK / (0.75 x 989.4 TFLOPS), bf16 bytes / 4.8 TB/s) unless measured.
-Not modelled: L2 bandwidth and hit rates (the operand bytes each prediction moves from L2 to the SMs, and the
-rate that implies, are reported: small token tiles re-read the weights per token block), bank conflicts,
-clock throttling, launch overhead, the separate activation quantize kernel.
+Not modelled: L2 hit rates (HBM bytes are the unique bytes), the L2's split into two partitions, bank
+conflicts, clock throttling, launch overhead, the separate activation quantize kernel.
 """
 
 from __future__ import annotations
@@ -72,10 +79,18 @@ HW = dict(
     # (assumed) throughput of int32 reductions (RED.ADD, coalesced, distinct addresses) in the L2, whole GPU:
     # a quarter of its ~5.5 TB/s hit bandwidth; only split-K programs issue them
     l2_atomic_bytes_per_clk=768,
+    # (assumed) L2 -> SM read bandwidth of the whole L2 per SM clock: 5120 B/clk is NVIDIA's published A100 L2
+    # read bandwidth (A100 whitepaper: 5120 bytes/clk), taken for the H200 because no Hopper figure is
+    # published; 9.37 TB/s at 1.83 GHz. The predictions are also given at L2_SENSITIVITY_BYTES_PER_CLK.
+    l2_bytes_per_clk=5120,
+    l2_bytes_per_clk_source=("assumption, not a measurement: NVIDIA's published A100 L2 read bandwidth per clock "
+                             "(A100 whitepaper, 5120 bytes/clk), assumed for the H200 because no Hopper figure is "
+                             "published"),
     cublas_bf16_fraction=0.75,
 )
 INT8_PEAK_OPS = 2 * HW["sms"] * HW["int8_macs_per_clk_sm"] * HW["clock_hz"]   # 1.979e15
 BF16_PEAK_FLOPS = INT8_PEAK_OPS / 2
+L2_SENSITIVITY_BYTES_PER_CLK = (4096, 6144)
 
 # (name, M, K, N): Wan2.1 linear shapes; 32760 video tokens.
 SHAPES = (
@@ -175,9 +190,15 @@ def hbm_bytes(m: int, n: int, k: int, w_bits: int, groups: int) -> float:
     return m * kp + w + 2 * m * n + 12 * m + 12 * n * groups + 4 * m * (kp // 32 if groups > 1 else 1)
 
 
-def estimate(d: Design, m: int, n: int, k: int, split: int = 1) -> dict:
+def l2_to_sm_bytes(d: Design, programs: int, k_tiles: int) -> float:
+    """Operand bytes ``programs`` CTAs of ``k_tiles`` K tiles each read from L2 (module docstring)."""
+    return programs * k_tiles * (d.tile_tokens * d.block_k + d.tile_rows * d.block_k * d.w_bytes())
+
+
+def estimate(d: Design, m: int, n: int, k: int, split: int = 1, l2_bytes_per_clk: float | None = None) -> dict:
     """Predicted time of one GEMM (M tokens, K, N) and its fraction of the INT8 peak (module docstring);
-    ``split``: K splits of a split-K design."""
+    ``split``: K splits of a split-K design; ``l2_bytes_per_clk``: the L2 -> SM bandwidth (default the
+    basis's)."""
     occ = occupancy(d)
     if occ == 0:
         return dict(error="does not fit on an SM")
@@ -218,13 +239,16 @@ def estimate(d: Design, m: int, n: int, k: int, split: int = 1) -> dict:
     if split > 1:
         atomic_s = tiles * d.tile_rows * d.tile_tokens * 4 / (HW["l2_atomic_bytes_per_clk"] * HW["clock_hz"])
         memset_s = out_tiles * (d.tile_rows * d.tile_tokens + 1) * 4 / HW["hbm_bytes_per_s"]
-    legs = dict(compute=compute_s, memory=mem_s, l2_atomics=atomic_s)
+    l2_bytes = l2_to_sm_bytes(d, tiles, k_tiles)
+    l2_bpc = HW["l2_bytes_per_clk"] if l2_bytes_per_clk is None else l2_bytes_per_clk
+    l2_s = l2_bytes / (l2_bpc * HW["clock_hz"])
+    legs = dict(compute=compute_s, memory=mem_s, l2_atomics=atomic_s, l2=l2_s)
     t = max(legs.values()) + memset_s
     bound = max(legs, key=legs.get)
-    l2_bytes = tiles * k_tiles * (d.tile_tokens * d.block_k + d.tile_rows * d.block_k * d.w_bytes())
     return dict(seconds=t, int8_peak_fraction=2 * m * n * k / t / INT8_PEAK_OPS,
                 bound=cyc["bound"] if bound == "compute" else bound, split_k=split,
-                l2_atomics_s=atomic_s, workspace_memset_s=memset_s, compute_s=compute_s, hbm_s=mem_s, l2_to_sm_bytes=l2_bytes,
+                l2_atomics_s=atomic_s, workspace_memset_s=memset_s, compute_s=compute_s, hbm_s=mem_s, l2_s=l2_s,
+                l2_bytes_per_clk=l2_bpc, l2_to_sm_bytes=l2_bytes,
                 implied_l2_to_sm_tb_per_s=round(l2_bytes / t / 1e12, 2), tiles=tiles,
                 occupancy=occ, waves_or_tiles_per_cta=waves, k_tiles=k_tiles, tile_latency_clk=round(tile_latency),
                 prologue_clk=round(prologue), epilogue_clk=round(epilogue),
@@ -366,7 +390,8 @@ def cuda_designs(only: str | None = None) -> list[Design]:
     return out
 
 
-def _choose(kernel: str, grouping: str, ds: list[Design], m: int, n: int, k: int) -> tuple[dict, Design, str]:
+def _choose(kernel: str, grouping: str, ds: list[Design], m: int, n: int, k: int,
+            l2_bytes_per_clk: float | None = None) -> tuple[dict, Design, str]:
     """The config a launch runs: for Triton the launch table's choice where it fixes one (small M), else the
     best autotuned config by this model (what an autotuner picking by it would run)."""
     if kernel == "triton":
@@ -378,10 +403,10 @@ def _choose(kernel: str, grouping: str, ds: list[Design], m: int, n: int, k: int
         if launch is not None:
             d = next(d for d in ds if (d.tile_tokens, d.threads, d.stages, d.split_k) == (
                 launch.block_m, 32 * launch.num_warps, launch.num_stages, launch.split_k > 1))
-            return (estimate(d, m, n, k, launch.split_k), d,
+            return (estimate(d, m, n, k, launch.split_k, l2_bytes_per_clk), d,
                     f"table: {launch.block_m} tokens, split K {launch.split_k}")
         ds = [d for d in ds if d.autotuned]
-    cands = [(estimate(d, m, n, k), d) for d in ds]
+    cands = [(estimate(d, m, n, k, l2_bytes_per_clk=l2_bytes_per_clk), d) for d in ds]
     e, d = min(((e, d) for e, d in cands if "error" not in e), key=lambda ed: ed[0]["seconds"])
     return e, d, "autotuned (best config by this model)"
 
@@ -397,11 +422,18 @@ def evaluate(designs: list[Design]) -> list[dict]:
         for name, m, k, n in SHAPES:
             e, d, how = _choose(kernel, grouping, ds, m, n, k)
             cub = cublas_bf16_seconds(m, n, k)
+            # The same choice rule at other L2 -> SM bandwidths (an autotuner would pick on the real machine).
+            sens = {}
+            for bpc in L2_SENSITIVITY_BYTES_PER_CLK:
+                es, ds_, _ = _choose(kernel, grouping, ds, m, n, k, bpc)
+                sens[str(bpc)] = dict(int8_peak_fraction=round(es["int8_peak_fraction"], 3),
+                                      x_cublas_bf16=round(cub / es["seconds"], 2), bound=es["bound"], config=ds_.name)
             out.append(dict(kernel=kernel, grouping=grouping, variant="W4A4 (W3A3 runs the same code)", shape=name,
                             m=m, k=k, n=n, config=d.name, launch=how, predicted_us=round(e["seconds"] * 1e6, 2),
                             int8_peak_fraction=round(e["int8_peak_fraction"], 3),
                             x_cublas_bf16=round(cub / e["seconds"], 2), cublas_bf16_us=round(cub * 1e6, 2),
-                            bound=e["bound"], detail=e))
+                            bound=e["bound"], l2_bytes_per_clk=HW["l2_bytes_per_clk"], l2_sensitivity=sens,
+                            detail=e))
     return out
 
 
@@ -420,13 +452,17 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(f"{r['kernel']:8} {r['grouping']:11} {r['shape']:22} {r['predicted_us']:9.1f} us "
               f"{100 * r['int8_peak_fraction']:5.1f}% INT8  {r['x_cublas_bf16']:5.2f}x cuBLAS-BF16  "
-              f"{r['bound']:14} {r['config']}")
+              f"{r['bound']:14} {r['config']}  (L2 " + " / ".join(
+                  f"{b} B/clk {100 * v['int8_peak_fraction']:.1f}% {v['bound']}" for b, v in r["l2_sensitivity"].items())
+              + ")")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     doc = dict(tool="benchmarks.static_estimate", what="prediction of a static model, not a measurement",
                command=" ".join(["python -m benchmarks.static_estimate", *(argv if argv is not None else sys.argv[1:])]),
                triton=triton.__version__, commit=commit, shapes="M x K x N (tokens x in x out features)",
-               basis=HW, int8_peak_tops=round(INT8_PEAK_OPS / 1e12, 1), model=__doc__.split("Model, per CTA")[1],
+               basis=HW, int8_peak_tops=round(INT8_PEAK_OPS / 1e12, 1),
+               l2_to_sm_tb_per_s=round(HW["l2_bytes_per_clk"] * HW["clock_hz"] / 1e12, 2),
+               l2_sensitivity_bytes_per_clk=list(L2_SENSITIVITY_BYTES_PER_CLK), model=__doc__.split("Model, per CTA")[1],
                designs=[asdict(d) for d in designs], results=results)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=1) + "\n")

@@ -109,3 +109,39 @@ def test_persistent_pays_prologue_once():
 def test_cublas_compute_bound():
     m, n, k = 32760, 13824, 5120
     assert se.cublas_bf16_seconds(m, n, k) == pytest.approx(2 * m * n * k / (0.75 * se.BF16_PEAK_FLOPS))
+
+
+def test_l2_to_sm_bound_binds():
+    # 32768 x 4096 x 4096 (M x K x N) on 32-token tiles of one warpgroup: 1024 x 32 = 32768 tiles of 32 K tiles;
+    # each K tile reads 32 x 128 int8 activations + 128 x 128 / 2 weight nibbles = 12288 B from L2:
+    # 32768 x 32 x 12288 = 12884901888 B at 5120 B/clk x 1.83 GHz (9.3696 TB/s) = 1375.2 us, above the compute
+    # (tensor work alone: 32768 tiles x 32 x 128 clk / 132 SMs = 556 us) and the HBM bytes.
+    d = _design(tile_tokens=32, mma_warpgroups=1, threads=128, registers=96, shared_bytes=40 * 1024,
+                macs_per_warpgroup=128 * 32 * 128, wgmma_n_bytes=2 * 32 * 128)
+    e = se.estimate(d, 32768, 4096, 4096)
+    assert e["tiles"] == 32768 and e["k_tiles"] == 32
+    assert e["l2_to_sm_bytes"] == 32768 * 32 * 12288 == 12884901888
+    assert se.HW["l2_bytes_per_clk"] == 5120
+    assert e["l2_s"] == pytest.approx(12884901888 / (5120 * CLK))
+    assert e["l2_s"] == pytest.approx(1375.2e-6, rel=1e-4)
+    assert e["bound"] == "l2" and e["compute_s"] < e["l2_s"] and e["hbm_s"] < e["l2_s"]
+    assert e["seconds"] == pytest.approx(e["l2_s"])
+    assert e["int8_peak_fraction"] == pytest.approx(2 * 32768 * 4096 * 4096 / 1375.2e-6 / se.INT8_PEAK_OPS, rel=1e-4)
+    # Sensitivity: at 6144 B/clk 1146.0 us, still above compute.
+    e6 = se.estimate(d, 32768, 4096, 4096, l2_bytes_per_clk=6144)
+    assert e6["seconds"] == pytest.approx(12884901888 / (6144 * CLK)) and e6["bound"] == "l2"
+
+
+def test_l2_to_sm_bound_sensitivity():
+    # The compute-bound case above (128 rows x 256 tokens, 2 warpgroups): 4096 tiles x 32 K tiles x (256 x 128
+    # + 128 x 64) B = 5368709120 B. At 5120 B/clk that is 573.0 us, under the 590.5 us of compute (the tensor
+    # leg decides); at 4096 B/clk it is 716.3 us and the L2 decides.
+    d = _design()
+    e = se.estimate(d, 32768, 4096, 4096)
+    assert e["l2_to_sm_bytes"] == 4096 * 32 * (256 * 128 + 128 * 64) == 5368709120
+    assert e["l2_s"] == pytest.approx(573.0e-6, rel=1e-3) and e["compute_s"] == pytest.approx(590.5e-6, rel=1e-3)
+    assert e["bound"] == "tensor"
+    e4 = se.estimate(d, 32768, 4096, 4096, l2_bytes_per_clk=4096)
+    assert e4["l2_s"] == pytest.approx(5368709120 / (4096 * CLK)) == pytest.approx(716.3e-6, rel=1e-3)
+    assert e4["bound"] == "l2" and e4["seconds"] == pytest.approx(e4["l2_s"])
+    assert e4["int8_peak_fraction"] == pytest.approx(2 * 32768 * 4096 ** 2 / e4["l2_s"] / se.INT8_PEAK_OPS)
