@@ -284,8 +284,6 @@ class DeployedLinear(PhiView, nn.Linear):
     def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
         """y = x Ŵ^T + b (plus Φ when kept), then `activation` if given ("gelu_tanh", see `qvgen.quant.fuse`):
         in the kernel's epilogue for inference without Φ, else as a separate op after y."""
-        if activation is not None and activation not in _ACTIVATION_FNS:
-            fail("DeployedLinear.forward", "activation", f"None or one of {tuple(_ACTIVATION_FNS)}", repr(activation))
         packed = self._packed
         # Rebuilt after .to() / loading (_packed reset), after a move that bypasses _apply (diffusers' group
         # offloading swaps tensor .data between devices) and after an edit of the codes, scales or zero points
@@ -294,19 +292,21 @@ class DeployedLinear(PhiView, nn.Linear):
                 not torch.compiler.is_compiling() and self._layout_stamp() != self._packed_stamp):
             packed = self.prepack()
         c_lo, c_hi = self._clips(x)
-        training = x.requires_grad and torch.is_grad_enabled()
-        if training:
+        if not (x.requires_grad and torch.is_grad_enabled()):
+            if self.phi_l is None:  # inference: one op, the activation inside it (prepacked_linear checks both)
+                return ops.prepacked_linear(x, packed, self.bias, c_lo, c_hi, activation)
+            y = ops.prepacked_linear(x, packed, self.bias, c_lo, c_hi)
+        else:
             y = _LowbitLinearFn.apply(x, self.bias, self, packed, c_lo, c_hi)
-        else:  # prepacked_linear checks x itself
-            fused = activation if self.phi_l is None else None
-            y = ops.prepacked_linear(x, packed, self.bias, c_lo, c_hi, fused)
-            if fused is not None:
-                return y
         if self.phi_l is not None:
             with torch.no_grad():
                 x_hat = x if self.cfg.a_bits == 16 else ops.fake_quant_act(x, self.cfg.a_bits, c_lo, c_hi)
             y = y + self._phi(x_hat).to(y.dtype)
-        return y if activation is None else _ACTIVATION_FNS[activation](y)
+        if activation is None:
+            return y
+        if activation not in _ACTIVATION_FNS:
+            fail("DeployedLinear.forward", "activation", f"None or one of {tuple(_ACTIVATION_FNS)}", repr(activation))
+        return _ACTIVATION_FNS[activation](y)
 
     @torch.no_grad()
     def prepack(self, backend: str | None = None) -> ops.PackedLinear:

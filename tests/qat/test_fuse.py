@@ -138,5 +138,7 @@ def test_module_forward_set_by_a_hook_is_left_alone():
 
 def test_bad_activation_is_refused():
     layer = _gelu_modules(_deployed())[0].proj
-    with pytest.raises(ValueError, match=r"^DeployedLinear.forward: argument 'activation' expected None or one of"):
+    with pytest.raises(ValueError, match=r"^prepacked_linear: argument 'activation' expected None or one of"):
         layer(torch.randn(2, layer.in_features), activation="relu")
+    with pytest.raises(ValueError, match=r"^DeployedLinear.forward: argument 'activation' expected None or one of"):
+        layer(torch.randn(2, layer.in_features, requires_grad=True), activation="relu")
