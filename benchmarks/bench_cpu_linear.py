@@ -5,7 +5,10 @@ side by side in one process, at the Wan-1.3B / Wan-14B / CogVideoX-2B linear sha
     python -m benchmarks.bench_cpu_linear --smoke          # tiny shapes, one repeat (the test suite runs it)
 
 Providers (per shape; milliseconds, best of ``--repeats`` rounds, every provider once per round in turn, so that
-load from other processes hits all of them alike):
+load from other processes hits all of them alike; before each timed call a 64 MB buffer is written, so that every
+provider starts with its weights out of the caches, as each layer of a model larger than the caches does: at small
+M, where a layer's time is its weight bytes, a provider run right after another one that read the same bytes
+would otherwise find them in L3):
     fp32, bf16          torch ``F.linear`` on fp32 / bf16 operands (oneDNN / MKL: AMX-BF16 or AVX512-BF16)
     int_mm              ``torch._int_mm`` alone: s8 x s8 -> s32 (oneDNN), no scales (an int8 ceiling)
     onednn_qlinear      torch's prepacked oneDNN int8 linear (u8 x s8, per-tensor activation scale, bf16 out;
@@ -116,6 +119,17 @@ def providers(sh: kc.LayerShape, gen: torch.Generator, smoke: bool) -> dict[str,
     return out
 
 
+_EVICT = None
+
+
+def evict_caches() -> None:
+    """Write 64 MB (twice this CPU's largest L3 slice): what a timed call reads next comes from memory."""
+    global _EVICT
+    if _EVICT is None:
+        _EVICT = torch.empty(64 << 20, dtype=torch.uint8)
+    _EVICT.add_(1)
+
+
 def bench_shape(sh: kc.LayerShape, repeats: int, smoke: bool) -> list[dict[str, Any]]:
     gen = torch.Generator().manual_seed(0)
     provs = providers(sh, gen, smoke)
@@ -125,6 +139,7 @@ def bench_shape(sh: kc.LayerShape, repeats: int, smoke: bool) -> list[dict[str, 
             f()
         for _ in range(repeats):
             for name, f in provs.items():
+                evict_caches()
                 t0 = time.perf_counter()
                 f()
                 best[name] = min(best[name], time.perf_counter() - t0)
@@ -154,7 +169,8 @@ def markdown(doc: dict[str, Any]) -> str:
              f"ISA: {', '.join(cpu['isa'])}; torch {prov['torch']}, {prov['torch_threads']} threads; "
              f"commit {str(prov['commit'])[:10]}; load average at start {prov['load_average_1_5_15']}.", "",
              f"Command: `{prov['command']}`", "",
-             "Milliseconds (best of the rounds) and speed relative to torch bf16 `F.linear` (higher is faster).", ""]
+             "Milliseconds (best of the rounds; each call starts with the caches evicted, as in a model larger than "
+             "them) and speed relative to torch bf16 `F.linear` (higher is faster).", ""]
     names = list(dict.fromkeys(r["provider"] for r in doc["rows"]))
     lines.append("| shape (M×K×N) | " + " | ".join(names) + " |")
     lines.append("|---" * (len(names) + 1) + "|")
