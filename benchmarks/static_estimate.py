@@ -401,8 +401,8 @@ def _choose(kernel: str, grouping: str, ds: list[Design], m: int, n: int, k: int
         launch = gemm_launch(m, n, math.ceil(k / 128) * 128, d0.block_k, d0.w_bits, d0.w_bits,
                              grouping != "per_channel", sms=HW["sms"], capability=HW["compute_capability"])
         if launch is not None:
-            d = next(d for d in ds if (d.tile_tokens, d.threads, d.stages, d.split_k) == (
-                launch.block_m, 32 * launch.num_warps, launch.num_stages, launch.split_k > 1))
+            d = next(d for d in ds if (d.tile_tokens, d.tile_rows, d.threads, d.stages, d.split_k) == (
+                launch.block_m, 128 * launch.row_blocks, 32 * launch.num_warps, launch.num_stages, launch.split_k > 1))
             return (estimate(d, m, n, k, launch.split_k, l2_bytes_per_clk), d,
                     f"table: {launch.block_m} tokens, split K {launch.split_k}")
         ds = [d for d in ds if d.autotuned]

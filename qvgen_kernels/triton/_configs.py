@@ -1,9 +1,10 @@
 """Launch configurations of the Triton kernels.
 
-GEMM (``gemm_tc.py``): a program computes 128 weight rows x BLOCK_M tokens. Autotuned on GPU over
+GEMM (``gemm_tc.py``): a program computes 128 weight rows x BLOCK_M tokens (on sm_90 also 256 rows:
+ROW_BLOCKS = 2). Autotuned on GPU over
 BLOCK_M (the MMA's N: 16..256 tokens, so decode-like M keeps the full 64-row MMA), warps (4 = one
-warpgroup, 8 = two splitting the tokens; on sm_90 one warpgroup also takes 128 tokens), pipeline stages
-(>= 3) and the L2 swizzle; configs whose
+warpgroup, 8 = two splitting the tokens, or the rows of the 256-row tile; on sm_90 one warpgroup also takes
+128 tokens), pipeline stages (>= 3) and the L2 swizzle; configs whose
 shared memory exceeds the device's limit are pruned before benchmarking. The autotune key buckets M (next
 power of two) so decode-like and prefill-like shapes get their own winners. Under TRITON_INTERPRET=1 a
 single small config runs (no benchmarking; programs execute sequentially through numpy).
@@ -43,6 +44,13 @@ GPU_GEMM_TILES = (
 # weights' ldmatrix) exceeds the tensor time. It spills on sm_80 / sm_89 (mma.sync) and with an 8-bit operand.
 HOPPER_GEMM_TILES = (
     (128, 4, 4, 8),
+)
+# sm_90 only, 3/4-bit weights and activations: two warpgroups on 256 weight rows (two layout blocks) x 128 tokens,
+# (BLOCK_M, num_warps, num_stages, SWIZZLE, ROW_BLOCKS). Each warpgroup holds what the one-warpgroup tile holds
+# (254 registers, one program per SM); the program reads 2/3 of the L2 bytes per MAC of the 128 x 128 tiles
+# (the activation tile serves 256 rows), at the price of two warpgroups in lockstep (CTA barriers per K tile).
+HOPPER_WIDE_GEMM_TILES = (
+    (128, 8, 4, 8, 2),
 )
 HOPPER_CAPABILITY = 90
 INTERPRETER_GEMM_TILE = (32, 4, 1, 2)
@@ -84,26 +92,33 @@ GEMM_BLOCK_K_MAX = 128          # largest K tile (four k32 int8 MMA steps per we
 GEMM_BLOCK_K_MIN = 32           # 8-bit tl.dot's minimum K on sm_80 / sm_90
 
 
+def tile_key(tile: tuple[int, ...]) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, num_warps, num_stages, SWIZZLE, ROW_BLOCKS) of a tile (four-field tiles: one row block)."""
+    return tuple(tile[:4]) + (tile[4] if len(tile) > 4 else 1,)
+
+
 def gemm_tiles(w_bits: int, a_bits: int, grouped: bool, capability: int = 80
-               ) -> tuple[tuple[int, int, int, int], ...]:
+               ) -> tuple[tuple[int, ...], ...]:
     """The GPU tiles a variant may run on a device of compute ``capability`` (major x 10 + minor)."""
     if grouped:
         return GROUPED_GEMM_TILES
     if 8 in (w_bits, a_bits):
         return tuple(t for t in GPU_GEMM_TILES if t[0] <= GEMM_MAX_BLOCK_M_8BIT)
-    return (HOPPER_GEMM_TILES if capability >= HOPPER_CAPABILITY else ()) + GPU_GEMM_TILES
+    hopper = HOPPER_GEMM_TILES + HOPPER_WIDE_GEMM_TILES
+    return (hopper if capability >= HOPPER_CAPABILITY else ()) + GPU_GEMM_TILES
 
 
 def gemm_configs() -> list[triton.Config]:
-    tiles = (INTERPRETER_GEMM_TILE,) if interpreting() else tuple(dict.fromkeys(
-        HOPPER_GEMM_TILES + GPU_GEMM_TILES + GROUPED_GEMM_TILES))
-    return [triton.Config({"BLOCK_M": bm, "SWIZZLE": sw}, num_warps=w, num_stages=s)
-            for bm, w, s, sw in tiles]
+    tiles = (INTERPRETER_GEMM_TILE,) if interpreting() else tuple(dict.fromkeys(tile_key(t) for t in (
+        HOPPER_GEMM_TILES + HOPPER_WIDE_GEMM_TILES + GPU_GEMM_TILES + GROUPED_GEMM_TILES)))
+    return [triton.Config({"BLOCK_M": t[0], "SWIZZLE": t[3], "ROW_BLOCKS": tile_key(t)[4]}, num_warps=t[1],
+                          num_stages=t[2]) for t in tiles]
 
 
-def gemm_shared_bytes(block_m: int, block_k: int, num_stages: int, w_bits: int) -> int:
+def gemm_shared_bytes(block_m: int, block_k: int, num_stages: int, w_bits: int, row_blocks: int = 1) -> int:
     """Operand buffers of one program: stages x (activation tile + weight tile(s))."""
-    w_tile = GEMM_WEIGHT_ROWS * block_k if w_bits == 8 else GEMM_WEIGHT_ROWS // 2 * block_k
+    rows = GEMM_WEIGHT_ROWS * row_blocks
+    w_tile = rows * block_k if w_bits == 8 else rows // 2 * block_k
     return num_stages * (block_m * block_k + w_tile)
 
 
@@ -122,10 +137,12 @@ def prune_gemm_configs(configs: list, named_args: dict, **kwargs) -> list:
         return configs
     args = {**named_args, **kwargs}
     bk, wb, ab = args["BLOCK_K"], args["W_BITS"], args["A_BITS"]
-    tiles = gemm_tiles(wb, ab, args["GROUPED"], device_capability() or 80)
+    tiles = {tile_key(t) for t in gemm_tiles(wb, ab, args["GROUPED"], device_capability() or 80)}
     limit = device_shared_limit() or float("inf")
-    kept = [c for c in configs if (c.kwargs["BLOCK_M"], c.num_warps, c.num_stages, c.kwargs["SWIZZLE"]) in tiles
-            and gemm_shared_bytes(c.kwargs["BLOCK_M"], bk, c.num_stages, wb) <= limit] or configs[-1:]
+    kept = [c for c in configs if (c.kwargs["BLOCK_M"], c.num_warps, c.num_stages, c.kwargs["SWIZZLE"],
+                                   c.kwargs.get("ROW_BLOCKS", 1)) in tiles
+            and gemm_shared_bytes(c.kwargs["BLOCK_M"], bk, c.num_stages, wb, c.kwargs.get("ROW_BLOCKS", 1)) <= limit
+            ] or configs[-1:]
     if os.environ.get("QVGEN_TRITON_TUNE", "1") == "0":  # no benchmarking: compile one config (GPU tests)
         kept = kept[:1]
     return kept
@@ -144,12 +161,14 @@ def gemm_block_k(k: int, group_size: int) -> int:
 
 @dataclass(frozen=True)
 class GemmLaunch:
-    """A launch fixed by the table (no autotuning): tile, warps, stages, swizzle and K splits."""
+    """A launch fixed by the table (no autotuning): tile, warps, stages, swizzle, K splits and layout row blocks
+    of 128 weight rows per program."""
     block_m: int
     num_warps: int
     num_stages: int
     swizzle: int
     split_k: int
+    row_blocks: int = 1
 
 
 def gemm_split_k(tiles: int, k_tiles: int, slots: int) -> int:

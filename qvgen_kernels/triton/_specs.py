@@ -24,7 +24,8 @@ _DIVISIBLE = ("KP", "stride_o")
 
 @dataclass(frozen=True)
 class CompileSpec:
-    name: str                      # e.g. "W4A4/per_channel/128x256x128/w8s3" (+ "-splitk": split-K program)
+    name: str                      # e.g. "W4A4/per_channel/256x128x128/w8s3" (tokens x weight rows x K;
+                                   # + "-splitk": split-K program)
     kernel: object                 # the @triton.jit function (autotuner unwrapped)
     signature: dict                # argument name -> Triton type ("*u8", "i32", "constexpr")
     constexprs: dict               # constexpr argument name -> value
@@ -39,7 +40,7 @@ def gemm_compile_specs() -> list[CompileSpec]:
     """Every GEMM variant x GPU autotune config."""
     from . import gemm_tc  # late: the kernels are defined on import
     from ._configs import (GEMM_MAX_BLOCK_M_8BIT, GEMM_WEIGHT_ROWS, HOPPER_CAPABILITY, gemm_block_k, gemm_shared_bytes,
-                           gemm_tiles, small_m_tiles)
+                           gemm_tiles, small_m_tiles, tile_key)
 
     fn = gemm_tc._tc_gemm_kernel.fn
     names = fn.arg_names
@@ -62,19 +63,22 @@ def gemm_compile_specs() -> list[CompileSpec]:
                         for split in (1, 2):
                             if not any(x[:2] == (t, split) for x in tiles):
                                 tiles.append((t, split, False, cap))
-            for (bm, warps, stages, swizzle), split, autotuned, min_cap in tiles:
+            for tile, split, autotuned, min_cap in tiles:
+                bm, warps, stages, swizzle, row_blocks = tile_key(tile)
+                rows = GEMM_WEIGHT_ROWS * row_blocks
                 consts = dict(W_BITS=wb, A_BITS=ab, GROUPED=gs != -1, HAS_BIAS=True, BLOCK_K=bk, GROUP_SIZE=max(gs, 0),
-                              BLOCK_M=bm, SWIZZLE=swizzle, HALF_=GEMM_WEIGHT_ROWS // 2, SPLIT_K=split)
+                              BLOCK_M=bm, SWIZZLE=swizzle, HALF_=GEMM_WEIGHT_ROWS // 2, SPLIT_K=split,
+                              ROW_BLOCKS=row_blocks)
                 sig = {a: _TYPES.get(a, "i32") for a in names}
                 sig["w_ptr"] = "*i8" if wb == 8 else "*u8"
                 sig.update({k: "constexpr" for k in consts})
                 attrs = {(names.index(a),): [["tt.divisibility", 16]]
                          for a in names if sig[a].startswith("*") or a in _DIVISIBLE}
                 specs.append(CompileSpec(
-                    f"{vname}/{gname}/{bm}x{GEMM_WEIGHT_ROWS}x{bk}/w{warps}s{stages}"
+                    f"{vname}/{gname}/{bm}x{rows}x{bk}/w{warps}s{stages}"
                     + ("-splitk" if split > 1 else ""),
-                    fn, sig, consts, attrs, warps, stages, (bm, GEMM_WEIGHT_ROWS, bk),
+                    fn, sig, consts, attrs, warps, stages, (bm, rows, bk),
                     dict(variant=vname, w_bits=wb, a_bits=ab, group_size=gs, split_k=split, autotuned=autotuned,
                          min_capability=min_cap,
-                         shared_estimate=gemm_shared_bytes(bm, bk, stages, wb))))
+                         shared_estimate=gemm_shared_bytes(bm, bk, stages, wb, row_blocks))))
     return specs

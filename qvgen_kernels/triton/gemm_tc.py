@@ -12,8 +12,12 @@ ends in a wait to 0, and the cp.async hand-off adds CTA-wide barriers per K tile
 run in lockstep and the tensor cores idle between dots. Overlap comes from other resident CTAs (small token
 tiles, several CTAs per SM); ``benchmarks.static_estimate`` predicts what that reaches. On sm_90 the 3/4-bit
 variants also have a one-warpgroup tile of 128 tokens (``_configs.HOPPER_GEMM_TILES``): two resident CTAs fill
-each other's gaps, and it reads half the shared-memory bytes per MAC of the 64-token tile. Token indices wrap
-modulo M so the loads need no masks; the store masks the wrapped rows.
+each other's gaps, and it reads half the shared-memory bytes per MAC of the 64-token tile. A program may also
+take two layout blocks (ROW_BLOCKS = 2: 256 weight rows, a [128, BLOCK_K] byte tile whose halves are [128, BLOCK_K]
+int8 operands, two warpgroups splitting the rows; ``_configs.HOPPER_WIDE_GEMM_TILES``): the activation tile then
+serves 256 rows, 2/3 of the L2-to-SM bytes per MAC of a 128 x 128 tile. Token indices wrap modulo M (and the
+weight rows of the 256-row tile modulo the layout's rows) so the loads need no masks; the store masks the
+wrapped rows.
 
 Epilogue (``layout.py`` for the integer identity): per channel, with r = S + e K,
     y = (s_x s_w) (float(dot + c S + e colsum) - z_w float(r)) + bias        (the reference's order)
@@ -114,10 +118,11 @@ def _tc_gemm_kernel(w_ptr, a_ptr, sx_ptr, zx_ptr, s_ptr, sw_ptr, zw_ptr, cs_ptr,
                     M, N, K, KP, GROUPS, NCHUNK, stride_o, M_BUCKET, GROUP_SIZE: tl.constexpr,
                     W_BITS: tl.constexpr, A_BITS: tl.constexpr, GROUPED: tl.constexpr,
                     HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
-                    SWIZZLE: tl.constexpr, HALF_: tl.constexpr, SPLIT_K: tl.constexpr = 1):
+                    SWIZZLE: tl.constexpr, HALF_: tl.constexpr, SPLIT_K: tl.constexpr = 1,
+                    ROW_BLOCKS: tl.constexpr = 1):
     # Swizzled order: SWIZZLE weight blocks share each activation block while it is in L2.
     pid = tl.program_id(0)
-    n_blocks = tl.cdiv(N, 2 * HALF_)
+    n_blocks = tl.cdiv(N, 2 * HALF_ * ROW_BLOCKS)
     m_blocks = tl.cdiv(M, BLOCK_M)
     per_group = SWIZZLE * m_blocks
     first_n = (pid // per_group) * SWIZZLE
@@ -125,19 +130,31 @@ def _tc_gemm_kernel(w_ptr, a_ptr, sx_ptr, zx_ptr, s_ptr, sw_ptr, zw_ptr, cs_ptr,
     pid_n = first_n + (pid % per_group) % size_n
     pid_m = (pid % per_group) // size_n
 
-    h = tl.arange(0, HALF_)
-    w_rows = pid_n * (2 * HALF_ if W_BITS == 8 else HALF_) + h
-    n_lo = pid_n * (2 * HALF_) + h
+    if ROW_BLOCKS == 1:
+        h = tl.arange(0, HALF_)
+        w_rows = pid_n * (2 * HALF_ if W_BITS == 8 else HALF_) + h
+        n_lo = pid_n * (2 * HALF_) + h
+    else:
+        # ROW_BLOCKS layout blocks of 128 rows per program: the accumulators' row i holds output row
+        # 128 (ROW_BLOCKS pid_n + i // 64) + i % 64 (lo) and that + 64 (hi). Rows past the last layout block
+        # (the weights hold whole blocks only) wrap to the first ones, like the tokens: no masked loads; their
+        # outputs are not stored.
+        h = tl.arange(0, ROW_BLOCKS * HALF_)
+        n_lo = pid_n * (2 * HALF_ * ROW_BLOCKS) + (h // HALF_) * (2 * HALF_) + h % HALF_
+        if W_BITS == 8:
+            w_rows = n_lo % (tl.cdiv(N, 2 * HALF_) * (2 * HALF_))
+        else:
+            w_rows = (pid_n * (HALF_ * ROW_BLOCKS) + h) % (tl.cdiv(N, 2 * HALF_) * HALF_)
     n_hi = n_lo + HALF_
     tok = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     tok_c = tok % M
     a_cols = a_ptr + tok_c.to(tl.int64)[None, :] * KP
     nl = tl.minimum(n_lo, N - 1)
     nh = tl.minimum(n_hi, N - 1)
-    zero_acc = tl.zeros((HALF_, BLOCK_M), tl.int32)
+    zero_acc = tl.zeros((ROW_BLOCKS * HALF_, BLOCK_M), tl.int32)
     if GROUPED:
-        y_lo = tl.zeros((HALF_, BLOCK_M), tl.float32)
-        y_hi = tl.zeros((HALF_, BLOCK_M), tl.float32)
+        y_lo = tl.zeros((ROW_BLOCKS * HALF_, BLOCK_M), tl.float32)
+        y_hi = tl.zeros((ROW_BLOCKS * HALF_, BLOCK_M), tl.float32)
         # One pipelined loop over groups (a group is GROUP_SIZE // BLOCK_K K tiles, unrolled): a fresh
         # int32 accumulator per group, promoted to fp32 in the loop.
         for g in range(0, GROUPS):
@@ -177,10 +194,11 @@ def _tc_gemm_kernel(w_ptr, a_ptr, sx_ptr, zx_ptr, s_ptr, sw_ptr, zw_ptr, cs_ptr,
             # the last of the SPLIT_K programs to arrive takes the sums, leaves the workspace and its
             # counter at zero for the next launch, and runs the epilogue.
             tile = pid_n * m_blocks + pid_m
-            ws = ws_ptr + tile * (2 * HALF_ * BLOCK_M) + (h[:, None] * BLOCK_M + tl.arange(0, BLOCK_M)[None, :])
-            cnt = ws_ptr + tl.num_programs(0) * (2 * HALF_ * BLOCK_M) + tile
+            ws = (ws_ptr + tile * (2 * HALF_ * ROW_BLOCKS * BLOCK_M)
+                  + (h[:, None] * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]))
+            cnt = ws_ptr + tl.num_programs(0) * (2 * HALF_ * ROW_BLOCKS * BLOCK_M) + tile
             tl.atomic_add(ws, acc_lo, sem="relaxed")
-            tl.atomic_add(ws + HALF_ * BLOCK_M, acc_hi, sem="relaxed")
+            tl.atomic_add(ws + HALF_ * ROW_BLOCKS * BLOCK_M, acc_hi, sem="relaxed")
             # Every thread's partial sums are issued before one thread releases them with the count.
             tl.debug_barrier()
             if tl.atomic_add(cnt, 1, sem="acq_rel") == SPLIT_K - 1:
@@ -190,7 +208,7 @@ def _tc_gemm_kernel(w_ptr, a_ptr, sx_ptr, zx_ptr, s_ptr, sw_ptr, zw_ptr, cs_ptr,
                 acc = tl.atomic_xchg(ws, zero_acc, sem="relaxed")
                 _half_epilogue(acc, nl, n_lo, sx, S, e, r, sw_ptr, zw_ptr, cs_ptr, bias_ptr, out_ptr, tok, N, M,
                                stride_o, W_BITS, A_BITS, HAS_BIAS)
-                acc = tl.atomic_xchg(ws + HALF_ * BLOCK_M, zero_acc, sem="relaxed")
+                acc = tl.atomic_xchg(ws + HALF_ * ROW_BLOCKS * BLOCK_M, zero_acc, sem="relaxed")
                 _half_epilogue(acc, nh, n_hi, sx, S, e, r, sw_ptr, zw_ptr, cs_ptr, bias_ptr, out_ptr, tok, N, M,
                                stride_o, W_BITS, A_BITS, HAS_BIAS)
 
@@ -251,11 +269,11 @@ def gemm_block_k_for(k: int, groups: int) -> int:
     return gemm_block_k(k, k // groups if groups > 1 else -1)
 
 
-def split_workspace(tiles: int, block_m: int, device: torch.device) -> torch.Tensor:
-    """Zeroed int32 workspace of a split-K launch: every output tile's partial sums [128, BLOCK_M], then one
-    arrival counter per tile. The kernel leaves it zero again (the last program of a tile exchanges the
-    sums for zeros and resets the counter)."""
-    return torch.zeros(tiles * (ROW_BLOCK * block_m + 1), dtype=torch.int32, device=device)
+def split_workspace(tiles: int, block_m: int, device: torch.device, row_blocks: int = 1) -> torch.Tensor:
+    """Zeroed int32 workspace of a split-K launch: every output tile's partial sums [128 row_blocks, BLOCK_M],
+    then one arrival counter per tile. The kernel leaves it zero again (the last program of a tile exchanges
+    the sums for zeros and resets the counter)."""
+    return torch.zeros(tiles * (ROW_BLOCK * row_blocks * block_m + 1), dtype=torch.int32, device=device)
 
 
 def tc_gemm(a8: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, s: torch.Tensor, w: torch.Tensor,
@@ -285,13 +303,13 @@ def tc_gemm(a8: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, s: torch.Tenso
                              device_shared_limit() if cuda else None, device_capability() if cuda else None)
     if launch is None:
         def grid(meta: dict) -> tuple[int]:
-            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, ROW_BLOCK),)
+            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, ROW_BLOCK * meta["ROW_BLOCKS"]),)
 
         _tc_gemm_kernel[grid](*args, s, *scalars, **consts)   # ws_ptr (int32) unused without split
         return out.to(out_dtype)
-    tiles = triton.cdiv(m, launch.block_m) * triton.cdiv(n, ROW_BLOCK)
-    ws = split_workspace(tiles, launch.block_m, a8.device) if launch.split_k > 1 else s
+    tiles = triton.cdiv(m, launch.block_m) * triton.cdiv(n, ROW_BLOCK * launch.row_blocks)
+    ws = split_workspace(tiles, launch.block_m, a8.device, launch.row_blocks) if launch.split_k > 1 else s
     _tc_gemm_kernel.fn[(tiles, launch.split_k)](
         *args, ws, *scalars, **consts, BLOCK_M=launch.block_m, SWIZZLE=launch.swizzle, SPLIT_K=launch.split_k,
-        num_warps=launch.num_warps, num_stages=launch.num_stages)
+        ROW_BLOCKS=launch.row_blocks, num_warps=launch.num_warps, num_stages=launch.num_stages)
     return out.to(out_dtype)

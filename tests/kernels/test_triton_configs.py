@@ -72,6 +72,10 @@ def test_every_gemm_config_compiles_for_sm80_and_sm90():
     assert {r["arch"] for r in records} >= {"sm_80", "sm_90a"}
     hopper = [r for r in records if r["name"].split("/", 2)[2].startswith("128x128x128/w4s")]
     assert hopper and {r["arch"] for r in hopper} == {"sm_90a"}, hopper
+    # The two-warpgroup tile of 256 weight rows (HOPPER_WIDE_GEMM_TILES): sm_90a only, at most 255 registers.
+    wide = [r for r in records if r["name"].split("/", 2)[2].startswith("128x256x128/w8s")]
+    assert wide and {r["arch"] for r in wide} == {"sm_90a"}, wide
+    assert all(r["regs"] <= 255 for r in wide), wide
     for r in records:
         assert r["spills"] == 0, r
         assert r["block_k"] >= 32 and r["stages"] >= 3, r
