@@ -167,7 +167,7 @@ at::Tensor int8_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::T
   for (int64_t jt = 0; jt < nt; ++jt) {
     const int64_t n0 = jt * tn, cols = std::min(tn, n - n0);
     const int8::UnpackArgs u{wp.data_ptr<uint8_t>() + n0 * wp.size(1), wp.size(1), static_cast<int>(w_bits), k, w_ptr,
-                             k_gemm, vnni};
+                             k_gemm, vnni, n - n0};
     at::parallel_for(0, cols, grain(k_gemm), [&](int64_t r0, int64_t r1) { int8::unpack_weight_rows(u, r0, r1); });
     for (int64_t it = 0; it < mt; ++it) {
       const int64_t m0 = it * tm, rows = std::min(tm, m - m0);
@@ -212,7 +212,7 @@ at::Tensor int8_unpack_weight(const at::Tensor& w_packed, int64_t w_bits, int64_
   if (w_packed.is_meta() || out.numel() == 0) return out;
   const at::Tensor wp = w_packed.contiguous();
   const int8::UnpackArgs u{wp.data_ptr<uint8_t>(), wp.size(1), static_cast<int>(w_bits), k, out.data_ptr<int8_t>(),
-                           k_out};
+                           k_out, false, wp.size(0)};
   at::parallel_for(0, wp.size(0), grain(k_out), [&](int64_t r0, int64_t r1) { int8::unpack_weight_rows(u, r0, r1); });
   return out;
 }

@@ -76,6 +76,7 @@ struct UnpackArgs {
   int8_t* out;
   int64_t out_stride;      // >= k
   bool raw = false;        // the codes q as they are (c_w = 0: unsigned bytes for the VNNI products)
+  int64_t rows = 0;        // rows readable from packed (those ahead of row r are prefetched)
 };
 
 // acc[r, j] = sum_i a[r, i] * w[j, i] (int32, exact) for rows [r0, r1) and j < n: the GEMM of small problems,
