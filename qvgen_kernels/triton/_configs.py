@@ -48,7 +48,9 @@ HOPPER_GEMM_TILES = (
 # sm_90 only, 3/4-bit weights and activations: two warpgroups on 256 weight rows (two layout blocks) x 128 tokens,
 # (BLOCK_M, num_warps, num_stages, SWIZZLE, ROW_BLOCKS). Each warpgroup holds what the one-warpgroup tile holds
 # (254 registers, one program per SM); the program reads 2/3 of the L2 bytes per MAC of the 128 x 128 tiles
-# (the activation tile serves 256 rows), at the price of two warpgroups in lockstep (CTA barriers per K tile).
+# (the activation tile serves 256 rows), at the price of two warpgroups in lockstep (CTA barriers per K tile);
+# both weight halves go through one dot per K tile (one wgmma wait, ``gemm_tc._dot_tile_joined``). No launch
+# table runs it with split K (that program, reached only by a forced launch, spills on sm_90a).
 HOPPER_WIDE_GEMM_TILES = (
     (128, 8, 4, 8, 2),
 )

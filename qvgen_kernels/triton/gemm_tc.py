@@ -86,6 +86,27 @@ def _dot_tile(w_ptr, w_rows, a_cols, k, KP, acc_lo, acc_hi,
 
 
 @triton.jit
+def _split_rows(a):
+    """Inverse of ``_joined_rows``: [2R, C] -> ([R, C], [R, C])."""
+    return tl.split(tl.permute(tl.reshape(a, (2, a.shape[0] // 2, a.shape[1])), (1, 2, 0)))
+
+
+@triton.jit
+def _joined_rows(lo, hi):
+    """[R, C] and [R, C] -> [2R, C]: the rows of lo, then the rows of hi (in registers)."""
+    return tl.reshape(tl.permute(tl.join(lo, hi), (2, 0, 1)), (2 * lo.shape[0], lo.shape[1]))
+
+
+@triton.jit
+def _dot_tile_joined(w_ptr, w_rows, a_cols, k, KP, acc, BLOCK_K: tl.constexpr, W8: tl.constexpr,
+                     HALF_: tl.constexpr):
+    """acc += [W_lo; W_hi] . a8^T over columns [k, k + BLOCK_K): one dot for both halves."""
+    lo, hi = _weight_halves(w_ptr, w_rows, k, KP, BLOCK_K, W8, HALF_)
+    x = tl.load(a_cols + (k + tl.arange(0, BLOCK_K))[:, None])
+    return tl.dot(_joined_rows(lo, hi), x, acc, out_dtype=tl.int32)
+
+
+@triton.jit
 def _exact(acc, S, e, cs, W8: tl.constexpr, A8: tl.constexpr):
     """sum_k (q_x - z_x) q_w as int32 [64, BM] from the dot of the stored operands (layout.py)."""
     if W8:
@@ -174,22 +195,31 @@ def _tc_gemm_kernel(w_ptr, a_ptr, sx_ptr, zx_ptr, s_ptr, sw_ptr, zw_ptr, cs_ptr,
         _finish(out_ptr, sx[None, :] * y_lo, bias_ptr, nl, n_lo, tok, N, M, stride_o, HAS_BIAS)
         _finish(out_ptr, sx[None, :] * y_hi, bias_ptr, nh, n_hi, tok, N, M, stride_o, HAS_BIAS)
     else:
-        acc_lo = zero_acc
-        acc_hi = zero_acc
         if SPLIT_K == 1:
-            for k in range(0, KP, BLOCK_K):
+            k_first = 0
+            k_end = KP
+        else:
+            # Split K: this program sums K tiles [split * per, (split + 1) * per) of its output tile.
+            per = tl.cdiv(KP // BLOCK_K, SPLIT_K) * BLOCK_K
+            k_first = tl.program_id(1) * per
+            k_end = tl.minimum(KP, k_first + per)
+        if ROW_BLOCKS == 1:
+            acc_lo = zero_acc
+            acc_hi = zero_acc
+            for k in range(k_first, k_end, BLOCK_K):
                 acc_lo, acc_hi = _dot_tile(w_ptr, w_rows, a_cols, k, KP, acc_lo, acc_hi, BLOCK_K, W_BITS == 8,
                                            HALF_)
+        else:
+            # The 256-row tile: both halves in one dot per K tile (operand rows: the lo rows, then the hi rows):
+            # one wgmma wait per K tile instead of two. The accumulator splits back into its halves (registers).
+            acc_all = tl.zeros((2 * ROW_BLOCKS * HALF_, BLOCK_M), tl.int32)
+            for k in range(k_first, k_end, BLOCK_K):
+                acc_all = _dot_tile_joined(w_ptr, w_rows, a_cols, k, KP, acc_all, BLOCK_K, W_BITS == 8, HALF_)
+            acc_lo, acc_hi = _split_rows(acc_all)
+        if SPLIT_K == 1:
             _epilogue(acc_lo, acc_hi, sx_ptr, zx_ptr, s_ptr, sw_ptr, zw_ptr, cs_ptr, bias_ptr, out_ptr, nl, nh,
                       n_lo, n_hi, tok, tok_c, N, M, K, stride_o, BLOCK_M, W_BITS, A_BITS, HAS_BIAS)
         else:
-            # Split K: this program sums K tiles [split * per, (split + 1) * per) of its output tile.
-            split = tl.program_id(1)
-            per = tl.cdiv(KP // BLOCK_K, SPLIT_K) * BLOCK_K
-            k_end = tl.minimum(KP, (split + 1) * per)
-            for k in range(split * per, k_end, BLOCK_K):
-                acc_lo, acc_hi = _dot_tile(w_ptr, w_rows, a_cols, k, KP, acc_lo, acc_hi, BLOCK_K, W_BITS == 8,
-                                           HALF_)
             # The int32 partial sums meet in the tile's workspace (exact: integer addition in any order);
             # the last of the SPLIT_K programs to arrive takes the sums, leaves the workspace and its
             # counter at zero for the next launch, and runs the epilogue.
