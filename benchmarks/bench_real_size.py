@@ -52,31 +52,47 @@ SEED = 0
 
 
 class PeakRSS:
-    """Peak resident set size of this process (sampled every 10 ms from /proc) while in the ``with`` block."""
+    """Peak resident set size of this process, all of it and its anonymous part (not file pages mapped in, such
+    as a memory-mapped safetensors file), sampled every 10 ms from /proc while in the ``with`` block."""
 
     def __init__(self) -> None:
         self.start = self.peak = rss()
+        self.start_anon = self.peak_anon = rss_anon()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> None:
+        self.peak = max(self.peak, rss())
+        self.peak_anon = max(self.peak_anon, rss_anon())
+
     def _run(self) -> None:
         while not self._stop.wait(0.01):
-            self.peak = max(self.peak, rss())
+            self._sample()
 
     def __enter__(self) -> "PeakRSS":
         self.start = self.peak = rss()
+        self.start_anon = self.peak_anon = rss_anon()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, rss())
+        self._sample()
 
 
 def rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_anon() -> int:
+    """Anonymous resident bytes (RssAnon of /proc/self/status; 0 where the kernel does not report it)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def build(config: dict[str, Any], device: torch.device = torch.device("cpu")) -> torch.nn.Module:
@@ -185,7 +201,8 @@ def stage_load(config: dict[str, Any], work: Path, tokens: int, text_tokens: int
     resident = model_bytes(model)
     want = torch.load(work / "convert_out.pt").to(device)
     row = {"load_s": load_s, "rss_before_load": mem.start, "load_peak_rss": mem.peak,
-           "load_peak_extra_rss": mem.peak - mem.start, "first_forward_s": first_s, "resident_bytes": resident,
+           "load_peak_extra_rss": mem.peak - mem.start, "load_peak_extra_anon_rss": mem.peak_anon - mem.start_anon,
+           "first_forward_s": first_s, "resident_bytes": resident,
            "loaded_class": type(model).__name__}
     if device.type == "cuda":
         row["load_and_first_forward_gpu_peak"] = gpu_peak(device)
@@ -249,6 +266,8 @@ def markdown(doc: dict[str, Any]) -> str:
             ("convert peak extra RSS vs bf16 bytes", lambda r: f"{r['convert_peak_extra_rss'] / r['bf16_resident_bytes']:.2f}×"),
             ("load time (s)", lambda r: f"{r['load_s']:.1f}"),
             ("load peak extra RSS (GB)", lambda r: f"{r['load_peak_extra_rss'] / gb:.2f}"),
+            ("load peak extra anonymous RSS (GB; file pages mapped in left out)",
+             lambda r: f"{r['load_peak_extra_anon_rss'] / gb:.2f}"),
             ("first forward (s)", lambda r: f"{r['first_forward_s']:.2f}"),
             ("forward (s)", lambda r: f"{r['forward_s']:.2f}"),
             ("bf16 forward (s)", lambda r: f"{r['bf16_forward_s']:.2f}"),
