@@ -145,3 +145,32 @@ def test_l2_to_sm_bound_sensitivity():
     assert e4["l2_s"] == pytest.approx(5368709120 / (4096 * CLK)) == pytest.approx(716.3e-6, rel=1e-3)
     assert e4["bound"] == "l2" and e4["seconds"] == pytest.approx(e4["l2_s"])
     assert e4["int8_peak_fraction"] == pytest.approx(2 * 32768 * 4096 ** 2 / e4["l2_s"] / se.INT8_PEAK_OPS)
+
+
+def test_committed_estimate_reports_the_l2_leg():
+    """The committed estimate (benchmarks/results/static/estimate.json): every row carries its L2-to-SM leg at the
+    basis's 5120 B/clk, names the L2 when it decides, and gives its prediction at 4096 and 6144 B/clk."""
+    import json
+    from pathlib import Path
+
+    doc = json.loads((Path(se.__file__).parent / "results/static/estimate.json").read_text())
+    assert doc["basis"]["l2_bytes_per_clk"] == 5120 and "assumption" in doc["basis"]["l2_bytes_per_clk_source"]
+    assert doc["l2_to_sm_tb_per_s"] == pytest.approx(9.37, abs=0.01)
+    for r in doc["results"]:
+        e = r["detail"]
+        assert e["l2_s"] == pytest.approx(e["l2_to_sm_bytes"] / (5120 * CLK))
+        legs = {"l2": e["l2_s"], "memory": e["hbm_s"], "l2_atomics": e["l2_atomics_s"], "compute": e["compute_s"]}
+        top = max(legs, key=legs.get)
+        assert r["bound"] == top if top != "compute" else r["bound"] not in legs, r["shape"]
+        assert set(r["l2_sensitivity"]) == {"4096", "6144"}
+        low, high = r["l2_sensitivity"]["4096"], r["l2_sensitivity"]["6144"]
+        assert low["int8_peak_fraction"] <= r["int8_peak_fraction"] <= high["int8_peak_fraction"], r["shape"]
+    # The sm_90 tile of 256 weight rows reads 2/3 of the L2 bytes per MAC of the 128 x 128 tile: at the Wan-14B FFN
+    # its L2 leg is under its compute (it does not bind), where the 128 x 128 tile's binds.
+    designs = {d["name"]: se.Design(**d) for d in doc["designs"]}
+    wide = designs["W4A4/per_channel/128x256x128/w8s4"]
+    narrow = designs["W4A4/per_channel/128x128x128/w4s4"]
+    for _, m, k, n in se.SHAPES[1:3]:
+        ew, en = se.estimate(wide, m, n, k), se.estimate(narrow, m, n, k)
+        assert ew["l2_to_sm_bytes"] == pytest.approx(en["l2_to_sm_bytes"] * 2 / 3)
+        assert ew["bound"] != "l2" and en["bound"] == "l2"
