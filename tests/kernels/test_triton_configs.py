@@ -60,15 +60,21 @@ print(json.dumps(out))
 """
 
 
-def test_every_gemm_config_compiles_for_sm80_and_sm90():
-    pytest.importorskip("triton")
+def _compile_records(script: str) -> list[dict]:
+    """Run a compile script in a fresh interpreter without TRITON_INTERPRET (kernels defined for the interpreter
+    cannot compile) and return the JSON records it prints last."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = Path(__file__).resolve().parents[2]
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=1800, cwd=root)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=1800,
+                          cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    records = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_every_gemm_config_compiles_for_sm80_and_sm90():
+    pytest.importorskip("triton")
+    records = _compile_records(_SCRIPT)
     assert {r["arch"] for r in records} >= {"sm_80", "sm_90a"}
     hopper = [r for r in records if r["name"].split("/", 2)[2].startswith("128x128x128/w4s")]
     assert hopper and {r["arch"] for r in hopper} == {"sm_90a"}, hopper
@@ -111,13 +117,7 @@ def test_launch_table_residency_matches_the_sm90_compile():
     pytest.importorskip("triton")
     from benchmarks.static_estimate import Design, occupancy
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = Path(__file__).resolve().parents[2]
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-c", _TABLE_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=1800, cwd=root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    records = json.loads(proc.stdout.strip().splitlines()[-1])
+    records = _compile_records(_TABLE_SCRIPT)
     by_tile: dict = {}
     for r in records:
         assert r["spills"] == 0, r

@@ -1,6 +1,6 @@
 """Triton fake-quant forward / backward kernels vs the reference (closed form and autograd).
 
-Runs compiled on a GPU, else under TRITON_INTERPRET=1 on CPU (``_triton_backend``).
+Runs compiled on a GPU, else under TRITON_INTERPRET=1 on CPU (``conftest.py``).
 """
 
 from __future__ import annotations
@@ -8,18 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels._triton_backend import enable_interpreter, load
-
-enable_interpreter()  # before anything imports triton
-
-from qvgen_kernels import reference as ref  # noqa: E402
-from qvgen_kernels.format import qmax  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tk():
-    """(qvgen_kernels.triton, device): compiled on a GPU, interpreted on CPU."""
-    return load()
+from qvgen_kernels import reference as ref
+from qvgen_kernels.format import qmax
 
 
 def _assert_sum_close(got: torch.Tensor, want: torch.Tensor, terms_abs: torch.Tensor) -> None:

@@ -1,6 +1,6 @@
 """Triton packed low-bit GEMM vs the reference: exact integer core, fp32 epilogue.
 
-Runs compiled on a GPU, else under TRITON_INTERPRET=1 on CPU (``_triton_backend``).
+Runs compiled on a GPU, else under TRITON_INTERPRET=1 on CPU (``conftest.py``).
 """
 
 from __future__ import annotations
@@ -8,20 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels._triton_backend import enable_interpreter, load
-
-enable_interpreter()  # before anything imports triton
-
-from qvgen_kernels import reference as ref  # noqa: E402
-from qvgen_kernels.format import qmax  # noqa: E402
+from qvgen_kernels import reference as ref
+from qvgen_kernels.format import qmax
 
 BITS = (3, 4, 8)
-
-
-@pytest.fixture(scope="module")
-def tk():
-    """(qvgen_kernels.triton, device): compiled on a GPU, interpreted on CPU."""
-    return load()
 
 
 def _operands(m: int, n: int, k: int, w_bits: int, a_bits: int, groups: int, seed: int,

@@ -1,6 +1,6 @@
 """Triton pack / unpack and fused per-token quantization vs the reference: bit-exact.
 
-Runs compiled on a GPU, else under TRITON_INTERPRET=1 on CPU (``_triton_backend``).
+Runs compiled on a GPU, else under TRITON_INTERPRET=1 on CPU (``conftest.py``).
 """
 
 from __future__ import annotations
@@ -10,20 +10,10 @@ import sys
 import pytest
 import torch
 
-from tests.kernels._triton_backend import enable_interpreter, load
-
-enable_interpreter()  # before anything imports triton
-
-from qvgen_kernels import reference as ref  # noqa: E402
-from qvgen_kernels.format import padded_k, qmax  # noqa: E402
+from qvgen_kernels import reference as ref
+from qvgen_kernels.format import padded_k, qmax
 
 SHAPES_K = (1, 3, 5, 8, 67, 130)
-
-
-@pytest.fixture(scope="module")
-def tk():
-    """(qvgen_kernels.triton, device): compiled on a GPU, interpreted on CPU."""
-    return load()
 
 
 @pytest.mark.parametrize("bits", (3, 4, 8))

@@ -1,7 +1,7 @@
 """The deployed Triton path: load-time weight layout (round trip to the checkpoint format), the int8
 activation quantize and ``prepacked_linear`` against the reference (exact integer core, fp32 epilogue).
 
-Runs compiled on a GPU, else under TRITON_INTERPRET=1 on CPU (``_triton_backend``).
+Runs compiled on a GPU, else under TRITON_INTERPRET=1 on CPU (``conftest.py``).
 """
 
 from __future__ import annotations
@@ -9,19 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels._triton_backend import enable_interpreter, load
-
-enable_interpreter()  # before anything imports triton
-
-from qvgen_kernels import reference as ref  # noqa: E402
-from qvgen_kernels.format import qmax  # noqa: E402
+from qvgen_kernels import reference as ref
+from qvgen_kernels.format import qmax
 
 BITS = (3, 4, 8)
-
-
-@pytest.fixture(scope="module")
-def tk():
-    return load()
 
 
 def _weights(n: int, k: int, bits: int, groups: int, seed: int):

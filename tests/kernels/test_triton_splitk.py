@@ -1,7 +1,7 @@
 """Split K, the small-M launch table and the Hopper-only tiles of the Triton GEMM: bit-exact against the
 unsplit kernel and the reference, the workspace left zero, and the table's choices.
 
-Runs compiled on a GPU, else under TRITON_INTERPRET=1 on CPU (``_triton_backend``).
+Runs compiled on a GPU, else under TRITON_INTERPRET=1 on CPU (``conftest.py``).
 """
 
 from __future__ import annotations
@@ -11,53 +11,16 @@ import math
 import pytest
 import torch
 
-from tests.kernels._triton_backend import enable_interpreter, load
-
-enable_interpreter()  # before anything imports triton
-
-from qvgen_kernels import reference as ref  # noqa: E402
-from qvgen_kernels.format import qmax  # noqa: E402
-from qvgen_kernels.triton._configs import HOPPER_GEMM_TILES  # noqa: E402
+from qvgen_kernels import reference as ref
+from tests.kernels._tc_cases import gemm_case, spy_workspaces, tc_gemm
+from qvgen_kernels.triton._configs import HOPPER_GEMM_TILES
 
 BITS = (3, 4, 8)
 
 
-@pytest.fixture(scope="module")
-def tk():
-    return load()
-
-
-def _case(m: int, n: int, k: int, w_bits: int, a_bits: int, seed: int, unit: bool = False, want: bool = True):
-    """Reference-quantized activations, random weights in the kernel layout, and the reference output
-    (``want``: else None)."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(m, k, generator=gen)
-    x[::3] *= 4.0
-    ones = torch.ones(m)
-    a_packed, a_scale, a_zero, a_rowsum = ref.quantize_per_token(x, a_bits, ones, 0.9 * ones)
-    codes = torch.randint(0, qmax(w_bits) + 1, (n, k), generator=gen, dtype=torch.uint8)
-    w_scale = torch.ones(n) if unit else 0.01 + torch.rand(n, generator=gen)
-    w_zero = torch.zeros(n) if unit else qmax(w_bits) * torch.rand(n, generator=gen)
-    if unit:
-        a_scale = torch.ones(m)
-    bias = None if unit else torch.randn(n, generator=gen)
-    w_packed = ref.pack(codes, w_bits)
-    want = ref.lowbit_gemm(a_packed, a_scale, a_zero, a_rowsum, w_packed, w_scale, w_zero, bias, w_bits, a_bits,
-                           k, torch.float32) if want else None
-    return dict(x=x, a_packed=a_packed, a_scale=a_scale, a_zero=a_zero, a_rowsum=a_rowsum, w_packed=w_packed,
-                w_scale=w_scale, w_zero=w_zero, bias=bias, codes=codes, want=want)
-
-
 def _gemm(mod, dev, c: dict, w_bits: int, a_bits: int, k: int, split_k):
     """The tensor-core GEMM on the case's operands with the given K splits (None: the launch table's)."""
-    from qvgen_kernels.triton.gemm import _act_operand
-
-    weights = mod.prepack_weight(c["w_packed"].to(dev), c["w_scale"].to(dev), c["w_zero"].to(dev), w_bits,
-                                 a_bits, k)
-    a8, sums = _act_operand(c["a_packed"].to(dev), c["a_zero"].to(dev), a_bits, k, False)
-    bias = None if c["bias"] is None else c["bias"].to(dev)
-    return mod.gemm_tc.tc_gemm(a8, c["a_scale"].to(dev), c["a_zero"].to(dev), sums, *weights, bias, w_bits,
-                               a_bits, k, c["w_packed"].shape[0], torch.float32, split_k=split_k).cpu()
+    return tc_gemm(mod, dev, c, w_bits, a_bits, k, split_k=split_k)
 
 
 def _close(got: torch.Tensor, want: torch.Tensor) -> None:
@@ -73,7 +36,7 @@ def test_split_k_bit_identical(tk, w_bits, a_bits, mnk):
     the reference's to fp32 rounding."""
     mod, dev = tk
     m, n, k = mnk
-    c = _case(m, n, k, w_bits, a_bits, seed=m * 7 + n + k + 10 * w_bits + a_bits)
+    c = gemm_case(m, n, k, w_bits, a_bits, seed=m * 7 + n + k + 10 * w_bits + a_bits)
     k_tiles = mod.layout.kernel_k(k) // 128
     base = _gemm(mod, dev, c, w_bits, a_bits, k, 1)
     _close(base, c["want"])
@@ -87,7 +50,7 @@ def test_split_k_integer_core_exact(tk, w_bits, a_bits, split):
     """Unit scales, zero weight zero point, no bias: the output is the exact integer sum."""
     mod, dev = tk
     m, n, k = 16, 33, 640
-    c = _case(m, n, k, w_bits, a_bits, seed=split + w_bits, unit=True)
+    c = gemm_case(m, n, k, w_bits, a_bits, seed=split + w_bits, unit=True)
     got = _gemm(mod, dev, c, w_bits, a_bits, k, split)
     a = ref.unpack(c["a_packed"], a_bits, k).long() - c["a_zero"].long()[:, None]
     assert torch.equal(got, (a @ c["codes"].long().T).float())
@@ -95,15 +58,8 @@ def test_split_k_integer_core_exact(tk, w_bits, a_bits, split):
 
 def test_split_k_leaves_workspace_zero(tk, monkeypatch):
     mod, dev = tk
-    seen = []
-    make = mod.gemm_tc.split_workspace
-
-    def spy(*args):
-        seen.append(make(*args))
-        return seen[-1]
-
-    monkeypatch.setattr(mod.gemm_tc, "split_workspace", spy)
-    c = _case(5, 200, 300, 4, 4, seed=3)
+    seen = spy_workspaces(mod, monkeypatch)
+    c = gemm_case(5, 200, 300, 4, 4, seed=3)
     for split in (2, 3):
         _close(_gemm(mod, dev, c, 4, 4, 300, split), c["want"])
     assert len(seen) == 2 and all(not w.any() for w in seen)
@@ -116,7 +72,7 @@ def test_table_split_through_the_public_ops(tk):
     m, n, k = 16, 130, 2048
     launch = mod._configs.gemm_launch(m, n, k, 128, 4, 4, False)
     assert launch is not None and launch.split_k > 1
-    c = _case(m, n, k, 4, 4, seed=11)
+    c = gemm_case(m, n, k, 4, 4, seed=11)
     t = {name: v.to(dev) for name, v in c.items() if isinstance(v, torch.Tensor)}
     got = mod.lowbit_gemm(t["a_packed"], t["a_scale"], t["a_zero"], t["a_rowsum"], t["w_packed"], t["w_scale"],
                           t["w_zero"], t["bias"], 4, 4, k, torch.float32)
@@ -187,7 +143,7 @@ def test_large_m_autotuned_path(tk, w_bits, a_bits):
     mod, dev = tk
     m, n, k = mod._configs.SMALL_M_MAX + 7, 9, 300
     assert mod._configs.gemm_launch(m, n, 384, 128, w_bits, a_bits, False) is None
-    c = _case(m, n, k, w_bits, a_bits, seed=w_bits * a_bits)
+    c = gemm_case(m, n, k, w_bits, a_bits, seed=w_bits * a_bits)
     got = _gemm(mod, dev, c, w_bits, a_bits, k, None)
     _close(got, c["want"])
     assert torch.equal(got, _gemm(mod, dev, c, w_bits, a_bits, k, 3))
@@ -200,7 +156,7 @@ def test_hopper_tiles(tk, tile, w_bits, a_bits):
     mod, dev = tk
     bm, warps, stages, swizzle = tile
     m, n, k = bm + 5, 131, 300
-    c = _case(m, n, k, w_bits, a_bits, seed=bm + w_bits)
+    c = gemm_case(m, n, k, w_bits, a_bits, seed=bm + w_bits)
     from qvgen_kernels.triton.gemm import _act_operand
 
     weights = mod.prepack_weight(c["w_packed"].to(dev), c["w_scale"].to(dev), c["w_zero"].to(dev), w_bits, a_bits, k)
@@ -226,7 +182,7 @@ def test_split_k_at_model_shapes_gpu(tk, m, k, n):
     launch = mod._configs.gemm_launch(m, n, mod.layout.kernel_k(k), 128, 4, 4, False,
                                       sms=torch.cuda.get_device_properties(0).multi_processor_count)
     assert launch is not None and launch.split_k > 1
-    c = _case(m, n, k, 4, 4, seed=m + k, want=False)
+    c = gemm_case(m, n, k, 4, 4, seed=m + k, want=False)
     base = _gemm(mod, dev, c, 4, 4, k, 1)
     for _ in range(5):
         assert torch.equal(_gemm(mod, dev, c, 4, 4, k, None), base)

@@ -3,7 +3,7 @@ ROW_BLOCKS = 2), forced: bit-identical to the default launch and to the referenc
 odd shapes (M across two token tiles, N within one or across several 256-row tiles, including row blocks past
 the last one that wrap), with and without split K; its workspace left zero.
 
-Runs compiled on a GPU, else under TRITON_INTERPRET=1 on CPU (``_triton_backend``).
+Runs compiled on a GPU, else under TRITON_INTERPRET=1 on CPU (``conftest.py``).
 """
 
 from __future__ import annotations
@@ -11,48 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels._triton_backend import enable_interpreter, load
-
-enable_interpreter()  # before anything imports triton
-
-from qvgen_kernels import reference as ref  # noqa: E402
-from qvgen_kernels.format import qmax  # noqa: E402
-from qvgen_kernels.triton._configs import HOPPER_WIDE_GEMM_TILES, tile_key  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tk():
-    return load()
-
-
-def _case(m: int, n: int, k: int, w_bits: int, a_bits: int, seed: int, unit: bool = False) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(m, k, generator=gen)
-    x[::3] *= 4.0
-    ones = torch.ones(m)
-    a_packed, a_scale, a_zero, a_rowsum = ref.quantize_per_token(x, a_bits, ones, 0.9 * ones)
-    codes = torch.randint(0, qmax(w_bits) + 1, (n, k), generator=gen, dtype=torch.uint8)
-    w_scale = torch.ones(n) if unit else 0.01 + torch.rand(n, generator=gen)
-    w_zero = torch.zeros(n) if unit else qmax(w_bits) * torch.rand(n, generator=gen)
-    if unit:
-        a_scale = torch.ones(m)
-    bias = None if unit else torch.randn(n, generator=gen)
-    w_packed = ref.pack(codes, w_bits)
-    want = ref.lowbit_gemm(a_packed, a_scale, a_zero, a_rowsum, w_packed, w_scale, w_zero, bias, w_bits, a_bits, k,
-                           torch.float32)
-    return dict(a_packed=a_packed, a_scale=a_scale, a_zero=a_zero, w_packed=w_packed, w_scale=w_scale,
-                w_zero=w_zero, bias=bias, codes=codes, want=want)
+from qvgen_kernels import reference as ref
+from tests.kernels._tc_cases import gemm_case, spy_workspaces, tc_gemm
+from qvgen_kernels.triton._configs import HOPPER_WIDE_GEMM_TILES, tile_key
 
 
 def _gemm(mod, dev, c: dict, w_bits: int, a_bits: int, k: int, launch=None) -> torch.Tensor:
-    from qvgen_kernels.triton.gemm import _act_operand
-
-    weights = mod.prepack_weight(c["w_packed"].to(dev), c["w_scale"].to(dev), c["w_zero"].to(dev), w_bits,
-                                 a_bits, k)
-    a8, sums = _act_operand(c["a_packed"].to(dev), c["a_zero"].to(dev), a_bits, k, False)
-    bias = None if c["bias"] is None else c["bias"].to(dev)
-    return mod.gemm_tc.tc_gemm(a8, c["a_scale"].to(dev), c["a_zero"].to(dev), sums, *weights, bias, w_bits, a_bits,
-                               k, c["w_packed"].shape[0], torch.float32, launch=launch).cpu()
+    return tc_gemm(mod, dev, c, w_bits, a_bits, k, launch=launch)
 
 
 def _close(got: torch.Tensor, want: torch.Tensor) -> None:
@@ -85,7 +50,7 @@ def test_wide_tile_bit_identical(tk, tile, w_bits, a_bits, n):
     the first block of the weights), 1, 257 (one row past a tile); M across two token tiles, odd K."""
     mod, dev = tk
     m, k = tile_key(tile)[0] + 5, 300
-    c = _case(m, n, k, w_bits, a_bits, seed=n + 10 * w_bits + a_bits)
+    c = gemm_case(m, n, k, w_bits, a_bits, seed=n + 10 * w_bits + a_bits)
     base = _gemm(mod, dev, c, w_bits, a_bits, k)
     _close(base, c["want"])
     for split in (1, 2, 3):
@@ -98,7 +63,7 @@ def test_wide_tile_integer_core_exact(tk, tile, w_bits, a_bits):
     """Unit scales, zero weight zero point, no bias: the output is the exact integer sum."""
     mod, dev = tk
     m, n, k = 7, 389, 515
-    c = _case(m, n, k, w_bits, a_bits, seed=w_bits, unit=True)
+    c = gemm_case(m, n, k, w_bits, a_bits, seed=w_bits, unit=True)
     a = ref.unpack(c["a_packed"], a_bits, k).long() - c["a_zero"].long()[:, None]
     exact = (a @ c["codes"].long().T).float()
     for split in (1, 2):
@@ -107,15 +72,8 @@ def test_wide_tile_integer_core_exact(tk, tile, w_bits, a_bits):
 
 def test_wide_tile_split_leaves_workspace_zero(tk, monkeypatch):
     mod, dev = tk
-    seen = []
-    make = mod.gemm_tc.split_workspace
-
-    def spy(*args):
-        seen.append(make(*args))
-        return seen[-1]
-
-    monkeypatch.setattr(mod.gemm_tc, "split_workspace", spy)
-    c = _case(5, 300, 300, 4, 4, seed=3)
+    seen = spy_workspaces(mod, monkeypatch)
+    c = gemm_case(5, 300, 300, 4, 4, seed=3)
     for split in (2, 3):
         _close(_gemm(mod, dev, c, 4, 4, 300, _launch(mod, HOPPER_WIDE_GEMM_TILES[0], split)), c["want"])
     # two 256-row tiles x (256 x 128 partial sums + a counter)
