@@ -144,10 +144,16 @@ class QvgenQuantizer(DiffusersQuantizer):
         config = self.quantization_config
         if self.pre_quantized:
             prepare_layers(model, config.plan, config.quant_config, config.plan.get("phi_widths", {}))
+            for module in model.modules():  # diffusers loads a layer's tensors one call each: one layout at the end
+                if isinstance(module, DeployedLinear):
+                    module.defer_prepack(True)
         model.register_to_config(quantization_config=config)
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
         config = self.quantization_config
+        for module in model.modules():
+            if isinstance(module, DeployedLinear):
+                module.defer_prepack(False)  # builds the layout, once, with every tensor loaded
         if not self.pre_quantized:
             # Round-to-nearest weights, no Phi, deployed: what from_pretrained users expect of a backend.
             quantize_linears(model, dataclasses.replace(config.quant_config, rank=0))

@@ -347,9 +347,17 @@ class DeployedLinear(PhiView, nn.Linear):
         return tuple(self._buffers.get(k) for k in ("w_packed", "w_scale", "w_zero"))
 
     def _prepack_if_loaded(self) -> None:
-        """Build the layout now (at load) unless the buffers are still empty (meta)."""
-        if not self.w_packed.is_meta:
+        """Build the layout now (at load) unless the buffers are still empty (meta) or a loader that hands the
+        layer one tensor at a time defers it to its end (`defer_prepack`)."""
+        if not self.w_packed.is_meta and not self.__dict__.get("_prepack_deferred", False):
             self.prepack()
+
+    def defer_prepack(self, deferred: bool) -> None:
+        """While deferred, loading a state dict does not build the layout (a loader that loads codes, scales and
+        zero points one call each would build it once per tensor); ending the deferral builds it once."""
+        self._prepack_deferred = deferred
+        if not deferred:
+            self._prepack_if_loaded()
 
     def _apply(self, fn: Any, recurse: bool = True) -> "DeployedLinear":
         # A dtype change becomes the compute dtype; the exact buffers keep fp32 (only their device follows). So

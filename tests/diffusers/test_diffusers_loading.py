@@ -79,6 +79,31 @@ def test_plain_class_loads_quantized_folder(tmp_path):
         assert torch.equal(loaded.state_dict()[key], t), key
 
 
+def test_each_layer_builds_its_layout_once_at_load(tmp_path, monkeypatch):
+    """diffusers hands a layer its codes, scales, zero points and clips one call each: the layout is built once,
+    with all of them loaded, before from_pretrained returns (not once per tensor, nor at the first call)."""
+    import diffusers
+
+    from qvgen.quant.deployed import DeployedLinear
+
+    model = quantize(transformer("wan"))
+    model.save_pretrained(tmp_path / "t")
+    built: dict[int, int] = {}
+    prepack = DeployedLinear.prepack
+
+    def counting(self, *args, **kwargs):
+        built[id(self)] = built.get(id(self), 0) + 1
+        return prepack(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeployedLinear, "prepack", counting)
+    loaded = diffusers.WanTransformer3DModel.from_pretrained(tmp_path / "t")
+    layers = [m for m in loaded.modules() if isinstance(m, DeployedLinear)]
+    assert layers and all(built.get(id(m)) == 1 and m._packed is not None for m in layers)
+    assert not any(m._prepack_deferred for m in layers)
+    with torch.no_grad():
+        assert torch.equal(aligned(loaded)(**_inputs("wan"))[0], model(**_inputs("wan"))[0])
+
+
 def test_clear_errors(tmp_path):
     cls = qvgen.QuantizedWanTransformer3DModel
     with pytest.raises(ValueError, match="local folder"):
@@ -111,4 +136,4 @@ def test_qat_model_round_trip_keeps_phi(tmp_path):
     layers = list(qvgen.iter_qlinears(loaded))
     assert layers and all(isinstance(q, qvgen.QLinear) and q.phi_rank == 4 for _, q in layers)
     with torch.no_grad():
-        assert torch.equal(loaded(**_inputs("wan"))[0], model(**_inputs("wan"))[0])
+        assert torch.equal(aligned(loaded)(**_inputs("wan"))[0], model(**_inputs("wan"))[0])
