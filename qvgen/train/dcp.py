@@ -61,6 +61,9 @@ def save_sharded(out_dir: str | os.PathLike, model: nn.Module, optimizer: torch.
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     out = Path(out_dir)
     last, tmp = out / LAST, out / f".{LAST}.tmp-{int(step)}"  # the same name on every rank
+    # Rank 0 touches the folder only once every rank is here: a rank still reading the checkpoint it resumed
+    # from (load_sharded's state.pt) would otherwise lose it to the recovery rename below.
+    _barrier()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         _recover(out)
