@@ -418,6 +418,81 @@ QVGEN_VNNI void vnni_rows(const SmallGemmArgs& g, int64_t r0, int64_t r1) {
   for (; j < g.n; ++j) vnni_col_block<1>(g, r0, r1, j);
 }
 
+// 64 codes of one weight row: 32 bytes (masked past the row's width), low nibbles then high nibbles.
+QVGEN_VNNI inline __m512i load_codes4(const uint8_t* row, int64_t byte0, int64_t width) {
+  const int64_t left = width - byte0;
+  const __mmask32 m = left >= 32 ? static_cast<__mmask32>(0xFFFFFFFFu) : static_cast<__mmask32>((1u << left) - 1u);
+  const __m256i b = _mm256_maskz_loadu_epi8(m, row + byte0);
+  const __m256i nib = _mm256_set1_epi8(0x0F);
+  const __m256i lo = _mm256_and_si256(b, nib), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), nib);
+  return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+// R activation rows x C weight rows, all chunks of K: R * C accumulators in registers.
+template <int R, int C>
+QVGEN_VNNI void vnni4_block(const Vnni4Args& g, int64_t r0, int64_t j0) {
+  __m512i acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_si512();
+  const int64_t lda = g.chunks * 64;
+  for (int64_t ch = 0; ch < g.chunks; ++ch) {
+    __m512i wv[C];
+    for (int c = 0; c < C; ++c) wv[c] = load_codes4(g.codes + (j0 + c) * g.width, ch * 32, g.width);
+    for (int r = 0; r < R; ++r) {
+      const __m512i av = _mm512_loadu_si512(g.a + (r0 + r) * lda + ch * 64);
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], wv[c], av);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) g.acc[(r0 + r) * g.n + j0 + c] = _mm512_reduce_add_epi32(acc[r][c]);
+}
+
+template <int C>
+QVGEN_VNNI void vnni4_col_block(const Vnni4Args& g, int64_t j) {
+  int64_t r = 0;
+  for (; r + 8 <= g.m; r += 8) vnni4_block<8, C>(g, r, j);
+  switch (g.m - r) {
+    case 7: vnni4_block<7, C>(g, r, j); break;
+    case 6: vnni4_block<6, C>(g, r, j); break;
+    case 5: vnni4_block<5, C>(g, r, j); break;
+    case 4: vnni4_block<4, C>(g, r, j); break;
+    case 3: vnni4_block<3, C>(g, r, j); break;
+    case 2: vnni4_block<2, C>(g, r, j); break;
+    case 1: vnni4_block<1, C>(g, r, j); break;
+    default: break;
+  }
+}
+
+// Pairs of weight rows, each pair's codes read from memory once for all activation rows (up to 8 at a time: 16
+// accumulators); the codes of the pair 4 pairs ahead are requested while this one is summed.
+QVGEN_VNNI void vnni4_cols(const Vnni4Args& g, int64_t j0, int64_t j1) {
+  constexpr int64_t kAhead = 8;
+  int64_t j = j0;
+  for (; j + 2 <= j1; j += 2) {
+    if (j + kAhead + 2 <= g.n) {
+      const uint8_t* ahead = g.codes + (j + kAhead) * g.width;
+      for (int64_t b = 0; b < 2 * g.width; b += 64) _mm_prefetch(reinterpret_cast<const char*>(ahead + b), _MM_HINT_T0);
+    }
+    vnni4_col_block<2>(g, j);
+  }
+  if (j < j1) vnni4_col_block<1>(g, j);
+}
+
+// Per 64 columns: the even columns (the low 8 bits of each 16-bit pair) then the odd ones; zero past k.
+QVGEN_VNNI void permute_act4_rows(const int8_t* a, int64_t lda, int64_t m, int64_t k, int8_t* out,
+                                  int64_t chunks) {
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      const int64_t c0 = ch * 64;
+      const __m512i v = _mm512_maskz_loadu_epi8(tail_mask64(k - c0), a + r * lda + c0);
+      const __m256i even = _mm512_cvtepi16_epi8(v);
+      const __m256i odd = _mm512_cvtepi16_epi8(_mm512_srli_epi16(v, 8));
+      _mm512_storeu_si512(out + r * chunks * 64 + c0,
+                          _mm512_inserti64x4(_mm512_castsi256_si512(even), odd, 1));
+    }
+  }
+}
+
 bool cpu_has_vnni() { return __builtin_cpu_supports("avx512vnni"); }
 
 bool cpu_has_avx512() {
@@ -482,6 +557,22 @@ bool vnni_gemm_rows(const SmallGemmArgs& g, int64_t r0, int64_t r1) {
 #else
   (void)g, (void)r0, (void)r1;
   return false;
+#endif
+}
+
+void permute_act4(const int8_t* a, int64_t lda, int64_t m, int64_t k, int8_t* out, int64_t chunks) {
+#ifdef QVGEN_X86_SIMD
+  permute_act4_rows(a, lda, m, k, out, chunks);
+#else
+  (void)a, (void)lda, (void)m, (void)k, (void)out, (void)chunks;
+#endif
+}
+
+void vnni4_gemm_cols(const Vnni4Args& g, int64_t j0, int64_t j1) {
+#ifdef QVGEN_X86_SIMD
+  vnni4_cols(g, j0, j1);
+#else
+  (void)g, (void)j0, (void)j1;
 #endif
 }
 

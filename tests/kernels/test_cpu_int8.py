@@ -297,3 +297,18 @@ def test_fused_activation_on_other_backends_is_the_plain_op() -> None:
                        torch.nn.functional.gelu(ops.prepacked_linear(x, packed, bias), approximate="tanh"))
     with pytest.raises(ValueError, match=r"^prepacked_linear: argument 'activation' expected None or one of"):
         ops.prepacked_linear(x, packed, bias, activation="relu")
+
+
+@pytest.mark.parametrize("a_bits", [3, 4, 8])
+def test_four_bit_codes_unpacked_in_registers(simd, a_bits) -> None:
+    """Few rows and 4-bit per-channel weights take the products on the codes as they rest (nibbles unpacked in
+    registers, activations permuted to match): 1 to 4 rows, K across and within 64-column chunks
+    (odd K: a pad nibble), odd N (a last single weight row), equal to the reference."""
+    gen = torch.Generator().manual_seed(a_bits)
+    for m, k, n in [(1, 1537, 301), (2, 64, 1025), (3, 130, 517), (4, 1000, 33), (4, 63, 1001), (1, 1, 300)]:
+        wp, ws, wz, bias = _layer(n, k, 4, None, gen)
+        x = (torch.randn(m, k, generator=gen) * 3).to(torch.bfloat16)
+        packed = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=a_bits, k=k)
+        got = ops.prepacked_linear(x, packed, bias.to(torch.bfloat16))
+        want = _reference(x, wp, ws, wz, bias.to(torch.bfloat16), 4, a_bits, 1.0, 1.0)
+        assert torch.equal(got, want), (m, k, n)

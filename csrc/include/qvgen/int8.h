@@ -98,6 +98,22 @@ void small_gemm_rows(const SmallGemmArgs& args, int64_t r0, int64_t r1);
 bool vnni_gemm_rows(const SmallGemmArgs& args, int64_t r0, int64_t r1);
 bool vnni_active();
 
+// The same products on 4-bit codes as they rest (qvgen/pack.h: byte i of a row holds the codes of columns 2i, low
+// nibble, and 2i + 1), unpacked in registers: no int8 copy of the weights is written or read. Per 64 columns the
+// 32 bytes give the 32 low nibbles then the 32 high ones; the activations are permuted alike once per call
+// (permute_act4: per 64 columns, the even columns then the odd ones, zero past k). Weight rows [j0, j1).
+struct Vnni4Args {
+  const int8_t* a;         // [m, chunks * 64] permuted activations
+  int64_t m;
+  const uint8_t* codes;    // [n, width] checkpoint codes
+  int64_t width;           // bytes per row (packed_width(k, 4))
+  int64_t n, chunks;       // weight rows; 64-column chunks
+  int32_t* acc;            // [m, n]
+};
+// a [m, lda] int8 (columns [0, k) used) -> out [m, chunks * 64] in the order above. VNNI only (vnni_active()).
+void permute_act4(const int8_t* a, int64_t lda, int64_t m, int64_t k, int8_t* out, int64_t chunks);
+void vnni4_gemm_cols(const Vnni4Args& args, int64_t j0, int64_t j1);
+
 // Rows [r0, r1) of the weight unpack.
 void unpack_weight_rows(const UnpackArgs& args, int64_t r0, int64_t r1);
 
