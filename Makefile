@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 export MAX_JOBS ?= 2
 
-.PHONY: setup demo test pytest cmake-check gpu-bundle clean
+.PHONY: setup demo test pytest cmake-check gpu-bundle triton-compat clean
 
 # The marker file is rebuilt when the pins or the compiled sources change.
 $(VENV)/.installed: requirements.txt pyproject.toml setup.py $(shell find csrc -type f 2>/dev/null)
@@ -39,5 +39,14 @@ test: cmake-check pytest
 gpu-bundle: setup
 	bash benchmarks/gpu_bundle.sh $(BIN)/python
 
+# Every Triton kernel config compiled (sm_80, sm_89, sm_90a; 0 spills) with another Triton release than the pinned
+# one: by default the GPU image's (needs the package index once; installed beside the venv, not into it).
+TRITON_COMPAT ?= 3.6.0
+triton-compat: setup
+	test -d .triton-$(TRITON_COMPAT) || $(BIN)/pip install -q --no-deps --target .triton-$(TRITON_COMPAT) triton==$(TRITON_COMPAT)
+	PYTHONPATH=$(CURDIR)/.triton-$(TRITON_COMPAT) $(BIN)/python -c "import triton; assert triton.__version__ == '$(TRITON_COMPAT)', triton.__version__"
+	PYTHONPATH=$(CURDIR)/.triton-$(TRITON_COMPAT) QVGEN_COMPILE_ALL=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
+	  tests/kernels/test_triton_compile.py tests/kernels/test_triton_configs.py
+
 clean:
-	rm -rf build $(VENV) *.egg-info qvgen_kernels/_C*.so
+	rm -rf build $(VENV) *.egg-info qvgen_kernels/_C*.so .triton-*
