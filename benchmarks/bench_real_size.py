@@ -188,7 +188,7 @@ def stage_load(config: dict[str, Any], work: Path, tokens: int, text_tokens: int
     import qvgen  # noqa: F401  (registers the diffusers backend)
     from qvgen.apps.demo.metrics import model_bytes
     from qvgen.artifact.pretrained import cast
-    from qvgen.quant.fuse import fuse_activations
+    from qvgen.artifact.fuse import fuse_activations
     args = inputs(config, tokens, text_tokens, torch.bfloat16, device)
     gpu_peak(device, reset=True)
     with PeakRSS() as mem:

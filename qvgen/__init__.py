@@ -7,13 +7,13 @@ pull in heavier dependencies.
 from qvgen import _moved
 from qvgen.artifact import backend as _backend
 from qvgen.artifact.io import save_quantized
-from qvgen.artifact.pretrained import QuantizedModelMixin, load_quantized, quantize_model
+from qvgen.artifact.pretrained import QuantizedModelMixin, load_quantized, quantize_model, to_deploy
 from qvgen.quant.config import ARCH_SKIP_PRESETS, QuantConfig
 from qvgen.quant.deployed import DeployedLinear
-from qvgen.quant.fuse import fuse_activations
+from qvgen.artifact.fuse import fuse_activations
 from qvgen.quant.qlinear import QLinear
 from qvgen.quant.rank_decay import RankDecay
-from qvgen.quant.swap import iter_qlinears, to_deploy
+from qvgen.quant.swap import iter_qlinears
 from qvgen.quant.timestep import set_timesteps, timestep_to_group
 
 _moved.install()

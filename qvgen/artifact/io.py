@@ -16,13 +16,13 @@ from torch import nn
 
 from qvgen_kernels.errors import fail
 
+from qvgen.artifact.fuse import fuse_activations
 from qvgen.storage import atomic_dir
 from qvgen.quant.config import QuantConfig
 from qvgen.storage.integrity import (check_digests, digests, fsync_path, json_digest, read_safetensors,
                                      text_digest, write_error, write_text_durably)
 from qvgen.quant.deployed import DeployedLinear
 from qvgen.quant.qlinear import QLinear
-from qvgen.quant.fuse import fuse_activations
 from qvgen.quant.swap import QUANTIZED, attach, iter_qlinears, model_config, replace_modules, swap_linears
 
 CHECKPOINT_VERSION = 2  # 2: content hashes in the safetensors metadata

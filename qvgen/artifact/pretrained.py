@@ -30,6 +30,8 @@ from qvgen_kernels.errors import fail
 from qvgen.artifact.io import DIFFUSERS_WEIGHTS_NAME, META_NAME, layer_plan, restore_quantized, save_quantized
 from qvgen.quant.config import QuantConfig
 from qvgen.quant.deployed import DeployedLinear
+from qvgen.artifact.fuse import fuse_activations
+from qvgen.quant import swap
 from qvgen.quant.swap import quantize_linears
 
 PREFIX = "Quantized"
@@ -315,6 +317,16 @@ def lookup(name: str) -> Any:
     raise AttributeError(f"module 'qvgen' has no attribute '{name}'")
 
 
+def to_deploy(model: nn.Module, keep_phi: bool = False) -> nn.Module:
+    """Swap every QLinear for its DeployedLinear (packed weights + low-bit kernels), in place, fuse the activations
+    that follow a deployed projection (diffusers' GELU: `qvgen.fuse_activations`), and return the model (or, for a
+    bare QLinear, its DeployedLinear). Refuses, naming the first layer, while any layer's Phi has rank > 0, unless
+    keep_phi."""
+    model = swap.to_deploy(model, keep_phi)
+    fuse_activations(model)
+    return model
+
+
 def quantize_model(model: nn.Module, cfg: QuantConfig, *, calibrate: bool = True) -> nn.Module:
     """Swap every nn.Linear not matching cfg's skip patterns for a QLinear, in place, and return the model.
 
@@ -340,4 +352,4 @@ def load_quantized(model_or_class: Any, path: str | os.PathLike) -> nn.Module:
 
 
 __all__ = ["ADOPT_HOOKS", "QuantizedModelMixin", "adopt", "base_class", "cast", "dequantize", "load_quantized",
-           "lookup", "quantization_config", "quantize_model", "quantized_class"]
+           "lookup", "quantization_config", "quantize_model", "quantized_class", "to_deploy"]

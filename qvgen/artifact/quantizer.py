@@ -21,6 +21,7 @@ from diffusers.quantizers.quantization_config import QuantizationConfigMixin
 
 from qvgen_kernels.errors import fail
 
+from qvgen.artifact.fuse import fuse_activations
 from qvgen.artifact.io import layer_plan, prepare_layers
 from qvgen.artifact.pretrained import adopt, cast, dequantize
 from qvgen.quant.config import QuantConfig
@@ -158,6 +159,7 @@ class QvgenQuantizer(DiffusersQuantizer):
             # Round-to-nearest weights, no Phi, deployed: what from_pretrained users expect of a backend.
             quantize_linears(model, dataclasses.replace(config.quant_config, rank=0))
             to_deploy(model)
+            fuse_activations(model)
             self.quantization_config = QvgenConfig.of(model)
             self.pre_quantized = True
             model.register_to_config(quantization_config=self.quantization_config)

@@ -1,6 +1,5 @@
 """The method: quantizer config, weight and activation quantizers, timestep clip groups, the low-rank Φ,
-the QAT layer (QLinear) and its deployed form (DeployedLinear), rank decay, swapping them into a model, and fusing
-the activation after a deployed projection into its call (fuse).
+the QAT layer (QLinear) and its deployed form (DeployedLinear), rank decay, and swapping them into a model.
 
 Imports only `qvgen.distributed` (DTensor-aware helpers), `qvgen.storage` and `qvgen_kernels`.
 """

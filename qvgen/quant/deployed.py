@@ -282,7 +282,7 @@ class DeployedLinear(PhiView, nn.Linear):
         return cached[1], cached[2]
 
     def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
-        """y = x Ŵ^T + b (plus Φ when kept), then `activation` if given ("gelu_tanh", see `qvgen.quant.fuse`):
+        """y = x Ŵ^T + b (plus Φ when kept), then `activation` if given ("gelu_tanh", see `qvgen.artifact.fuse`):
         in the kernel's epilogue for inference without Φ, else as a separate op after y."""
         packed = self._packed
         # Rebuilt after .to() / loading (_packed reset), after a move that bypasses _apply (diffusers' group

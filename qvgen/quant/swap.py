@@ -12,7 +12,6 @@ from qvgen_kernels.errors import fail
 
 from qvgen.quant.config import QuantConfig
 from qvgen.quant.deployed import DeployedLinear
-from qvgen.quant.fuse import fuse_activations
 from qvgen.quant.qlinear import QLinear
 from qvgen.quant.timestep import STATE_ATTR, attach_state
 
@@ -151,9 +150,9 @@ def quantize_linears(model: nn.Module, cfg: QuantConfig, *, calibrate: bool = Tr
 
 
 def to_deploy(model: nn.Module, keep_phi: bool = False) -> nn.Module:
-    """Swap every QLinear for its DeployedLinear (packed weights + low-bit kernels), in place, fuse the
-    activations that follow a deployed projection (`qvgen.quant.fuse`), and return the model (or, for a bare
-    QLinear, its DeployedLinear). Refuses, naming the first layer, while any layer's
+    """Swap every QLinear for its DeployedLinear (packed weights + low-bit kernels), in place, and return the
+    model (or, for a bare QLinear, its DeployedLinear). `qvgen.to_deploy` also fuses the activations after the
+    deployed projections (`qvgen.artifact.fuse`). Refuses, naming the first layer, while any layer's
     Phi has rank > 0, unless keep_phi."""
     if not keep_phi:
         for name, q in iter_qlinears(model):
@@ -162,9 +161,7 @@ def to_deploy(model: nn.Module, keep_phi: bool = False) -> nn.Module:
                      "RankDecay.finish() after the training loop)",
                      f"False with layer '{name or type(model).__name__}' still holding Phi of rank {q.phi_rank}")
     # Layer by layer: each QLinear (and its fp32 weight, unless held elsewhere) is released once replaced.
-    model = replace_modules(model, lambda _, m: m.to_deploy(keep_phi) if isinstance(m, QLinear) else None)
-    fuse_activations(model)
-    return model
+    return replace_modules(model, lambda _, m: m.to_deploy(keep_phi) if isinstance(m, QLinear) else None)
 
 
 __all__ = ["QUANTIZED", "WEIGHT_READERS", "attach", "iter_qlinears", "model_config", "quantize_linears",

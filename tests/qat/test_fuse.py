@@ -18,7 +18,7 @@ import qvgen
 from qvgen import DeployedLinear, QuantConfig
 from qvgen.artifact.pretrained import cast
 from qvgen.models.tiny import tiny_latents, tiny_model
-from qvgen.quant.fuse import FusedForward, fuse_activations
+from qvgen.artifact.fuse import FusedForward, fuse_activations
 from qvgen_kernels import registry
 
 pytest.importorskip("diffusers")

@@ -1,5 +1,8 @@
 """Activation fusion at deployment: a projection and the activation after it run as one deployed call.
 
+Here, beside the diffusers backend, because it recognises diffusers' own modules (the method in `qvgen.quant` knows
+no diffusers class); `DeployedLinear.forward(x, activation=)` is the method's side of it.
+
 diffusers' feed-forward blocks project and activate in one module: `GELU` (`proj`, then `F.gelu`), the first half
 of the FFN of Wan, CogVideoX, HunyuanVideo and Flux. With `proj` a DeployedLinear, the CPU int8 kernel applies
 the GELU (tanh approximation) to each output in its epilogue, which saves a read and a write of the block's
