@@ -31,6 +31,7 @@ from torch import Tensor
 from . import _ops, backends, registry  # noqa: F401  (backends: registrations)
 from .format import ACT_BITS, PACKED_BITS, WEIGHT_BITS, check_accumulator, check_bits, packed_width
 from .errors import fail
+from .reference import linear as _ref_linear
 from .reference import quant as _ref_quant
 
 Clip = Union[float, Tensor]
@@ -408,8 +409,8 @@ def prepack_linear(w_packed: Tensor, w_scale: Tensor, w_zero: Tensor, *, w_bits:
     return PackedLinear(name, w_bits, a_bits, k, n, tensors, layout)
 
 
-# Activations a deployed layer can apply to its own output (``prepacked_linear(..., activation=)``).
-ACTIVATIONS = ("gelu_tanh",)
+# Activations a deployed layer can apply to its own output (``prepacked_linear(..., activation=)``): name -> function.
+ACTIVATIONS = _ref_linear.ACTIVATIONS
 
 
 def prepacked_linear(x: Tensor, packed: PackedLinear, bias: Tensor | None = None, clip_lo: Clip = 1.0,
@@ -425,7 +426,7 @@ def prepacked_linear(x: Tensor, packed: PackedLinear, bias: Tensor | None = None
     """
     op = "prepacked_linear"
     if activation is not None and activation not in ACTIVATIONS:
-        fail(op, "activation", f"None or one of {ACTIVATIONS}", repr(activation))
+        fail(op, "activation", f"None or one of {tuple(ACTIVATIONS)}", repr(activation))
     if not isinstance(packed, PackedLinear):
         fail(op, "packed", "a PackedLinear (from prepack_linear)", type(packed).__name__, TypeError)
     if not isinstance(x, Tensor):
@@ -448,7 +449,7 @@ def prepacked_linear(x: Tensor, packed: PackedLinear, bias: Tensor | None = None
     else:
         out = packed._run(x2, packed.tensors, bias, packed.w_bits, packed.a_bits, packed.k, packed.n, lo, hi)
         if activation is not None:
-            out = torch.nn.functional.gelu(out, approximate="tanh")
+            out = ACTIVATIONS[activation](out)
     return out if flat else out.view(*shape[:-1], packed.n)
 
 

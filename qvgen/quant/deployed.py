@@ -39,10 +39,6 @@ from qvgen.quant.config import QuantConfig
 from qvgen.quant.lowrank import PhiView
 from qvgen.quant.timestep import STATE_ATTR, TimestepState, row_group_index
 
-# Activations a layer applies after itself when asked (forward's `activation`), outside the kernel.
-_ACTIVATION_FNS = {"gelu_tanh": lambda y: torch.nn.functional.gelu(y, approximate="tanh")}
-assert tuple(_ACTIVATION_FNS) == ops.ACTIVATIONS
-
 # Buffers whose values define the quantized function: never cast by `.to(dtype)`.
 EXACT_BUFFERS = ("w_scale", "w_zero", "a_clip_lo", "a_clip_hi")
 
@@ -304,9 +300,9 @@ class DeployedLinear(PhiView, nn.Linear):
             y = y + self._phi(x_hat).to(y.dtype)
         if activation is None:
             return y
-        if activation not in _ACTIVATION_FNS:
-            fail("DeployedLinear.forward", "activation", f"None or one of {tuple(_ACTIVATION_FNS)}", repr(activation))
-        return _ACTIVATION_FNS[activation](y)
+        if activation not in ops.ACTIVATIONS:
+            fail("DeployedLinear.forward", "activation", f"None or one of {tuple(ops.ACTIVATIONS)}", repr(activation))
+        return ops.ACTIVATIONS[activation](y)
 
     @torch.no_grad()
     def prepack(self, backend: str | None = None) -> ops.PackedLinear:

@@ -94,7 +94,7 @@ def prepacked_linear_fused(x, weights, bias, w_bits, a_bits, k, n, clip_lo, clip
     it is stored (no second pass over [M, N])."""
     if a_bits == 16:
         y = reference_linear.prepacked_linear(x, weights, bias, w_bits, a_bits, k, n, clip_lo, clip_hi)
-        return torch.nn.functional.gelu(y, approximate="tanh")
+        return reference_linear.ACTIVATIONS[activation](y)
     w_packed, colsum, scale, zero = weights
     return torch.ops.qvgen_ext.int8_linear(x, w_packed, colsum, scale, zero, bias, w_bits, a_bits,
                                            scale.dim() == 2, clip_lo, clip_hi, _ACTIVATION_CODES[activation])

@@ -36,10 +36,16 @@ def prepack_weight(w_packed: torch.Tensor, w_scale: torch.Tensor, w_zero: torch.
     return w_packed, w_scale, w_zero
 
 
+# Activations a deployed layer may apply to its own output (the name a fused op takes -> the function it computes).
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu_tanh": lambda y: torch.nn.functional.gelu(y, approximate="tanh"),
+}
+
+
 def prepacked_linear(x: torch.Tensor, weights: tuple[torch.Tensor, ...], bias: torch.Tensor | None,
                      w_bits: int, a_bits: int, k: int, n: int, clip_lo: torch.Tensor,
                      clip_hi: torch.Tensor) -> torch.Tensor:
     return lowbit_linear(x, *weights, bias, w_bits, a_bits, clip_lo, clip_hi)
 
 
-__all__ = ["composite_linear", "lowbit_linear", "prepack_weight", "prepacked_linear"]
+__all__ = ["ACTIVATIONS", "composite_linear", "lowbit_linear", "prepack_weight", "prepacked_linear"]
