@@ -148,6 +148,16 @@ at::Tensor int8_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::T
   const bool vnni = !small && m <= kVnniRows && int8::vnni_active();
   const int w_offset = w_bits == 8 && !vnni ? 128 : 0;
   const bool with_partial = grouped && groups > 1;
+  // The epilogue of one tile of int32 products: group g, rows [m0, m0 + rows), columns [n0, n0 + cols).
+  auto epilogue = [&](const int32_t* acc_ptr, int64_t g, int64_t m0, int64_t rows, int64_t n0, int64_t cols,
+                      int w_off, float* partial) {
+    const int8::EpilogueArgs e{acc_ptr, as.data_ptr<float>(), ar.data_ptr<int32_t>(), ao.data_ptr<int32_t>(),
+                               cs.data_ptr<int32_t>(), ws.data_ptr<float>(), wz.data_ptr<float>(),
+                               b.defined() ? b.data_ptr<float>() : nullptr, n, groups, g, gs, m0, n0, n0 + cols, cols,
+                               w_off, grouped, partial, out.data_ptr(), tag_of(out.scalar_type()),
+                               static_cast<Activation>(activation)};
+    at::parallel_for(m0, m0 + rows, grain(cols), [&](int64_t r0, int64_t r1) { int8::epilogue_rows(e, r0, r1); });
+  };
   if (vnni && w_bits == 4 && groups == 1 && m <= kVnni4Rows) {
     // 4-bit codes unpacked in registers (no int8 copy of the weights): the activations permuted to the nibble
     // order once, all m rows against each pair of weight rows, then one epilogue over [m, n].
@@ -160,11 +170,7 @@ at::Tensor int8_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::T
     at::parallel_for(0, ceil_div(n, 2), 8, [&](int64_t p0, int64_t p1) {
       int8::vnni4_gemm_cols(v, 2 * p0, std::min(n, 2 * p1));
     });
-    int8::EpilogueArgs e{acc.data_ptr<int32_t>(), as.data_ptr<float>(), ar.data_ptr<int32_t>(),
-                         ao.data_ptr<int32_t>(), cs.data_ptr<int32_t>(), ws.data_ptr<float>(), wz.data_ptr<float>(),
-                         b.defined() ? b.data_ptr<float>() : nullptr, n, groups, 0, gs, 0, 0, n, n, 0, grouped,
-                         nullptr, out.data_ptr(), tag_of(out.scalar_type()), static_cast<Activation>(activation)};
-    at::parallel_for(0, m, grain(n), [&](int64_t r0, int64_t r1) { int8::epilogue_rows(e, r0, r1); });
+    epilogue(acc.data_ptr<int32_t>(), 0, 0, m, 0, n, 0, nullptr);
     return out;
   }
   // Scratch: tensors where the engine writes (at::_int_mm_out takes tensors); for small problems this thread's
@@ -211,13 +217,7 @@ at::Tensor int8_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::T
           at::_int_mm_out(acc, aq.narrow(0, m0, rows).narrow(1, g * gs_gemm, gs_gemm),
                           w_buf.narrow(0, 0, cols).narrow(1, g * gs_gemm, gs_gemm).t());
         }
-        int8::EpilogueArgs e{acc_ptr, as.data_ptr<float>(), ar.data_ptr<int32_t>(),
-                             ao.data_ptr<int32_t>(), cs.data_ptr<int32_t>(), ws.data_ptr<float>(),
-                             wz.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr, n, groups, g, gs,
-                             m0, n0, n0 + cols, cols, w_offset, grouped,
-                             part_ptr, out.data_ptr(),
-                             tag_of(out.scalar_type()), static_cast<Activation>(activation)};
-        at::parallel_for(m0, m0 + rows, grain(cols), [&](int64_t r0, int64_t r1) { int8::epilogue_rows(e, r0, r1); });
+        epilogue(acc_ptr, g, m0, rows, n0, cols, w_offset, part_ptr);
       }
     }
   }

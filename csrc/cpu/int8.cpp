@@ -367,56 +367,22 @@ QVGEN_AVX512 void unpack_row_simd(const UnpackArgs& u, int64_t r) {
 
 #define QVGEN_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 
-// An R x C block of products: R activation rows against C weight rows, R * C accumulators in registers
-// (compile-time sizes, so that none is spilled), one 64-byte step of K per iteration.
-template <int R, int C>
-QVGEN_VNNI void vnni_block(const SmallGemmArgs& g, int64_t r0, int64_t j0) {
-  __m512i acc[R][C];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_si512();
-  const int8_t* a = g.a + r0 * g.lda;
-  const int8_t* w = g.w + j0 * g.ldw;
-  int64_t i = 0;
-  for (; i + 64 <= g.k; i += 64) {
-    __m512i wv[C];
-    for (int c = 0; c < C; ++c) wv[c] = _mm512_loadu_si512(w + c * g.ldw + i);
-    for (int r = 0; r < R; ++r) {
-      const __m512i av = _mm512_loadu_si512(a + r * g.lda + i);
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], wv[c], av);
-    }
+// Operands of the VNNI products, 64 columns (one chunk) at a time: int8 weight rows (unsigned codes) against
+// int8 activation rows, the last chunk masked past k (zero bytes add nothing).
+struct Int8Operands {
+  const SmallGemmArgs& g;
+  int64_t chunks() const { return (g.k + 63) / 64; }
+  int64_t full_chunks() const { return g.k / 64; }
+  template <bool TAIL>
+  QVGEN_VNNI __m512i weights(int64_t j, int64_t ch) const { return load<TAIL>(g.w + j * g.ldw + ch * 64, ch); }
+  template <bool TAIL>
+  QVGEN_VNNI __m512i acts(int64_t r, int64_t ch) const { return load<TAIL>(g.a + r * g.lda + ch * 64, ch); }
+  template <bool TAIL>
+  QVGEN_VNNI __m512i load(const int8_t* p, int64_t ch) const {
+    return TAIL ? _mm512_maskz_loadu_epi8(tail_mask64(g.k - ch * 64), p) : _mm512_loadu_si512(p);
   }
-  if (i < g.k) {  // masked tail: zero bytes add nothing
-    const __mmask64 m = tail_mask64(g.k - i);
-    __m512i wv[C];
-    for (int c = 0; c < C; ++c) wv[c] = _mm512_maskz_loadu_epi8(m, w + c * g.ldw + i);
-    for (int r = 0; r < R; ++r) {
-      const __m512i av = _mm512_maskz_loadu_epi8(m, a + r * g.lda + i);
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], wv[c], av);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) g.acc[(r0 + r) * g.ldc + j0 + c] = _mm512_reduce_add_epi32(acc[r][c]);
-}
-
-template <int C>
-QVGEN_VNNI void vnni_col_block(const SmallGemmArgs& g, int64_t r0, int64_t r1, int64_t j) {
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) vnni_block<4, C>(g, r, j);
-  switch (r1 - r) {
-    case 3: vnni_block<3, C>(g, r, j); break;
-    case 2: vnni_block<2, C>(g, r, j); break;
-    case 1: vnni_block<1, C>(g, r, j); break;
-    default: break;
-  }
-}
-
-// Weight rows outer, activation rows inner: each group of 4 weight rows is read from cache once per 4
-// activation rows while it is in L1 (the few activation rows stay in L1/L2 throughout).
-QVGEN_VNNI void vnni_rows(const SmallGemmArgs& g, int64_t r0, int64_t r1) {
-  int64_t j = 0;
-  for (; j + 4 <= g.n; j += 4) vnni_col_block<4>(g, r0, r1, j);
-  for (; j < g.n; ++j) vnni_col_block<1>(g, r0, r1, j);
-}
+  void store(int64_t r, int64_t j, int32_t v) const { g.acc[r * g.ldc + j] = v; }
+};
 
 // 64 codes of one weight row: 32 bytes (masked past the row's width), low nibbles then high nibbles.
 QVGEN_VNNI inline __m512i load_codes4(const uint8_t* row, int64_t byte0, int64_t width) {
@@ -428,54 +394,86 @@ QVGEN_VNNI inline __m512i load_codes4(const uint8_t* row, int64_t byte0, int64_t
   return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
-// R activation rows x C weight rows, all chunks of K: R * C accumulators in registers.
-template <int R, int C>
-QVGEN_VNNI void vnni4_block(const Vnni4Args& g, int64_t r0, int64_t j0) {
+// 4-bit codes as they rest against activations permuted to the nibble order (whole chunks, zero past k).
+struct Codes4Operands {
+  const Vnni4Args& g;
+  int64_t chunks() const { return g.chunks; }
+  int64_t full_chunks() const { return g.chunks; }  // activations padded to whole chunks; codes masked by width
+  template <bool TAIL>
+  QVGEN_VNNI __m512i weights(int64_t j, int64_t ch) const {
+    return load_codes4(g.codes + j * g.width, ch * 32, g.width);
+  }
+  template <bool TAIL>
+  QVGEN_VNNI __m512i acts(int64_t r, int64_t ch) const {
+    return _mm512_loadu_si512(g.a + (r * g.chunks + ch) * 64);
+  }
+  void store(int64_t r, int64_t j, int32_t v) const { g.acc[r * g.n + j] = v; }
+};
+
+// An R x C block of products: R activation rows against C weight rows, R * C accumulators in registers
+// (compile-time sizes, so that none is spilled), one 64-column chunk per iteration.
+template <bool TAIL, int R, int C, typename Ops>
+QVGEN_VNNI inline void vnni_chunk(const Ops& ops, __m512i (&acc)[R][C], int64_t r0, int64_t j0, int64_t ch) {
+  __m512i wv[C];
+  for (int c = 0; c < C; ++c) wv[c] = ops.template weights<TAIL>(j0 + c, ch);
+  for (int r = 0; r < R; ++r) {
+    const __m512i av = ops.template acts<TAIL>(r0 + r, ch);
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], wv[c], av);
+  }
+}
+
+template <int R, int C, typename Ops>
+QVGEN_VNNI void vnni_block(const Ops& ops, int64_t r0, int64_t j0) {
   __m512i acc[R][C];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_si512();
-  const int64_t lda = g.chunks * 64;
-  for (int64_t ch = 0; ch < g.chunks; ++ch) {
-    __m512i wv[C];
-    for (int c = 0; c < C; ++c) wv[c] = load_codes4(g.codes + (j0 + c) * g.width, ch * 32, g.width);
-    for (int r = 0; r < R; ++r) {
-      const __m512i av = _mm512_loadu_si512(g.a + (r0 + r) * lda + ch * 64);
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], wv[c], av);
-    }
-  }
+  const int64_t full = ops.full_chunks();
+  for (int64_t ch = 0; ch < full; ++ch) vnni_chunk<false>(ops, acc, r0, j0, ch);
+  if (full < ops.chunks()) vnni_chunk<true>(ops, acc, r0, j0, full);  // masked: zero bytes add nothing
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) g.acc[(r0 + r) * g.n + j0 + c] = _mm512_reduce_add_epi32(acc[r][c]);
+    for (int c = 0; c < C; ++c) ops.store(r0 + r, j0 + c, _mm512_reduce_add_epi32(acc[r][c]));
 }
 
-template <int C>
-QVGEN_VNNI void vnni4_col_block(const Vnni4Args& g, int64_t j) {
-  int64_t r = 0;
-  for (; r + 8 <= g.m; r += 8) vnni4_block<8, C>(g, r, j);
-  switch (g.m - r) {
-    case 7: vnni4_block<7, C>(g, r, j); break;
-    case 6: vnni4_block<6, C>(g, r, j); break;
-    case 5: vnni4_block<5, C>(g, r, j); break;
-    case 4: vnni4_block<4, C>(g, r, j); break;
-    case 3: vnni4_block<3, C>(g, r, j); break;
-    case 2: vnni4_block<2, C>(g, r, j); break;
-    case 1: vnni4_block<1, C>(g, r, j); break;
+// Activation rows [r0, r1) against C weight rows from j, RMAX rows at a time.
+template <int RMAX, int C, typename Ops>
+QVGEN_VNNI void vnni_col_block(const Ops& ops, int64_t r0, int64_t r1, int64_t j) {
+  int64_t r = r0;
+  for (; r + RMAX <= r1; r += RMAX) vnni_block<RMAX, C>(ops, r, j);
+  switch (r1 - r) {
+    case 7: if constexpr (RMAX > 7) vnni_block<7, C>(ops, r, j); break;
+    case 6: if constexpr (RMAX > 6) vnni_block<6, C>(ops, r, j); break;
+    case 5: if constexpr (RMAX > 5) vnni_block<5, C>(ops, r, j); break;
+    case 4: if constexpr (RMAX > 4) vnni_block<4, C>(ops, r, j); break;
+    case 3: vnni_block<3, C>(ops, r, j); break;
+    case 2: vnni_block<2, C>(ops, r, j); break;
+    case 1: vnni_block<1, C>(ops, r, j); break;
     default: break;
   }
+}
+
+// Weight rows outer, activation rows inner: each group of 4 weight rows is read from cache once per 4
+// activation rows while it is in L1 (the few activation rows stay in L1/L2 throughout).
+QVGEN_VNNI void vnni_rows(const SmallGemmArgs& g, int64_t r0, int64_t r1) {
+  const Int8Operands ops{g};
+  int64_t j = 0;
+  for (; j + 4 <= g.n; j += 4) vnni_col_block<4, 4>(ops, r0, r1, j);
+  for (; j < g.n; ++j) vnni_col_block<4, 1>(ops, r0, r1, j);
 }
 
 // Pairs of weight rows, each pair's codes read from memory once for all activation rows (up to 8 at a time: 16
 // accumulators); the codes of the pair 4 pairs ahead are requested while this one is summed.
 QVGEN_VNNI void vnni4_cols(const Vnni4Args& g, int64_t j0, int64_t j1) {
   constexpr int64_t kAhead = 8;
+  const Codes4Operands ops{g};
   int64_t j = j0;
   for (; j + 2 <= j1; j += 2) {
     if (j + kAhead + 2 <= g.n) {
       const uint8_t* ahead = g.codes + (j + kAhead) * g.width;
       for (int64_t b = 0; b < 2 * g.width; b += 64) _mm_prefetch(reinterpret_cast<const char*>(ahead + b), _MM_HINT_T0);
     }
-    vnni4_col_block<2>(g, j);
+    vnni_col_block<8, 2>(ops, 0, g.m, j);
   }
-  if (j < j1) vnni4_col_block<1>(g, j);
+  if (j < j1) vnni_col_block<8, 1>(ops, 0, g.m, j);
 }
 
 // Per 64 columns: the even columns (the low 8 bits of each 16-bit pair) then the odd ones; zero past k.
