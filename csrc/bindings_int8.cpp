@@ -33,11 +33,12 @@ constexpr int64_t kSmallMacs = 1 << 16;
 // Up to this many rows the products run on AVX512-VNNI directly: measured level with oneDNN at M = 16-32 and
 // ahead of it at M = 1 (1536 x 1536: 1.4x bf16), one thread.
 constexpr int64_t kVnniRows = 16;
-// Up to this many rows, 4-bit per-channel weights are unpacked in registers (no int8 copy written and read).
-// Measured from a cold cache, one thread, Wan-1.3B shapes, ms per call vs the int8 copy: 1536 x 8960 at M = 1 / 4
-// 0.26 / 0.43 vs 0.56 / 0.72, 1536 x 1536 0.12 / 0.14 vs 0.25 / 0.26, 8960 x 1536 0.42 / 0.72 vs 0.61 / 0.73; from
-// M = 8 the copy wins at K = 8960 (the activation rows no longer stay in L1 across weight rows).
-constexpr int64_t kVnni4Rows = 4;
+// 4-bit per-channel weights are unpacked in registers (no int8 copy written and read) up to kVnni4Rows rows, and up
+// to kVnniRows rows while the activation rows stay in L1 (M x K <= kVnni4ActBytes) and the layer has at most
+// kVnni4MaxCols weight rows. Measured from a cold cache, one thread, ms per call, in registers vs the int8 copy:
+// M = 1 / 4, 1536 x 8960 0.26 / 0.43 vs 0.56 / 0.72, 8960 x 1536 0.42 / 0.72 vs 0.61 / 0.73; M = 16, 1536 x 1536
+// 0.34-0.36 vs 0.34-0.48, but 1536 x 8960 1.61-1.67 vs 1.21-1.37 and 8960 x 1536 2.03-2.32 vs 1.28-1.56.
+constexpr int64_t kVnni4Rows = 4, kVnni4ActBytes = 32 << 10, kVnni4MaxCols = 2048;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -158,7 +159,9 @@ at::Tensor int8_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::T
                                static_cast<Activation>(activation)};
     at::parallel_for(m0, m0 + rows, grain(cols), [&](int64_t r0, int64_t r1) { int8::epilogue_rows(e, r0, r1); });
   };
-  if (vnni && w_bits == 4 && groups == 1 && m <= kVnni4Rows) {
+  const bool codes_in_registers =
+      m <= kVnni4Rows || (m * k_gemm <= kVnni4ActBytes && n <= kVnni4MaxCols);
+  if (vnni && w_bits == 4 && groups == 1 && codes_in_registers) {
     // 4-bit codes unpacked in registers (no int8 copy of the weights): the activations permuted to the nibble
     // order once, all m rows against each pair of weight rows, then one epilogue over [m, n].
     const int64_t chunks = ceil_div(k_gemm, 64);

@@ -374,18 +374,18 @@ struct Int8Operands {
   int64_t chunks() const { return (g.k + 63) / 64; }
   int64_t full_chunks() const { return g.k / 64; }
   template <bool TAIL>
-  QVGEN_VNNI __m512i weights(int64_t j, int64_t ch) const { return load<TAIL>(g.w + j * g.ldw + ch * 64, ch); }
+  QVGEN_VNNI __attribute__((always_inline)) __m512i weights(int64_t j, int64_t ch) const { return load<TAIL>(g.w + j * g.ldw + ch * 64, ch); }
   template <bool TAIL>
-  QVGEN_VNNI __m512i acts(int64_t r, int64_t ch) const { return load<TAIL>(g.a + r * g.lda + ch * 64, ch); }
+  QVGEN_VNNI __attribute__((always_inline)) __m512i acts(int64_t r, int64_t ch) const { return load<TAIL>(g.a + r * g.lda + ch * 64, ch); }
   template <bool TAIL>
-  QVGEN_VNNI __m512i load(const int8_t* p, int64_t ch) const {
+  QVGEN_VNNI __attribute__((always_inline)) __m512i load(const int8_t* p, int64_t ch) const {
     return TAIL ? _mm512_maskz_loadu_epi8(tail_mask64(g.k - ch * 64), p) : _mm512_loadu_si512(p);
   }
   void store(int64_t r, int64_t j, int32_t v) const { g.acc[r * g.ldc + j] = v; }
 };
 
 // 64 codes of one weight row: 32 bytes (masked past the row's width), low nibbles then high nibbles.
-QVGEN_VNNI inline __m512i load_codes4(const uint8_t* row, int64_t byte0, int64_t width) {
+QVGEN_VNNI __attribute__((always_inline)) inline __m512i load_codes4(const uint8_t* row, int64_t byte0, int64_t width) {
   const int64_t left = width - byte0;
   const __mmask32 m = left >= 32 ? static_cast<__mmask32>(0xFFFFFFFFu) : static_cast<__mmask32>((1u << left) - 1u);
   const __m256i b = _mm256_maskz_loadu_epi8(m, row + byte0);
@@ -400,11 +400,11 @@ struct Codes4Operands {
   int64_t chunks() const { return g.chunks; }
   int64_t full_chunks() const { return g.chunks; }  // activations padded to whole chunks; codes masked by width
   template <bool TAIL>
-  QVGEN_VNNI __m512i weights(int64_t j, int64_t ch) const {
+  QVGEN_VNNI __attribute__((always_inline)) __m512i weights(int64_t j, int64_t ch) const {
     return load_codes4(g.codes + j * g.width, ch * 32, g.width);
   }
   template <bool TAIL>
-  QVGEN_VNNI __m512i acts(int64_t r, int64_t ch) const {
+  QVGEN_VNNI __attribute__((always_inline)) __m512i acts(int64_t r, int64_t ch) const {
     return _mm512_loadu_si512(g.a + (r * g.chunks + ch) * 64);
   }
   void store(int64_t r, int64_t j, int32_t v) const { g.acc[r * g.n + j] = v; }
@@ -413,7 +413,7 @@ struct Codes4Operands {
 // An R x C block of products: R activation rows against C weight rows, R * C accumulators in registers
 // (compile-time sizes, so that none is spilled), one 64-column chunk per iteration.
 template <bool TAIL, int R, int C, typename Ops>
-QVGEN_VNNI inline void vnni_chunk(const Ops& ops, __m512i (&acc)[R][C], int64_t r0, int64_t j0, int64_t ch) {
+QVGEN_VNNI __attribute__((always_inline)) inline void vnni_chunk(const Ops& ops, __m512i (&acc)[R][C], int64_t r0, int64_t j0, int64_t ch) {
   __m512i wv[C];
   for (int c = 0; c < C; ++c) wv[c] = ops.template weights<TAIL>(j0 + c, ch);
   for (int r = 0; r < R; ++r) {

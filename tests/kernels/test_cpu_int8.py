@@ -302,10 +302,11 @@ def test_fused_activation_on_other_backends_is_the_plain_op() -> None:
 @pytest.mark.parametrize("a_bits", [3, 4, 8])
 def test_four_bit_codes_unpacked_in_registers(simd, a_bits) -> None:
     """Few rows and 4-bit per-channel weights take the products on the codes as they rest (nibbles unpacked in
-    registers, activations permuted to match): 1 to 4 rows, K across and within 64-column chunks
-    (odd K: a pad nibble), odd N (a last single weight row), equal to the reference."""
+    registers, activations permuted to match): 1 to 4 rows, or up to 16 with M K <= 32 KB and N <= 2048; K across
+    and within 64-column chunks (odd K: a pad nibble), odd N (a last single weight row), equal to the reference."""
     gen = torch.Generator().manual_seed(a_bits)
-    for m, k, n in [(1, 1537, 301), (2, 64, 1025), (3, 130, 517), (4, 1000, 33), (4, 63, 1001), (1, 1, 300)]:
+    for m, k, n in [(1, 1537, 301), (2, 64, 1025), (3, 130, 517), (4, 1000, 33), (4, 63, 1001), (1, 1, 300),
+                    (16, 1536, 257), (11, 2000, 65)]:
         wp, ws, wz, bias = _layer(n, k, 4, None, gen)
         x = (torch.randn(m, k, generator=gen) * 3).to(torch.bfloat16)
         packed = ops.prepack_linear(wp, ws, wz, w_bits=4, a_bits=a_bits, k=k)
