@@ -46,6 +46,14 @@ class _FeedForward(nn.Module):
         return self.net[2](self.net[1](self.net[0].proj(x)))
 
 
+class _FP32LayerNorm(nn.LayerNorm):
+    """Normalises in fp32 with fp32 copies of its affine parameters, as diffusers' FP32LayerNorm (a bf16 block's
+    weights with fp32 input: torch's CUDA layer_norm refuses mixed dtypes, its CPU one accepts them)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
+
+
 class WanShapedBlock(nn.Module):
     """forward(hidden [B, N, dim], text [B, L, dim], temb [B, 6, dim]) -> [B, N, dim], modulated as Wan's."""
 
@@ -54,7 +62,7 @@ class WanShapedBlock(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
         self.attn1 = _Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = _FP32LayerNorm(dim, eps=1e-6)
         self.attn2 = _Attention(dim, heads)
         self.norm3 = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
         self.ffn = _FeedForward(dim, ffn_dim)

@@ -95,6 +95,10 @@ STEPS+=("$(printf '%-16s rc=%-3s %4ss  cap %4ss' bundle "$rc" "$((SECONDS - t0))
 CUTLASS_INC="$(cd "$OUT/cutlass-include" && pwd)"
 NINJA_DIR="$("$PY" -c "import sysconfig; print(sysconfig.get_path('scripts'))")"
 
+# Tests in worker processes where pytest-xdist is installed (the GPU image has it): faster, and a test that crashes
+# its process is reported as failed instead of ending the step.
+XDIST=()
+"$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 6)
 GPU_TESTS=(tests/kernels -m gpu)
 REST_TESTS=(tests/kernels -m "not gpu" $(diffusers_ignores tests/kernels))
 GEMM_ARGS=(--shapes check --backends triton,ext --modes gemm,deployed_gemm,deployed_linear --bits w4a4,w3a3,w4a8
@@ -105,12 +109,12 @@ step build 150 "echo \"setup.py takes the CUTLASS headers from QVGEN_CUTLASS_INC
   "$PY" -m pip install -q --no-index --no-build-isolation --no-deps -e .
 q() { printf '%q ' "$@"; }  # a command line as one shell string (the dry run's plan)
 step gpu_tests 90 "$(q "$PY" -m pytest -q -p no:cacheprovider --collect-only "${GPU_TESTS[@]}") | tail -3" \
-  "$PY" -m pytest -q -p no:cacheprovider -rs "${GPU_TESTS[@]}"
+  "$PY" -m pytest -q -p no:cacheprovider -rfEs "${XDIST[@]}" "${GPU_TESTS[@]}"
 step sanitizer 40 "$(q "$PY" -m benchmarks.gpu_sanitize --plan)" \
   "$PY" -m benchmarks.gpu_sanitize --run-tools --budget 38
 step gemm_bench 110 "$(q "$PY" -m benchmarks.bench_gemm "${GEMM_ARGS[@]}" --plan)" \
   "$PY" -m benchmarks.bench_gemm "${GEMM_ARGS[@]}"
 step qat 40 "$(q "$PY" -m benchmarks.bench_qat_check --plan)" "$PY" -m benchmarks.bench_qat_check --out "$OUT"
 step kernel_tests 30 "$(q "$PY" -m pytest -q -p no:cacheprovider --collect-only "${REST_TESTS[@]}") | tail -3" \
-  "$PY" -m pytest -q -p no:cacheprovider "${REST_TESTS[@]}"
+  "$PY" -m pytest -q -p no:cacheprovider -rfE "${XDIST[@]}" "${REST_TESTS[@]}"
 summary gpu_check.txt

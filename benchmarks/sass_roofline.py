@@ -245,12 +245,14 @@ def compile_triton(spec, arch: str) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from qvgen_kernels.triton._configs import EXACT_FP  # as every launch compiles
+
     names = spec.kernel.arg_names
     src = ASTSource(fn=spec.kernel, signature=spec.signature,
                     constexprs={(names.index(k),): v for k, v in spec.constexprs.items()},
                     attrs=getattr(spec, "attrs", None))
     k = triton.compile(src, target=GPUTarget("cuda", ARCHS[arch]["capability"], 32),
-                       options=dict(num_warps=spec.num_warps, num_stages=spec.num_stages))
+                       options=dict(num_warps=spec.num_warps, num_stages=spec.num_stages, **EXACT_FP))
     ttgir = k.asm["ttgir"]
     return dict(cubin=k.asm["cubin"], name=k.metadata.name, shared=k.metadata.shared,
                 ttgir_dot_wait_pendings=sorted({int(p) for p in re.findall(r"pendings = (\d+)", ttgir)}),

@@ -11,6 +11,7 @@
 #ifdef QVGEN_WITH_CUDA
 #include "bindings_cuda.h"
 #endif
+#include "check.h"
 #include "qvgen/kernels.h"
 
 namespace qvgen {
@@ -20,28 +21,28 @@ namespace {
 int64_t grain_rows(int64_t row_cost) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_cost)); }
 
 void check_bits(const char* op, const char* arg, int64_t bits) {
-  TORCH_CHECK_VALUE(is_packed_bits(static_cast<int>(bits)), op, ": argument '", arg,
+  QVGEN_CHECK_VALUE(is_packed_bits(static_cast<int>(bits)), op, ": argument '", arg,
                     "' expected one of (3, 4, 8), got ", bits);
 }
 
 void check_dtype(const char* op, const char* arg, const at::Tensor& t, at::ScalarType dtype) {
-  TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": argument '", arg, "' expected dtype ", dtype, ", got ",
+  QVGEN_CHECK_TYPE(t.scalar_type() == dtype, op, ": argument '", arg, "' expected dtype ", dtype, ", got ",
                    t.scalar_type());
 }
 
 void check_float(const char* op, const char* arg, const at::Tensor& t) {
   const auto s = t.scalar_type();
-  TORCH_CHECK_TYPE(s == at::kFloat || s == at::kHalf || s == at::kBFloat16, op, ": argument '", arg,
+  QVGEN_CHECK_TYPE(s == at::kFloat || s == at::kHalf || s == at::kBFloat16, op, ": argument '", arg,
                    "' expected dtype float32, float16 or bfloat16, got ", s);
 }
 
 void check_shape(const char* op, const char* arg, const at::Tensor& t, at::IntArrayRef shape) {
-  TORCH_CHECK_VALUE(t.sizes() == shape, op, ": argument '", arg, "' expected shape ", shape, ", got ",
+  QVGEN_CHECK_VALUE(t.sizes() == shape, op, ": argument '", arg, "' expected shape ", shape, ", got ",
                     t.sizes());
 }
 
 void check_device(const char* op, const char* arg, const at::Tensor& t, const at::Tensor& ref) {
-  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": argument '", arg, "' expected a tensor on ",
+  QVGEN_CHECK_VALUE(t.device() == ref.device(), op, ": argument '", arg, "' expected a tensor on ",
                     ref.device(), ", got one on ", t.device());
 }
 
@@ -61,7 +62,7 @@ at::Tensor pack(const at::Tensor& codes, int64_t bits) {
   constexpr const char* op = "qvgen_ext::pack";
   check_bits(op, "bits", bits);
   check_dtype(op, "codes", codes, at::kByte);
-  TORCH_CHECK_VALUE(codes.dim() >= 1, op, ": argument 'codes' expected at least 1 dimension, got 0");
+  QVGEN_CHECK_VALUE(codes.dim() >= 1, op, ": argument 'codes' expected at least 1 dimension, got 0");
   const int64_t k = codes.size(-1);
   auto shape = codes.sizes().vec();
   shape.back() = packed_width(k, static_cast<int>(bits));
@@ -89,10 +90,10 @@ at::Tensor unpack(const at::Tensor& packed, int64_t bits, int64_t k) {
   constexpr const char* op = "qvgen_ext::unpack";
   check_bits(op, "bits", bits);
   check_dtype(op, "packed", packed, at::kByte);
-  TORCH_CHECK_VALUE(k >= 1, op, ": argument 'k' expected a positive int, got ", k);
-  TORCH_CHECK_VALUE(packed.dim() >= 1, op, ": argument 'packed' expected at least 1 dimension, got 0");
+  QVGEN_CHECK_VALUE(k >= 1, op, ": argument 'k' expected a positive int, got ", k);
+  QVGEN_CHECK_VALUE(packed.dim() >= 1, op, ": argument 'packed' expected at least 1 dimension, got 0");
   const int64_t width = packed_width(k, static_cast<int>(bits));
-  TORCH_CHECK_VALUE(packed.size(-1) == width, op, ": argument 'packed' expected last dimension ", width,
+  QVGEN_CHECK_VALUE(packed.size(-1) == width, op, ": argument 'packed' expected last dimension ", width,
                     " (packed width of k=", k, " at ", bits, " bits), got ", packed.size(-1));
   auto shape = packed.sizes().vec();
   shape.back() = k;
@@ -119,9 +120,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> quantize_per_token(co
   constexpr const char* op = "qvgen_ext::quantize_per_token";
   check_bits(op, "bits", bits);
   check_float(op, "x", x);
-  TORCH_CHECK_VALUE(x.dim() == 2, op, ": argument 'x' expected a 2-D tensor [M, K], got shape ", x.sizes());
+  QVGEN_CHECK_VALUE(x.dim() == 2, op, ": argument 'x' expected a 2-D tensor [M, K], got shape ", x.sizes());
   const int64_t m = x.size(0), k = x.size(1);
-  TORCH_CHECK_VALUE(k >= 1, op, ": argument 'x' expected K >= 1, got shape ", x.sizes());
+  QVGEN_CHECK_VALUE(k >= 1, op, ": argument 'x' expected K >= 1, got shape ", x.sizes());
   check_per_row(op, "clip_lo", clip_lo, at::kFloat, x);
   check_per_row(op, "clip_hi", clip_hi, at::kFloat, x);
   const auto opts = x.options();
@@ -154,11 +155,11 @@ int64_t check_weight_qparams(const char* op, const at::Tensor& w_scale, const at
   check_dtype(op, "w_zero", w_zero, at::kFloat);
   check_device(op, "w_scale", w_scale, w_packed);
   check_device(op, "w_zero", w_zero, w_packed);
-  TORCH_CHECK_VALUE((w_scale.dim() == 1 || w_scale.dim() == 2) && w_scale.size(0) == n, op,
+  QVGEN_CHECK_VALUE((w_scale.dim() == 1 || w_scale.dim() == 2) && w_scale.size(0) == n, op,
                     ": argument 'w_scale' expected shape [", n, "] or [", n, ", G], got ", w_scale.sizes());
   check_shape(op, "w_zero", w_zero, w_scale.sizes());
   const int64_t groups = w_scale.dim() == 2 ? w_scale.size(1) : 1;
-  TORCH_CHECK_VALUE(groups >= 1 && k % groups == 0, op, ": argument 'w_scale' expected a group count G dividing k=",
+  QVGEN_CHECK_VALUE(groups >= 1 && k % groups == 0, op, ": argument 'w_scale' expected a group count G dividing k=",
                     k, ", got G=", groups);
   return groups;
 }
@@ -170,18 +171,18 @@ at::Tensor lowbit_gemm(const at::Tensor& a_packed, const at::Tensor& a_scale, co
   constexpr const char* op = "qvgen_ext::lowbit_gemm";
   check_bits(op, "w_bits", w_bits);
   check_bits(op, "a_bits", a_bits);
-  TORCH_CHECK_VALUE(k >= 1, op, ": argument 'k' expected a positive int, got ", k);
-  TORCH_CHECK_TYPE(out_dtype == at::kFloat || out_dtype == at::kHalf || out_dtype == at::kBFloat16, op,
+  QVGEN_CHECK_VALUE(k >= 1, op, ": argument 'k' expected a positive int, got ", k);
+  QVGEN_CHECK_TYPE(out_dtype == at::kFloat || out_dtype == at::kHalf || out_dtype == at::kBFloat16, op,
                    ": argument 'out_dtype' expected float32, float16 or bfloat16, got ", out_dtype);
   check_dtype(op, "a_packed", a_packed, at::kByte);
   check_dtype(op, "w_packed", w_packed, at::kByte);
   check_device(op, "w_packed", w_packed, a_packed);
   const int64_t a_width = packed_width(k, static_cast<int>(a_bits));
   const int64_t w_width = packed_width(k, static_cast<int>(w_bits));
-  TORCH_CHECK_VALUE(a_packed.dim() == 2 && a_packed.size(1) == a_width, op,
+  QVGEN_CHECK_VALUE(a_packed.dim() == 2 && a_packed.size(1) == a_width, op,
                     ": argument 'a_packed' expected shape [M, ", a_width, "] (k=", k, " at ", a_bits,
                     " bits), got ", a_packed.sizes());
-  TORCH_CHECK_VALUE(w_packed.dim() == 2 && w_packed.size(1) == w_width, op,
+  QVGEN_CHECK_VALUE(w_packed.dim() == 2 && w_packed.size(1) == w_width, op,
                     ": argument 'w_packed' expected shape [N, ", w_width, "] (k=", k, " at ", w_bits,
                     " bits), got ", w_packed.sizes());
   check_per_row(op, "a_scale", a_scale, at::kFloat, a_packed);

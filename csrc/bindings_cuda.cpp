@@ -4,13 +4,14 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "bindings_cuda.h"
+#include "check.h"
 #include "qvgen/cuda.h"
 
 namespace qvgen {
 namespace {
 
 void check_launch(const char* op, cudaError_t status) {
-  TORCH_CHECK(status == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(status));
+  QVGEN_CHECK(status == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(status));
 }
 
 }  // namespace

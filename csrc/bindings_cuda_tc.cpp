@@ -22,6 +22,7 @@
 
 #include <tuple>
 
+#include "check.h"
 #include "qvgen/tc.h"
 
 namespace qvgen {
@@ -31,12 +32,12 @@ constexpr const char* kPrepack = "qvgen_ext::tc_prepack_weight";
 constexpr const char* kLinear = "qvgen_ext::tc_linear";
 
 void check_bits(const char* op, const char* arg, int64_t bits) {
-  TORCH_CHECK_VALUE(is_packed_bits(static_cast<int>(bits)), op, ": argument '", arg,
+  QVGEN_CHECK_VALUE(is_packed_bits(static_cast<int>(bits)), op, ": argument '", arg,
                     "' expected one of (3, 4, 8), got ", bits);
 }
 
 void check_launch(const char* op, cudaError_t status) {
-  TORCH_CHECK(status == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(status));
+  QVGEN_CHECK(status == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(status));
 }
 
 DType dtype_tag(at::ScalarType s) {
@@ -47,10 +48,10 @@ int64_t kernel_k(int64_t k) { return tc_round_up(k, kTcKAlign); }
 
 // Groups of the weight constants [N] or [N, G]; G > 1 needs groups of a multiple of 32 columns.
 int64_t groups_of(const char* op, const at::Tensor& scale, int64_t n, int64_t k) {
-  TORCH_CHECK_VALUE((scale.dim() == 1 || scale.dim() == 2) && scale.size(0) == n, op,
+  QVGEN_CHECK_VALUE((scale.dim() == 1 || scale.dim() == 2) && scale.size(0) == n, op,
                     ": argument 'w_scale' expected shape [N] or [N, G] with N = ", n, ", got ", scale.sizes());
   const int64_t groups = scale.dim() == 2 ? scale.size(1) : 1;
-  TORCH_CHECK_VALUE(groups == 1 || (groups >= 1 && k % groups == 0 && (k / groups) % kTcMinGroup == 0), op,
+  QVGEN_CHECK_VALUE(groups == 1 || (groups >= 1 && k % groups == 0 && (k / groups) % kTcMinGroup == 0), op,
                     ": argument 'w_scale' expected groups of a multiple of ", kTcMinGroup,
                     " columns (tensor-core GEMM), got G = ", groups, " for K = ", k);
   return groups;
@@ -58,7 +59,7 @@ int64_t groups_of(const char* op, const at::Tensor& scale, int64_t n, int64_t k)
 
 // Every tensor argument on the device of x (the kernels dereference their pointers there).
 void check_device(const at::Tensor& x, const char* arg, const at::Tensor& t) {
-  TORCH_CHECK_VALUE(t.device() == x.device(), kLinear, ": argument '", arg, "' expected on ", x.device(),
+  QVGEN_CHECK_VALUE(t.device() == x.device(), kLinear, ": argument '", arg, "' expected on ", x.device(),
                     " (the device of x), got ", t.device());
 }
 
@@ -90,13 +91,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tc_prepack_weight(con
                                                                              int64_t k) {
   check_bits(kPrepack, "w_bits", w_bits);
   check_bits(kPrepack, "a_bits", a_bits);
-  TORCH_CHECK_VALUE(w_packed.dim() == 2 && w_packed.scalar_type() == at::kByte &&
+  QVGEN_CHECK_VALUE(w_packed.dim() == 2 && w_packed.scalar_type() == at::kByte &&
                         w_packed.size(1) == packed_width(k, static_cast<int>(w_bits)),
                     kPrepack, ": argument 'w_packed' expected uint8 [N, ", packed_width(k, static_cast<int>(w_bits)),
                     "], got ", w_packed.scalar_type(), " ", w_packed.sizes());
   const int64_t n = w_packed.size(0);
   const int64_t groups = groups_of(kPrepack, w_scale, n, k);
-  TORCH_CHECK_VALUE(w_zero.numel() == n * groups, kPrepack, ": argument 'w_zero' expected ", n * groups,
+  QVGEN_CHECK_VALUE(w_zero.numel() == n * groups, kPrepack, ": argument 'w_zero' expected ", n * groups,
                     " values (the shape of w_scale), got ", w_zero.sizes());
   const at::Tensor scale = w_scale.reshape({n, groups}).to(at::kFloat).contiguous();
   const at::Tensor zero = w_zero.reshape({n, groups}).to(at::kFloat).contiguous();
@@ -111,7 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tc_prepack_weight(con
   at::Tensor w = repack(codes, w_bits, n, k);
   if (w.is_cuda()) {
     const c10::cuda::CUDAGuard guard(w.device());
-    TORCH_CHECK(cuda::tc_prepare_weight(w.data_ptr(), n, kp, static_cast<int>(w_bits)) == cudaSuccess, kPrepack,
+    QVGEN_CHECK(cuda::tc_prepare_weight(w.data_ptr(), n, kp, static_cast<int>(w_bits)) == cudaSuccess, kPrepack,
                 ": encoding the weight's TMA descriptor failed");
   }
   return {w, colsum, scale, zero};
@@ -124,13 +125,13 @@ at::Tensor tc_linear(const at::Tensor& x, const at::Tensor& w_kernel, const at::
   check_bits(kLinear, "w_bits", w_bits);
   check_bits(kLinear, "a_bits", a_bits);
   const auto xs = x.scalar_type();
-  TORCH_CHECK_TYPE(xs == at::kFloat || xs == at::kHalf || xs == at::kBFloat16, kLinear,
+  QVGEN_CHECK_TYPE(xs == at::kFloat || xs == at::kHalf || xs == at::kBFloat16, kLinear,
                    ": argument 'x' expected dtype float32, float16 or bfloat16, got ", xs);
-  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == k, kLinear, ": argument 'x' expected [M, ", k, "], got ",
+  QVGEN_CHECK_VALUE(x.dim() == 2 && x.size(1) == k, kLinear, ": argument 'x' expected [M, ", k, "], got ",
                     x.sizes());
   const int64_t m = x.size(0), np = tc_round_up(n, kTcRowBlock), kp = kernel_k(k);
   const int64_t groups = colsum.dim() == 2 ? colsum.size(1) : 0;
-  TORCH_CHECK_VALUE(groups >= 1 && colsum.size(0) == n && colsum.scalar_type() == at::kInt &&
+  QVGEN_CHECK_VALUE(groups >= 1 && colsum.size(0) == n && colsum.scalar_type() == at::kInt &&
                         scale.sizes() == colsum.sizes() && zero.sizes() == colsum.sizes() &&
                         scale.scalar_type() == at::kFloat && zero.scalar_type() == at::kFloat &&
                         scale.is_contiguous() && zero.is_contiguous() && colsum.is_contiguous() &&
@@ -138,17 +139,17 @@ at::Tensor tc_linear(const at::Tensor& x, const at::Tensor& w_kernel, const at::
                     kLinear, ": arguments 'colsum', 'scale', 'zero' expected the int32 / fp32 / fp32 [N, G] of ",
                     "tc_prepack_weight, got ", colsum.sizes(), " ", scale.sizes(), " ", zero.sizes());
   const std::vector<int64_t> w_shape = w_bits == 8 ? std::vector<int64_t>{np, kp} : std::vector<int64_t>{np / 2, kp};
-  TORCH_CHECK_VALUE(w_kernel.sizes() == at::IntArrayRef(w_shape) && w_kernel.is_contiguous() &&
+  QVGEN_CHECK_VALUE(w_kernel.sizes() == at::IntArrayRef(w_shape) && w_kernel.is_contiguous() &&
                         w_kernel.element_size() == 1,
                     kLinear, ": argument 'w_kernel' expected the contiguous ", at::IntArrayRef(w_shape),
                     " of tc_prepack_weight, got ", w_kernel.sizes());
-  TORCH_CHECK_VALUE(clip_lo.numel() == m && clip_hi.numel() == m && clip_lo.scalar_type() == at::kFloat &&
+  QVGEN_CHECK_VALUE(clip_lo.numel() == m && clip_hi.numel() == m && clip_lo.scalar_type() == at::kFloat &&
                         clip_hi.scalar_type() == at::kFloat,
                     kLinear, ": arguments 'clip_lo', 'clip_hi' expected fp32 [M] with M = ", m);
-  TORCH_CHECK_VALUE(!bias.has_value() || bias->numel() == n, kLinear, ": argument 'bias' expected [", n, "]");
-  TORCH_CHECK_VALUE(kernel == 0 || kernel == 80 || kernel == 90, kLinear,
+  QVGEN_CHECK_VALUE(!bias.has_value() || bias->numel() == n, kLinear, ": argument 'bias' expected [", n, "]");
+  QVGEN_CHECK_VALUE(kernel == 0 || kernel == 80 || kernel == 90, kLinear,
                     ": argument 'kernel' expected 0 (auto), 80 (mma.sync) or 90 (wgmma), got ", kernel);
-  TORCH_CHECK_VALUE(max_blocks >= 0, kLinear, ": argument 'max_blocks' expected >= 0 (0: one block per SM), got ",
+  QVGEN_CHECK_VALUE(max_blocks >= 0, kLinear, ": argument 'max_blocks' expected >= 0 (0: one block per SM), got ",
                     max_blocks);
   check_device(x, "w_kernel", w_kernel);
   check_device(x, "colsum", colsum);
@@ -161,7 +162,7 @@ at::Tensor tc_linear(const at::Tensor& x, const at::Tensor& w_kernel, const at::
   if (x.is_meta() || m == 0 || n == 0) return out;
   // TMA (sm_90a) and cp.async (sm_80) read the weight in 16-byte units from its base (its rows, KP bytes, are
   // multiples of 128): a view at an odd offset would fault or read the wrong bytes.
-  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(w_kernel.data_ptr()) % 16 == 0, kLinear,
+  QVGEN_CHECK_VALUE(reinterpret_cast<uintptr_t>(w_kernel.data_ptr()) % 16 == 0, kLinear,
                     ": argument 'w_kernel' expected a 16-byte aligned data pointer, got an address = ",
                     reinterpret_cast<uintptr_t>(w_kernel.data_ptr()) % 16, " mod 16 (storage offset ",
                     w_kernel.storage_offset(), ")");

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <vector>
 
+#include "check.h"
 #include "qvgen/int8.h"
 
 namespace qvgen {
@@ -50,14 +51,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> int8_quantize(const a
                                                                          const at::Tensor& clip_lo,
                                                                          const at::Tensor& clip_hi) {
   constexpr const char* op = "qvgen_ext::int8_quantize";
-  TORCH_CHECK_VALUE(x.dim() == 2 && groups >= 1 && x.size(1) % groups == 0 && k_gemm >= x.size(1) &&
+  QVGEN_CHECK_VALUE(x.dim() == 2 && groups >= 1 && x.size(1) % groups == 0 && k_gemm >= x.size(1) &&
                         (k_gemm == x.size(1) || groups == 1),
                     op, ": expected x [M, K] with G | K and k_gemm >= K (> K with one group only), got ", x.sizes(),
                     ", G=", groups, ", k_gemm=", k_gemm);
   const int64_t m = x.size(0), k = x.size(1);
-  TORCH_CHECK_VALUE(clip_lo.numel() == m || clip_lo.numel() == 1, op, ": clip_lo expected ", m, " or 1 values, got ",
+  QVGEN_CHECK_VALUE(clip_lo.numel() == m || clip_lo.numel() == 1, op, ": clip_lo expected ", m, " or 1 values, got ",
                     clip_lo.numel());
-  TORCH_CHECK_VALUE(clip_hi.numel() == m || clip_hi.numel() == 1, op, ": clip_hi expected ", m, " or 1 values, got ",
+  QVGEN_CHECK_VALUE(clip_hi.numel() == m || clip_hi.numel() == 1, op, ": clip_hi expected ", m, " or 1 values, got ",
                     clip_hi.numel());
   const auto opts = x.options();
   at::Tensor a = k_gemm == k ? at::empty({m, k}, opts.dtype(at::kChar)) : at::zeros({m, k_gemm}, opts.dtype(at::kChar));
@@ -79,18 +80,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> int8_quantize(const a
   const float* phi = hi.data_ptr<float>();
   const float* ps = scale.data_ptr<float>();
   for (int64_t r = 0; r < m; ++r) {
-    TORCH_CHECK_VALUE(!nf[r], "lowbit_linear: argument 'x' expected finite values, got NaN or Inf in row ", r);
+    QVGEN_CHECK_VALUE(!nf[r], "lowbit_linear: argument 'x' expected finite values, got NaN or Inf in row ", r);
     // finite values beyond about 1.7e38 overflow the range hi - lo, so the scale (and the row's output) is not
-    TORCH_CHECK_VALUE(std::isfinite(ps[r]), "lowbit_linear: argument 'x' expected a per-token range (max - min, after"
+    QVGEN_CHECK_VALUE(std::isfinite(ps[r]), "lowbit_linear: argument 'x' expected a per-token range (max - min, after"
                       " the clips) within float32, i.e. |values| below about 1.7e38, got an overflowing range in row ",
                       r);
   }
   for (int64_t r = 0; r < lo.numel(); ++r) {
-    TORCH_CHECK_VALUE(plo[r] > 0.0f && plo[r] <= 1.0f, "lowbit_linear: argument 'clip_lo' expected clip factors"
+    QVGEN_CHECK_VALUE(plo[r] > 0.0f && plo[r] <= 1.0f, "lowbit_linear: argument 'clip_lo' expected clip factors"
                       " in (0, 1], got ", plo[r], " at row ", r);
   }
   for (int64_t r = 0; r < hi.numel(); ++r) {
-    TORCH_CHECK_VALUE(phi[r] > 0.0f && phi[r] <= 1.0f, "lowbit_linear: argument 'clip_hi' expected clip factors"
+    QVGEN_CHECK_VALUE(phi[r] > 0.0f && phi[r] <= 1.0f, "lowbit_linear: argument 'clip_hi' expected clip factors"
                       " in (0, 1], got ", phi[r], " at row ", r);
   }
   return {a, scale, rowsum, offset};
@@ -113,16 +114,16 @@ at::Tensor int8_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::T
                      int64_t w_bits, int64_t k, bool grouped, at::ScalarType out_dtype, int64_t activation) {
   constexpr const char* op = "qvgen_ext::int8_gemm";
   const int64_t m = a.size(0), k_gemm = a.size(1), n = w_packed.size(0), groups = w_colsum.size(0);
-  TORCH_CHECK_VALUE(w_bits == 3 || w_bits == 4 || w_bits == 8, op, ": expected w_bits 3, 4 or 8, got ", w_bits);
-  TORCH_CHECK_VALUE(activation == 0 || activation == 1, op, ": expected activation 0 (none) or 1 (GELU, tanh"
+  QVGEN_CHECK_VALUE(w_bits == 3 || w_bits == 4 || w_bits == 8, op, ": expected w_bits 3, 4 or 8, got ", w_bits);
+  QVGEN_CHECK_VALUE(activation == 0 || activation == 1, op, ": expected activation 0 (none) or 1 (GELU, tanh"
                     " approximation), got ", activation);
   // K = 1 runs as K = 2 with a zero column: oneDNN's s8 GEMM returns wrong sums for K = 1 and N > 1.
-  TORCH_CHECK_VALUE(a.dim() == 2 && w_packed.dim() == 2 && w_packed.scalar_type() == at::kByte &&
+  QVGEN_CHECK_VALUE(a.dim() == 2 && w_packed.dim() == 2 && w_packed.scalar_type() == at::kByte &&
                         w_packed.size(1) == packed_width(k, static_cast<int>(w_bits)) &&
                         k_gemm == std::max<int64_t>(k, 2),
                     op, ": expected a [M, max(K, 2)] and uint8 w_packed [N, packed_width(K, w_bits)] with K=", k,
                     ", got ", a.sizes(), " and ", w_packed.sizes(), " ", w_packed.scalar_type());
-  TORCH_CHECK_VALUE(w_colsum.dim() == 2 && w_colsum.size(1) == n && groups >= 1 && k % groups == 0 &&
+  QVGEN_CHECK_VALUE(w_colsum.dim() == 2 && w_colsum.size(1) == n && groups >= 1 && k % groups == 0 &&
                         w_scale.numel() == groups * n && w_zero.numel() == groups * n &&
                         a_rowsum.numel() == m * groups && a_scale.numel() == m && a_offset.numel() == m,
                     op, ": expected w_colsum [G, N] with G | K, w_scale and w_zero of G * N values, a_rowsum [M, G],"
@@ -229,7 +230,7 @@ at::Tensor int8_gemm(const at::Tensor& a, const at::Tensor& a_scale, const at::T
 
 // Test hook: the int8 operand w' = q - c_w [N, k_out] (columns past K zero) unpacked from the codes at rest.
 at::Tensor int8_unpack_weight(const at::Tensor& w_packed, int64_t w_bits, int64_t k, int64_t k_out) {
-  TORCH_CHECK_VALUE((w_bits == 3 || w_bits == 4 || w_bits == 8) && k >= 1 && k_out >= k && w_packed.dim() == 2 &&
+  QVGEN_CHECK_VALUE((w_bits == 3 || w_bits == 4 || w_bits == 8) && k >= 1 && k_out >= k && w_packed.dim() == 2 &&
                         w_packed.scalar_type() == at::kByte &&
                         w_packed.size(1) == packed_width(k, static_cast<int>(w_bits)),
                     "qvgen_ext::int8_unpack_weight: expected uint8 w_packed [N, packed_width(K, w_bits)], w_bits in"
@@ -248,7 +249,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& w_packed, const at
                        const at::Tensor& w_scale, const at::Tensor& w_zero, const std::optional<at::Tensor>& bias,
                        int64_t w_bits, int64_t a_bits, bool grouped, const at::Tensor& clip_lo,
                        const at::Tensor& clip_hi, int64_t activation) {
-  TORCH_CHECK_VALUE(x.dim() == 2 && w_packed.dim() == 2 && w_colsum.dim() == 2, "qvgen_ext::int8_linear: expected x"
+  QVGEN_CHECK_VALUE(x.dim() == 2 && w_packed.dim() == 2 && w_colsum.dim() == 2, "qvgen_ext::int8_linear: expected x"
                     " [M, K], w_packed [N, packed_width(K, w_bits)], w_colsum [G, N], got ", x.sizes(), ", ",
                     w_packed.sizes(), ", ", w_colsum.sizes());
   const int64_t k_gemm = std::max<int64_t>(x.size(1), 2);

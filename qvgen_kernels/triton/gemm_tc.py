@@ -315,7 +315,7 @@ def tc_gemm(a8: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, s: torch.Tenso
     [N, G], sw / zw fp32 [N, G]; bias [N] or None -> out_dtype [M, N]. Arguments are validated upstream.
     The launch comes from ``_configs.gemm_launch`` (``split_k`` overrides its K splits, ``launch`` the whole
     choice: tests)."""
-    from ._configs import device_capability, device_shared_limit, gemm_launch, gpu_sm_count, m_bucket
+    from ._configs import EXACT_FP, device_capability, device_shared_limit, gemm_launch, gpu_sm_count, m_bucket
 
     m, kp = a8.shape
     groups = sw.shape[1]
@@ -335,11 +335,11 @@ def tc_gemm(a8: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, s: torch.Tenso
         def grid(meta: dict) -> tuple[int]:
             return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, ROW_BLOCK * meta["ROW_BLOCKS"]),)
 
-        _tc_gemm_kernel[grid](*args, s, *scalars, **consts)   # ws_ptr (int32) unused without split
+        _tc_gemm_kernel[grid](*args, s, *scalars, **consts, **EXACT_FP)   # ws_ptr (int32) unused without split
         return out.to(out_dtype)
     tiles = triton.cdiv(m, launch.block_m) * triton.cdiv(n, ROW_BLOCK * launch.row_blocks)
     ws = split_workspace(tiles, launch.block_m, a8.device, launch.row_blocks) if launch.split_k > 1 else s
     _tc_gemm_kernel.fn[(tiles, launch.split_k)](
         *args, ws, *scalars, **consts, BLOCK_M=launch.block_m, SWIZZLE=launch.swizzle, SPLIT_K=launch.split_k,
-        ROW_BLOCKS=launch.row_blocks, num_warps=launch.num_warps, num_stages=launch.num_stages)
+        ROW_BLOCKS=launch.row_blocks, num_warps=launch.num_warps, num_stages=launch.num_stages, **EXACT_FP)
     return out.to(out_dtype)
