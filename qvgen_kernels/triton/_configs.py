@@ -251,6 +251,8 @@ ELEMENTWISE_BLOCK_M = 16
 ELEMENTWISE_BLOCK_K = 128
 # Per-token kernels read a whole row in one pass when K fits in this many columns (else two passes).
 ROW_SINGLE_PASS_MAX_K = 4096
+# Column chunk of the two passes of the per-token quantize over longer rows (fewer, wider dependent loads).
+ROW_PASS_BLOCK_K = 1024
 
 
 # Launch option of every kernel here (quantization, fake quant, the GEMM): no FMA contraction, so `c * m - lo`

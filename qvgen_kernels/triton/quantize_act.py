@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ..format import ACT_EPS, packed_width, padded_k, qmax
-from ._configs import ELEMENTWISE_BLOCK_K, EXACT_FP, ROW_SINGLE_PASS_MAX_K
+from ._configs import DEFAULT_SMS, ELEMENTWISE_BLOCK_K, EXACT_FP, ROW_PASS_BLOCK_K, ROW_SINGLE_PASS_MAX_K, gpu_sm_count
 from ._utils import act_codes, act_qparams, check_act_inputs, pack_and_store
 
 _TILE_ELEMS = 8192  # elements per program tile: bounds register use when a whole row is one tile
@@ -95,6 +95,20 @@ def row_tiles(k8: int) -> tuple[int, int, bool]:
     return max(1, min(16, _TILE_ELEMS // bk)), bk, single
 
 
+def token_tiles(k8: int, m: int) -> tuple[int, int, bool]:
+    """``row_tiles`` for the per-token quantize of m rows: long rows in wide column chunks, and fewer rows per
+    program while the programs would not fill the SMs. Each chunk is a dependent load, so a program's time is
+    about its chunk count (on an H200, 16 x 5120 bf16 in 128-column chunks of 16 rows: 80 chunks, 42 us)."""
+    bm, bk, single = row_tiles(k8)
+    if not single:
+        bk = ROW_PASS_BLOCK_K
+        bm = max(1, min(16, _TILE_ELEMS // bk))
+    sms = gpu_sm_count() or DEFAULT_SMS
+    while bm > 1 and triton.cdiv(m, bm) < sms:
+        bm //= 2
+    return bm, bk, single
+
+
 def quantize_per_token(x: torch.Tensor, bits: int, clip_lo: torch.Tensor, clip_hi: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [M, K] fp32/fp16/bf16, clips [M] (fp32; fp16/bf16 are upcast) -> (packed uint8 [M, packed_width(K, bits)],
@@ -110,7 +124,7 @@ def quantize_per_token(x: torch.Tensor, bits: int, clip_lo: torch.Tensor, clip_h
     rowsum = torch.empty(m, dtype=torch.int32, device=dev)
     if m:
         k8 = padded_k(k, bits)
-        bm, bk, single = row_tiles(k8)
+        bm, bk, single = token_tiles(k8, m)
         _quantize_act_kernel[(triton.cdiv(m, bm),)](
             x, clip_lo, clip_hi, packed, scale, zero, rowsum, m, k, k8, x.stride(0),
             packed.stride(0), BM=bm, BK=bk, BITS=bits, P=qmax(bits), EPS=ACT_EPS,

@@ -15,7 +15,7 @@ from ..format import ACT_EPS, qmax
 from ._configs import EXACT_FP
 from ._utils import act_codes
 from .layout import CHUNK, kernel_k
-from .quantize_act import _load_x, row_min_max, row_qparams, row_tiles
+from .quantize_act import _load_x, row_min_max, row_qparams, token_tiles
 
 
 @triton.jit
@@ -84,7 +84,7 @@ def quantize_act_i8(x: torch.Tensor, bits: int, clip_lo: torch.Tensor, clip_hi: 
     nchunk = kp // CHUNK if chunk_sums else 0
     chunks = torch.empty(m, nchunk, dtype=torch.int32, device=dev)
     if m:
-        bm, bk, single = row_tiles(kp)
+        bm, bk, single = token_tiles(kp, m)
         _quantize_i8_kernel[(triton.cdiv(m, bm),)](
             x, clip_lo, clip_hi, a8, scale, zero, rowsum, chunks if nchunk else rowsum, m, k, kp, nchunk,
             x.stride(0), BM=bm, BK=max(bk, CHUNK), P=qmax(bits), EPS=ACT_EPS, A8=bits == 8,

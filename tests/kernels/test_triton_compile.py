@@ -42,7 +42,7 @@ for single in (True, False):
 i8_types = ["*fp16", "*fp32", "*fp32", "*i8", "*fp32", "*i32", "*i32", "*i32"] + ["i32"] * 5
 for single in (True, False):
     out[f"quantize_i8_{single}"] = ptx(m["quantize_i8"]._quantize_i8_kernel, i8_types, dict(
-        BM=16, BK=128, P=255, EPS=1e-8, A8=True, SINGLE_PASS=single, CHUNKS=True, CH=32))
+        BM=16 if single else 8, BK=128 if single else 1024, P=255, EPS=1e-8, A8=True, SINGLE_PASS=single, CHUNKS=True, CH=32))
 out["weight_fq"] = ptx(m["fake_quant"]._weight_fq_kernel, ["*bf16", "*fp32", "*fp32", "*bf16", "*bf16",
     "*fp32", "*fp32", "i32", "i32", "i32", "fp32", "i32", "i32", "i32"], dict(P=15, BN=16, BK=128, BACKWARD=True))
 out["act_fq"] = ptx(m["fake_quant"]._act_fq_kernel, ["*bf16", "*fp32", "*fp32", "*bf16", "*bf16", "*fp32",

@@ -6,6 +6,8 @@ Runs compiled on a GPU, else under TRITON_INTERPRET=1 on CPU (``conftest.py``).
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -59,6 +61,38 @@ def test_quantize_i8_matches_reference(tk, bits, m, k):
     assert torch.equal(chunks.cpu(), a8.cpu().int().view(m, -1, 32).sum(-1, dtype=torch.int32))
     if bits != 8:
         assert torch.equal(rowsum.cpu(), want_r)
+
+
+@pytest.mark.parametrize("m", (2, 300))
+def test_quantize_i8_two_pass_chunks(tk, monkeypatch, m):
+    """Rows past the single-pass limit, in several column chunks, with one row or several per program."""
+    mod, dev = tk
+    qa = sys.modules["qvgen_kernels.triton.quantize_act"]
+    monkeypatch.setattr(qa, "ROW_SINGLE_PASS_MAX_K", 64)
+    monkeypatch.setattr(qa, "ROW_PASS_BLOCK_K", 64)
+    k = 200  # 4 chunks of 64 (KP 224), the last one partly past K
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
+    ones = torch.ones(m)
+    a8, scale, zero, rowsum, chunks = mod.quantize_i8.quantize_act_i8(x.to(dev), 4, ones.to(dev), ones.to(dev),
+                                                                      chunk_sums=True)
+    packed, want_s, want_z, want_r = ref.quantize_per_token(x, 4, ones, ones)
+    want_a = ref.unpack(packed, 4, k).int() - want_z[:, None]
+    assert torch.equal(scale.cpu(), want_s) and torch.equal(zero.cpu(), want_z)
+    assert torch.equal(a8.cpu()[:, :k].int(), want_a) and not a8.cpu()[:, k:].any()
+    assert torch.equal(rowsum.cpu(), want_r)
+    assert torch.equal(chunks.cpu(), a8.cpu().int().view(m, -1, 32).sum(-1, dtype=torch.int32))
+
+
+def test_token_tiles_fill_the_sms_and_bound_the_tile():
+    from qvgen_kernels.triton._configs import DEFAULT_SMS, ROW_PASS_BLOCK_K, gpu_sm_count
+    from qvgen_kernels.triton.quantize_act import _TILE_ELEMS, token_tiles
+
+    for k in (40, 1536, 4096, 5120, 13824):
+        for m in (1, 16, 256, 1024, 32760):
+            bm, bk, single = token_tiles(k, m)
+            assert bm * bk <= max(_TILE_ELEMS, bk) and bk >= min(k, ROW_PASS_BLOCK_K)
+            assert bm == 1 or -(-m // bm) >= (gpu_sm_count() or DEFAULT_SMS)  # fewer rows before SMs idle
+            assert single == (k <= 4096) and (single or bk == ROW_PASS_BLOCK_K)
 
 
 def _linear(fn_q, fn_g, x, packed, scale, zero, bias, w_bits, a_bits, k, clo, chi):
