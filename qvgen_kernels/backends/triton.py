@@ -37,9 +37,8 @@ registry.register_backend("triton", probe=_probe, auto={"cuda": 10}, module=_loa
 
 @registry.register_impl("prepacked_linear", "triton")
 def prepacked_linear(x, weights, bias, w_bits, a_bits, k, n, clip_lo, clip_hi):
-    m = x.shape[0]  # the kernels read one clip pair per row
-    return _load().prepacked_linear(x, weights, bias, w_bits, a_bits, k, n,
-                                    clip_lo.expand(m).contiguous(), clip_hi.expand(m).contiguous())
+    # clips [1] (one pair for every row, read with stride 0: no per-call copy) or [M]
+    return _load().prepacked_linear(x, weights, bias, w_bits, a_bits, k, n, clip_lo, clip_hi)
 
 
 @registry.register_impl("weight_layout", "triton")

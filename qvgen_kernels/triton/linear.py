@@ -41,7 +41,7 @@ def prepack_weight(w_packed: torch.Tensor, w_scale: torch.Tensor, w_zero: torch.
 def prepacked_linear(x: torch.Tensor, weights: tuple[torch.Tensor, ...], bias: torch.Tensor | None,
                      w_bits: int, a_bits: int, k: int, n: int, clip_lo: torch.Tensor,
                      clip_hi: torch.Tensor) -> torch.Tensor:
-    """Fused per-token quantize of x [M, K] (fp32/fp16/bf16, contiguous; clips fp32 [M]) and the packed
+    """Fused per-token quantize of x [M, K] (fp32/fp16/bf16, contiguous; clips fp32 [M] or [1]) and the packed
     GEMM with the weights of ``prepack_weight``; bias [N] or None -> [M, N] in x.dtype. Numerically the
     reference ``lowbit_linear``: exact integer core, fp32 epilogue in format.py's order."""
     w_kernel, colsum, scale, zero = weights

@@ -39,10 +39,10 @@ def row_min_max(x_ptr, rows64, row_mask, cols, K, stride_x, BM: tl.constexpr, BK
 
 
 @triton.jit
-def row_qparams(clo_ptr, chi_ptr, rows, in_rows, mn, mx, P: tl.constexpr, EPS: tl.constexpr):
-    """Per-row (scale, zero) from the row min/max and the rows' clip factors."""
-    clip_lo = tl.load(clo_ptr + rows, mask=in_rows, other=1.0)
-    clip_hi = tl.load(chi_ptr + rows, mask=in_rows, other=1.0)
+def row_qparams(clo_ptr, chi_ptr, rows, in_rows, mn, mx, P: tl.constexpr, EPS: tl.constexpr, lo_stride, hi_stride):
+    """Per-row (scale, zero) from the row min/max and the rows' clip factors (stride 0: one for every row)."""
+    clip_lo = tl.load(clo_ptr + rows * lo_stride, mask=in_rows, other=1.0)
+    clip_hi = tl.load(chi_ptr + rows * hi_stride, mask=in_rows, other=1.0)
     _, _, scale, zero = act_qparams(mn, mx, clip_lo, clip_hi, P, EPS)
     return scale, zero
 
@@ -74,7 +74,7 @@ def _quantize_act_kernel(x_ptr, clo_ptr, chi_ptr, packed_ptr, scale_ptr, zero_pt
         mx = tl.max(x, axis=1)
     else:
         mn, mx = row_min_max(x_ptr, rows64, row_mask, cols, K, stride_x, BM, BK)
-    scale, zero = row_qparams(clo_ptr, chi_ptr, rows, in_rows, mn, mx, P, EPS)
+    scale, zero = row_qparams(clo_ptr, chi_ptr, rows, in_rows, mn, mx, P, EPS, 1, 1)
     if SINGLE_PASS:
         rowsum = _emit_tile(x, cols, 0, out_rows, row_mask, scale, zero, K, K8, BM, BK, BITS, P)
     else:

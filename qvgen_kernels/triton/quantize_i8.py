@@ -35,7 +35,7 @@ def _emit_i8(x, cols, k0, a_rows, chunk_rows, row_mask, scale, off, zero, K, KP,
 
 @triton.jit
 def _quantize_i8_kernel(x_ptr, clo_ptr, chi_ptr, a_ptr, scale_ptr, zero_ptr, rowsum_ptr, chunk_ptr,
-                        M, K, KP, NCHUNK, stride_x,
+                        M, K, KP, NCHUNK, stride_x, lo_stride, hi_stride,
                         BM: tl.constexpr, BK: tl.constexpr, P: tl.constexpr, EPS: tl.constexpr,
                         A8: tl.constexpr, SINGLE_PASS: tl.constexpr, CHUNKS: tl.constexpr,
                         CH: tl.constexpr):
@@ -52,7 +52,7 @@ def _quantize_i8_kernel(x_ptr, clo_ptr, chi_ptr, a_ptr, scale_ptr, zero_ptr, row
         mx = tl.max(x, axis=1)
     else:
         mn, mx = row_min_max(x_ptr, rows64, row_mask, cols, K, stride_x, BM, BK)
-    scale, zero = row_qparams(clo_ptr, chi_ptr, rows, in_rows, mn, mx, P, EPS)
+    scale, zero = row_qparams(clo_ptr, chi_ptr, rows, in_rows, mn, mx, P, EPS, lo_stride, hi_stride)
     off = tl.full((BM,), 128.0, tl.float32) if A8 else zero  # 8 bits: q - z spans [-255, 255]
     if SINGLE_PASS:
         rowsum = _emit_i8(x, cols, 0, a_rows, chunk_rows, row_mask, scale, off, zero, K, KP, NCHUNK,
@@ -68,9 +68,14 @@ def _quantize_i8_kernel(x_ptr, clo_ptr, chi_ptr, a_ptr, scale_ptr, zero_ptr, row
     tl.store(rowsum_ptr + rows, rowsum, mask=in_rows)
 
 
+def _clip_stride(clip: torch.Tensor) -> int:
+    return 0 if clip.numel() == 1 else clip.stride(0)
+
+
 def quantize_act_i8(x: torch.Tensor, bits: int, clip_lo: torch.Tensor, clip_hi: torch.Tensor,
                     chunk_sums: bool) -> tuple[torch.Tensor, ...]:
-    """x [M, K] fp32/fp16/bf16 (unit stride along K), clips fp32 [M] -> (a8 int8 [M, KP], scale fp32 [M],
+    """x [M, K] fp32/fp16/bf16 (unit stride along K), clips fp32 [M] (or [1]: one
+    pair for every row) -> (a8 int8 [M, KP], scale fp32 [M],
     zero int32 [M], rowsum int32 [M] (of a8), chunks int32 [M, KP / 32] (sums of a8 per 32 columns; [M, 0]
     unless ``chunk_sums``)). Arguments are validated by the caller."""
     assert x.dim() == 2 and x.stride(1) == 1 and bits in (3, 4, 8)
@@ -87,7 +92,8 @@ def quantize_act_i8(x: torch.Tensor, bits: int, clip_lo: torch.Tensor, clip_hi: 
         bm, bk, single = token_tiles(kp, m)
         _quantize_i8_kernel[(triton.cdiv(m, bm),)](
             x, clip_lo, clip_hi, a8, scale, zero, rowsum, chunks if nchunk else rowsum, m, k, kp, nchunk,
-            x.stride(0), BM=bm, BK=max(bk, CHUNK), P=qmax(bits), EPS=ACT_EPS, A8=bits == 8,
+            x.stride(0), _clip_stride(clip_lo), _clip_stride(clip_hi), BM=bm, BK=max(bk, CHUNK), P=qmax(bits),
+            EPS=ACT_EPS, A8=bits == 8,
             SINGLE_PASS=single, CHUNKS=nchunk > 0, CH=CHUNK, num_warps=4 if bm * bk <= 2048 else 8,
             **EXACT_FP)
     return a8, scale, zero, rowsum, chunks

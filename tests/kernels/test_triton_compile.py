@@ -39,7 +39,7 @@ q_types = ["*fp16", "*fp32", "*fp32", "*u8", "*fp32", "*i32", "*i32"] + ["i32"] 
 for single in (True, False):
     out[f"quantize_{single}"] = ptx(m["quantize_act"]._quantize_act_kernel, q_types, dict(
         BM=16, BK=128, BITS=3, P=7, EPS=1e-8, SINGLE_PASS=single))
-i8_types = ["*fp16", "*fp32", "*fp32", "*i8", "*fp32", "*i32", "*i32", "*i32"] + ["i32"] * 5
+i8_types = ["*fp16", "*fp32", "*fp32", "*i8", "*fp32", "*i32", "*i32", "*i32"] + ["i32"] * 7
 for single in (True, False):
     out[f"quantize_i8_{single}"] = ptx(m["quantize_i8"]._quantize_i8_kernel, i8_types, dict(
         BM=16 if single else 8, BK=128 if single else 1024, P=255, EPS=1e-8, A8=True, SINGLE_PASS=single, CHUNKS=True, CH=32))

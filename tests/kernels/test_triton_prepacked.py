@@ -83,6 +83,23 @@ def test_quantize_i8_two_pass_chunks(tk, monkeypatch, m):
     assert torch.equal(chunks.cpu(), a8.cpu().int().view(m, -1, 32).sum(-1, dtype=torch.int32))
 
 
+def test_prepacked_linear_one_clip_pair_for_every_row(tk):
+    """Clips of one element are read with stride 0 (no per-call [M] copy): the same output as those clips per row."""
+    mod, dev = tk
+    gen = torch.Generator().manual_seed(9)
+    m, n, k = 5, 24, 64
+    x = torch.randn(m, k, generator=gen)
+    codes = torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8)
+    packed = ref.pack(codes, 4)
+    scale, zero = torch.rand(n, 1, generator=gen) * 0.02 + 0.001, torch.rand(n, 1, generator=gen) * 15
+    weights = mod.linear.prepack_weight(packed.to(dev), scale.to(dev), zero.to(dev), 4, 4, k)
+    one = mod.linear.prepacked_linear(x.to(dev), weights, None, 4, 4, k, n, torch.full((1,), 0.7, device=dev),
+                                      torch.full((1,), 0.9, device=dev))
+    rows = mod.linear.prepacked_linear(x.to(dev), weights, None, 4, 4, k, n, torch.full((m,), 0.7, device=dev),
+                                       torch.full((m,), 0.9, device=dev))
+    assert torch.equal(one.cpu(), rows.cpu())  # the [M] path: test_prepacked_linear_matches_reference
+
+
 def test_token_tiles_fill_the_sms_and_bound_the_tile():
     from qvgen_kernels.triton._configs import DEFAULT_SMS, ROW_PASS_BLOCK_K, gpu_sm_count
     from qvgen_kernels.triton.quantize_act import _TILE_ELEMS, token_tiles
