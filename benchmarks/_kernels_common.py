@@ -23,7 +23,8 @@ import torch
 from benchmarks import _harness
 from benchmarks.report_model import device_dir
 from benchmarks.shapes import FULL, get_shape
-from qvgen_kernels import registry
+from qvgen_kernels import ops, registry
+from qvgen_kernels.format import qmax
 
 SMALL_M = (1, 4, 16, 64, 256)
 
@@ -45,6 +46,17 @@ class LayerShape:
     @property
     def label(self) -> str:
         return f"{self.model}:{self.layer} {self.m}x{self.k}x{self.n}"
+
+
+def random_weight(n: int, k: int, bits: int, gen: torch.Generator, device: torch.device | str = "cpu"
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A checkpoint-layout weight of random codes: (w_packed uint8 [N, packed width], w_scale fp32 [N] in
+    [0.001, 0.021), w_zero fp32 [N] in [0, P)). Kernel speed does not depend on the values."""
+    codes = torch.randint(0, qmax(bits) + 1, (n, k), generator=gen, device=device, dtype=torch.uint8)
+    w_packed = ops.pack(codes, bits, backend="reference")
+    del codes
+    w_scale = torch.rand(n, generator=gen, device=device) * 0.02 + 0.001
+    return w_packed, w_scale, torch.rand(n, generator=gen, device=device) * qmax(bits)
 
 
 def model_layers(name: str) -> list[LayerShape]:

@@ -39,7 +39,6 @@ import qvgen
 from benchmarks import _harness
 from benchmarks import _kernels_common as kc
 from qvgen_kernels import ops
-from qvgen_kernels.format import qmax
 
 BITS = ((4, 4), (3, 3), (8, 8))
 MODELS = ("wan-1.3b", "wan-14b", "cogvideox-2b")
@@ -81,11 +80,11 @@ def _deployed(k: int, n: int, w_bits: int, a_bits: int, gen: torch.Generator) ->
     deployed layer's, without calibrating a large FP weight first (speed does not depend on the values)."""
     cfg = qvgen.QuantConfig.preset(f"w{w_bits}a{a_bits}", rank=0, clip_groups=1)
     layer = qvgen.DeployedLinear(k, n, True, cfg, dtype=torch.bfloat16)
-    codes = torch.randint(0, qmax(w_bits) + 1, (n, k), generator=gen, dtype=torch.uint8)
+    w_packed, w_scale, w_zero = kc.random_weight(n, k, w_bits, gen)
     with torch.no_grad():
-        layer.w_packed.copy_(ops.pack(codes, w_bits))
-        layer.w_scale.copy_(torch.rand(n, generator=gen) * 0.02 + 0.001)
-        layer.w_zero.copy_(torch.rand(n, generator=gen) * qmax(w_bits))
+        layer.w_packed.copy_(w_packed)
+        layer.w_scale.copy_(w_scale)
+        layer.w_zero.copy_(w_zero)
         layer.bias.copy_(torch.randn(n, generator=gen))
     layer.prepack()
     return layer

@@ -29,9 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import _harness
-from benchmarks._kernels_common import LayerShape, versions
+from benchmarks._kernels_common import LayerShape, random_weight, versions
 from qvgen_kernels import ops
-from qvgen_kernels.format import qmax
 
 SHAPES = [LayerShape("wan-14b", "ffn_up", m, 5120, 13824) for m in (16, 256, 1024, 4096, 32760)] + [
     LayerShape("wan-14b", "attn_qkvo", 1024, 5120, 5120), LayerShape("wan-1.3b", "attn_qkvo", 32760, 1536, 1536),
@@ -94,10 +93,7 @@ def providers(sh: LayerShape, device: torch.device, dtype: torch.dtype, gen: tor
               ) -> list[tuple[str, Callable[[], Any]]]:
     x = torch.randn(sh.m, sh.k, generator=gen, device=device).to(dtype)
     w = (torch.randn(sh.n, sh.k, generator=gen, device=device) * 0.02).to(dtype)
-    codes = torch.randint(0, qmax(4) + 1, (sh.n, sh.k), generator=gen, device=device, dtype=torch.uint8)
-    w_packed = ops.pack(codes, 4, backend="reference")
-    scale = torch.rand(sh.n, generator=gen, device=device) * 0.02 + 0.001
-    zero = torch.rand(sh.n, generator=gen, device=device) * qmax(4)
+    w_packed, scale, zero = random_weight(sh.n, sh.k, 4, gen, device)
     backend = "triton" if device.type == "cuda" else None
     packed = ops.prepack_linear(w_packed, scale, zero, w_bits=4, a_bits=4, k=sh.k, backend=backend)
     return [("bf16 F.linear", lambda: F.linear(x, w)), (f"w4a4 prepacked_linear ({packed.backend})",

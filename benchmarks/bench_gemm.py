@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from benchmarks import _kernels_common as kc
 from qvgen_kernels import ops, registry
-from qvgen_kernels.format import packed_width, qmax
+from qvgen_kernels.format import packed_width
 
 BITS = ((4, 4), (3, 3), (4, 8), (8, 8))
 BACKENDS = ("reference", "triton", "ext")
@@ -114,11 +114,7 @@ class _Weights:
     def __init__(self, x: torch.Tensor, n: int, wb: int, ab: int, gen: torch.Generator, rows: torch.Tensor):
         dev = x.device
         k = x.shape[1]
-        codes = torch.randint(0, qmax(wb) + 1, (n, k), generator=gen, device=dev, dtype=torch.uint8)
-        self.w_packed = ops.pack(codes, wb, backend="reference")
-        del codes
-        self.w_scale = torch.rand(n, generator=gen, device=dev) * 0.02 + 0.001
-        self.w_zero = torch.rand(n, generator=gen, device=dev) * qmax(wb)
+        self.w_packed, self.w_scale, self.w_zero = kc.random_weight(n, k, wb, gen, dev)
         self.wb, self.ab, self.k, self.n, self.rows = wb, ab, k, n, rows.to(dev)
         self.want = ops.lowbit_linear(x[self.rows], self.w_packed, self.w_scale, self.w_zero, None, w_bits=wb,
                                       a_bits=ab, backend="reference")

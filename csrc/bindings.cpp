@@ -20,11 +20,6 @@ namespace {
 // Rows per parallel task: enough work per task to amortise the thread hand-off.
 int64_t grain_rows(int64_t row_cost) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_cost)); }
 
-void check_bits(const char* op, const char* arg, int64_t bits) {
-  QVGEN_CHECK_VALUE(is_packed_bits(static_cast<int>(bits)), op, ": argument '", arg,
-                    "' expected one of (3, 4, 8), got ", bits);
-}
-
 void check_dtype(const char* op, const char* arg, const at::Tensor& t, at::ScalarType dtype) {
   QVGEN_CHECK_TYPE(t.scalar_type() == dtype, op, ": argument '", arg, "' expected dtype ", dtype, ", got ",
                    t.scalar_type());

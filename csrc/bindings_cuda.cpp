@@ -1,20 +1,12 @@
-// CUDA half of the bindings: device guard, current stream, launch-status check.
+// CUDA half of the bindings: device guard and current stream (the launch-status check is bindings_cuda.h's).
 // Compiled into the extension only when it is built with CUDA (setup.py defines QVGEN_WITH_CUDA).
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include "bindings_cuda.h"
-#include "check.h"
 #include "qvgen/cuda.h"
 
 namespace qvgen {
-namespace {
-
-void check_launch(const char* op, cudaError_t status) {
-  QVGEN_CHECK(status == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(status));
-}
-
-}  // namespace
 
 void cuda_pack(const at::Tensor& codes, int64_t bits, at::Tensor& packed) {
   const c10::cuda::CUDAGuard guard(codes.device());

@@ -4,10 +4,16 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <cuda_runtime.h>
 
+#include "check.h"
 #include "qvgen/kernels.h"
 
 namespace qvgen {
+
+inline void check_launch(const char* op, cudaError_t status) {
+  QVGEN_CHECK(status == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(status));
+}
 
 void cuda_pack(const at::Tensor& codes, int64_t bits, at::Tensor& packed);
 void cuda_unpack(const at::Tensor& packed, int64_t bits, int64_t k, at::Tensor& codes);

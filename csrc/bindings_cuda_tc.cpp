@@ -22,7 +22,7 @@
 
 #include <tuple>
 
-#include "check.h"
+#include "bindings_cuda.h"
 #include "qvgen/tc.h"
 
 namespace qvgen {
@@ -30,15 +30,6 @@ namespace {
 
 constexpr const char* kPrepack = "qvgen_ext::tc_prepack_weight";
 constexpr const char* kLinear = "qvgen_ext::tc_linear";
-
-void check_bits(const char* op, const char* arg, int64_t bits) {
-  QVGEN_CHECK_VALUE(is_packed_bits(static_cast<int>(bits)), op, ": argument '", arg,
-                    "' expected one of (3, 4, 8), got ", bits);
-}
-
-void check_launch(const char* op, cudaError_t status) {
-  QVGEN_CHECK(status == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(status));
-}
 
 DType dtype_tag(at::ScalarType s) {
   return s == at::kHalf ? DType::kFloat16 : (s == at::kBFloat16 ? DType::kBFloat16 : DType::kFloat32);

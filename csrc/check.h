@@ -15,6 +15,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "qvgen/common.h"
+
 namespace qvgen {
 namespace message {
 
@@ -70,3 +72,13 @@ std::string message_of(const Args&... args) {
 #define QVGEN_CHECK(cond, ...) TORCH_CHECK(cond, ::qvgen::message_of(__VA_ARGS__))
 #define QVGEN_CHECK_VALUE(cond, ...) TORCH_CHECK_VALUE(cond, ::qvgen::message_of(__VA_ARGS__))
 #define QVGEN_CHECK_TYPE(cond, ...) TORCH_CHECK_TYPE(cond, ::qvgen::message_of(__VA_ARGS__))
+
+namespace qvgen {
+
+// A code width argument of an op: 3, 4 or 8 bits.
+inline void check_bits(const char* op, const char* arg, int64_t bits) {
+  QVGEN_CHECK_VALUE(is_packed_bits(static_cast<int>(bits)), op, ": argument '", arg,
+                    "' expected one of (3, 4, 8), got ", bits);
+}
+
+}  // namespace qvgen

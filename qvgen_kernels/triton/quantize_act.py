@@ -95,10 +95,11 @@ def row_tiles(k8: int) -> tuple[int, int, bool]:
     return max(1, min(16, _TILE_ELEMS // bk)), bk, single
 
 
-def token_tiles(k8: int, m: int) -> tuple[int, int, bool]:
-    """``row_tiles`` for the per-token quantize of m rows: long rows in wide column chunks, and fewer rows per
-    program while the programs would not fill the SMs. Each chunk is a dependent load, so a program's time is
-    about its chunk count (on an H200, 16 x 5120 bf16 in 128-column chunks of 16 rows: 80 chunks, 42 us)."""
+def token_tiles(k8: int, m: int) -> tuple[int, int, bool, int]:
+    """``row_tiles`` for the per-token quantize of m rows, and the launch's warps: long rows in wide column chunks,
+    and fewer rows per program while the programs would not fill the SMs. Each chunk is a dependent load, so a
+    program's time is about its chunk count (on an H200, 16 x 5120 bf16 in 128-column chunks of 16 rows: 80
+    chunks, 42 us)."""
     bm, bk, single = row_tiles(k8)
     if not single:
         bk = ROW_PASS_BLOCK_K
@@ -106,7 +107,7 @@ def token_tiles(k8: int, m: int) -> tuple[int, int, bool]:
     sms = gpu_sm_count() or DEFAULT_SMS
     while bm > 1 and triton.cdiv(m, bm) < sms:
         bm //= 2
-    return bm, bk, single
+    return bm, bk, single, 4 if bm * bk <= 2048 else 8
 
 
 def quantize_per_token(x: torch.Tensor, bits: int, clip_lo: torch.Tensor, clip_hi: torch.Tensor
@@ -124,9 +125,9 @@ def quantize_per_token(x: torch.Tensor, bits: int, clip_lo: torch.Tensor, clip_h
     rowsum = torch.empty(m, dtype=torch.int32, device=dev)
     if m:
         k8 = padded_k(k, bits)
-        bm, bk, single = token_tiles(k8, m)
+        bm, bk, single, warps = token_tiles(k8, m)
         _quantize_act_kernel[(triton.cdiv(m, bm),)](
             x, clip_lo, clip_hi, packed, scale, zero, rowsum, m, k, k8, x.stride(0),
             packed.stride(0), BM=bm, BK=bk, BITS=bits, P=qmax(bits), EPS=ACT_EPS,
-            SINGLE_PASS=single, num_warps=4 if bm * bk <= 2048 else 8, **EXACT_FP)
+            SINGLE_PASS=single, num_warps=warps, **EXACT_FP)
     return packed, scale, zero, rowsum

@@ -89,11 +89,9 @@ def quantize_act_i8(x: torch.Tensor, bits: int, clip_lo: torch.Tensor, clip_hi: 
     nchunk = kp // CHUNK if chunk_sums else 0
     chunks = torch.empty(m, nchunk, dtype=torch.int32, device=dev)
     if m:
-        bm, bk, single = token_tiles(kp, m)
+        bm, bk, single, warps = token_tiles(kp, m)
         _quantize_i8_kernel[(triton.cdiv(m, bm),)](
             x, clip_lo, clip_hi, a8, scale, zero, rowsum, chunks if nchunk else rowsum, m, k, kp, nchunk,
             x.stride(0), _clip_stride(clip_lo), _clip_stride(clip_hi), BM=bm, BK=max(bk, CHUNK), P=qmax(bits),
-            EPS=ACT_EPS, A8=bits == 8,
-            SINGLE_PASS=single, CHUNKS=nchunk > 0, CH=CHUNK, num_warps=4 if bm * bk <= 2048 else 8,
-            **EXACT_FP)
+            EPS=ACT_EPS, A8=bits == 8, SINGLE_PASS=single, CHUNKS=nchunk > 0, CH=CHUNK, num_warps=warps, **EXACT_FP)
     return a8, scale, zero, rowsum, chunks

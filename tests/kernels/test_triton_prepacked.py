@@ -106,7 +106,7 @@ def test_token_tiles_fill_the_sms_and_bound_the_tile():
 
     for k in (40, 1536, 4096, 5120, 13824):
         for m in (1, 16, 256, 1024, 32760):
-            bm, bk, single = token_tiles(k, m)
+            bm, bk, single, _ = token_tiles(k, m)
             assert bm * bk <= max(_TILE_ELEMS, bk) and bk >= min(k, ROW_PASS_BLOCK_K)
             assert bm == 1 or -(-m // bm) >= (gpu_sm_count() or DEFAULT_SMS)  # fewer rows before SMs idle
             assert single == (k <= 4096) and (single or bk == ROW_PASS_BLOCK_K)
