@@ -257,5 +257,5 @@ ROW_PASS_BLOCK_K = 1024
 
 # Launch option of every kernel here (quantization, fake quant, the GEMM): no FMA contraction, so `c * m - lo`
 # and the GEMM epilogue's `t - z_w r` round the product first, as torch does, and the results match the reference
-# bit for bit. Triton's default differs by release (3.6 contracts on NVIDIA, 3.9 does not).
+# bit for bit. Triton contracts by default on NVIDIA (3.6 and 3.9 alike); its interpreter never does, so only a GPU shows it.
 EXACT_FP = {"enable_fp_fusion": False}
