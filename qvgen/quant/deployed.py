@@ -201,6 +201,7 @@ class DeployedLinear(PhiView, nn.Linear):
         self._packed_stamp: tuple | None = None
         self._weight_layout = "codes"  # the layout `w_packed` holds (ops.WEIGHT_LAYOUTS)
         self._clip_views: tuple | None = None
+        self._bias_alias: tuple | None = None
         self._refresh_weight()
 
     def _refresh_weight(self) -> None:
@@ -277,6 +278,20 @@ class DeployedLinear(PhiView, nn.Linear):
             cached = self._clip_views = (key, lo[g:g + 1], hi[g:g + 1])
         return cached[1], cached[2]
 
+    def _bias_now(self) -> torch.Tensor | None:
+        """The bias for an inference call: a detached alias of its current storage, kept between calls while
+        the Parameter holds the same storage and dtype. `.to(dtype)` swaps the Parameter's data in place
+        (`param.data = cast`), which a kernel reading the Parameter itself could see half done (a dtype
+        mismatch error from a call running in another thread); the alias keeps the state it was taken from."""
+        b = self.bias
+        if b is None or torch.compiler.is_compiling():
+            return b
+        key = (id(b), b.data_ptr(), b.dtype, b.device)
+        cached = self.__dict__.get("_bias_alias")
+        if cached is None or cached[0] != key:
+            cached = self._bias_alias = (key, b.detach())
+        return cached[1]
+
     def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
         """y = x Ŵ^T + b (plus Φ when kept), then `activation` if given ("gelu_tanh", see `qvgen.artifact.fuse`):
         in the kernel's epilogue for inference without Φ, else as a separate op after y."""
@@ -289,9 +304,11 @@ class DeployedLinear(PhiView, nn.Linear):
             packed = self.prepack()
         c_lo, c_hi = self._clips(x)
         if not (x.requires_grad and torch.is_grad_enabled()):
+            bias = self.bias if self.bias is not None and self.bias.requires_grad and torch.is_grad_enabled() \
+                else self._bias_now()
             if self.phi_l is None:  # inference: one op, the activation inside it (prepacked_linear checks both)
-                return ops.prepacked_linear(x, packed, self.bias, c_lo, c_hi, activation)
-            y = ops.prepacked_linear(x, packed, self.bias, c_lo, c_hi)
+                return ops.prepacked_linear(x, packed, bias, c_lo, c_hi, activation)
+            y = ops.prepacked_linear(x, packed, bias, c_lo, c_hi)
         else:
             y = _LowbitLinearFn.apply(x, self.bias, self, packed, c_lo, c_hi)
         if self.phi_l is not None:
@@ -384,6 +401,9 @@ class DeployedLinear(PhiView, nn.Linear):
         if any(a is not b for a, b in zip(before, self._layout_inputs())):
             self._packed = None
         self._refresh_weight()
+        if self.bias is not None:  # taken by the casting thread: a concurrent call finds it current and never
+            self._bias_alias = ((id(self.bias), self.bias.data_ptr(), self.bias.dtype, self.bias.device),
+                                self.bias.detach())  # detaches a Parameter that is being swapped
         return self
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
