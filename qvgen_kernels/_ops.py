@@ -196,6 +196,29 @@ def _(x, weights, bias, backend, w_bits, a_bits, k, n, clip_lo, clip_hi) -> Tens
     return x.new_empty((x.shape[0], n))
 
 
+def _plain_eager(x: Tensor, bias: Optional[Tensor]) -> bool:
+    """Whether a call is plain eager inference on plain tensors: not traced (torch.compile, fake or meta
+    tensors, dispatch or function modes, functorch transforms), no gradient asked for, no profiler recording
+    ops. Only then may an op's implementation be called without the dispatcher: the same function, the same
+    checks, none of the tracing machinery."""
+    return (type(x) is Tensor and not torch.compiler.is_compiling()
+            and not (torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)))
+            and not torch._C._len_torch_dispatch_stack() and not torch._C._is_torch_function_mode_enabled()
+            and not torch._C._are_functorch_transforms_active() and not torch.autograd._profiler_enabled())
+
+
+def run_prepacked_linear(impl, backend: str, x: Tensor, weights: tuple[Tensor, ...], bias: Optional[Tensor],
+                         w_bits: int, a_bits: int, k: int, n: int, clip_lo: Tensor, clip_hi: Tensor) -> Tensor:
+    """``prepacked_linear`` through the dispatcher, or, in plain eager inference (``_plain_eager``), ``impl`` (the
+    backend's implementation the op would resolve to) called directly with the op's own data checks: the
+    dispatcher's custom-op layers cost about as much host time per call as the rest of a small layer's call."""
+    if not _plain_eager(x, bias):
+        return prepacked_linear(x, list(weights), bias, backend, w_bits, a_bits, k, n, clip_lo, clip_hi)
+    if check_data(x):
+        _check_act("prepacked_linear", x, clip_lo, clip_hi)
+    return impl(x, weights, bias, w_bits, a_bits, k, n, clip_lo, clip_hi)
+
+
 # ---- fake quant (training), with explicit backward ops -------------------------------------------
 
 @torch.library.custom_op(f"{_NS}::fake_quant_weight", mutates_args=())

@@ -337,7 +337,7 @@ class PackedLinear:
         if registry.is_traceable(backend):
             self._run = impl
         else:  # an opaque node under torch.compile, with the data checks of the custom op
-            self._run = functools.partial(_opaque_prepacked, backend)
+            self._run = functools.partial(_ops.run_prepacked_linear, impl, backend)
         # The backend's linear + activation in one op, if it has one (traced like _run; opaque backends have none).
         self._fused = registry.impl_of(backend, "prepacked_linear_fused") if registry.is_traceable(backend) else None
         self._one = torch.ones(1, dtype=torch.float32, device=tensors[0].device)
@@ -378,10 +378,6 @@ def checkpoint_codes(packed: PackedLinear) -> Tensor:
     if not isinstance(packed, PackedLinear):
         fail("checkpoint_codes", "packed", "a PackedLinear (from prepack_linear)", type(packed).__name__, TypeError)
     return layout_codes(packed.tensors[0], packed.weight_layout, packed.w_bits, packed.k, packed.n)
-
-
-def _opaque_prepacked(backend, x, tensors, bias, w_bits, a_bits, k, n, lo, hi):
-    return _ops.prepacked_linear(x, list(tensors), bias, backend, w_bits, a_bits, k, n, lo, hi)
 
 
 def prepack_linear(w_packed: Tensor, w_scale: Tensor, w_zero: Tensor, *, w_bits: int, a_bits: int, k: int,

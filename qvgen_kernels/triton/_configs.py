@@ -191,6 +191,7 @@ def small_m_tiles(w_bits: int, a_bits: int, capability: int = 80) -> tuple[tuple
     return SMALL_M_TILES
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of its arguments, asked once per layer call
 def gemm_launch(m: int, n: int, kp: int, block_k: int, w_bits: int, a_bits: int, grouped: bool,
                 sms: int | None = None, split_k: int | None = None, shared_limit: int | None = None,
                 capability: int | None = None) -> GemmLaunch | None:
@@ -224,6 +225,19 @@ def gpu_sm_count() -> int | None:
     return _device_props(torch.cuda.current_device())[0]
 
 
+def launch_facts(device: object) -> tuple[int | None, int | None, int | None]:
+    """(SM count, shared-memory limit, compute capability) of the CUDA device a launch runs on (the tensor's
+    own, not the current device), read once per device; (None, None, None) elsewhere (the interpreter)."""
+    if getattr(device, "type", None) != "cuda":
+        return None, None, None
+    return _device_props(device.index)
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division of host ints (``triton.cdiv`` costs a few microseconds per call in recent Triton)."""
+    return -(-a // b)
+
+
 def device_capability() -> int | None:
     import torch
     if not torch.cuda.is_available():
@@ -242,7 +256,7 @@ def _device_props(index: int) -> tuple[int, int | None, int]:
 
 def m_bucket(m: int) -> int:
     """Autotune key for M: next power of two, capped (large M all share one winner)."""
-    return min(triton.next_power_of_2(max(1, m)), 8192)
+    return min(1 << (max(1, m) - 1).bit_length(), 8192)
 
 
 # Row-block x column-chunk tiles of the elementwise / per-row kernels (pack, quantize, fake quant).

@@ -40,7 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._configs import GemmLaunch, gemm_configs, prune_gemm_configs
+from ._configs import (EXACT_FP, GemmLaunch, cdiv, gemm_block_k, gemm_configs, gemm_launch, launch_facts, m_bucket,
+                       prune_gemm_configs)
 from ._utils import empty_out, interpreting
 from .layout import CHUNK, ROW_BLOCK
 
@@ -295,15 +296,26 @@ def _finish(out_ptr, y, bias_ptr, n_c, n, tok, N, M, stride_o, HAS_BIAS: tl.cons
 
 
 def gemm_block_k_for(k: int, groups: int) -> int:
-    from ._configs import gemm_block_k
     return gemm_block_k(k, k // groups if groups > 1 else -1)
+
+
+# Zeroed split-K workspaces kept between launches, one per (device, stream): every launch leaves its workspace
+# zero, so the next launch on the same stream (ordered after it) takes it as it is: no allocation and no memset per
+# call. Launches on other streams get their own.
+_WORKSPACES: dict[tuple, torch.Tensor] = {}
 
 
 def split_workspace(tiles: int, block_m: int, device: torch.device, row_blocks: int = 1) -> torch.Tensor:
     """Zeroed int32 workspace of a split-K launch: every output tile's partial sums [128 row_blocks, BLOCK_M],
     then one arrival counter per tile. The kernel leaves it zero again (the last program of a tile exchanges
-    the sums for zeros and resets the counter)."""
-    return torch.zeros(tiles * (ROW_BLOCK * row_blocks * block_m + 1), dtype=torch.int32, device=device)
+    the sums for zeros and resets the counter), so it is kept for the stream's next launch (grown when one needs
+    more)."""
+    size = tiles * (ROW_BLOCK * row_blocks * block_m + 1)
+    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None)
+    ws = _WORKSPACES.get(key)
+    if ws is None or ws.numel() < size:
+        ws = _WORKSPACES[key] = torch.zeros(size, dtype=torch.int32, device=device)
+    return ws[:size]
 
 
 def tc_gemm(a8: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, s: torch.Tensor, w: torch.Tensor,
@@ -315,8 +327,6 @@ def tc_gemm(a8: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, s: torch.Tenso
     [N, G], sw / zw fp32 [N, G]; bias [N] or None -> out_dtype [M, N]. Arguments are validated upstream.
     The launch comes from ``_configs.gemm_launch`` (``split_k`` overrides its K splits, ``launch`` the whole
     choice: tests)."""
-    from ._configs import EXACT_FP, device_capability, device_shared_limit, gemm_launch, gpu_sm_count, m_bucket
-
     m, kp = a8.shape
     groups = sw.shape[1]
     block_k = gemm_block_k_for(k, groups)
@@ -328,16 +338,15 @@ def tc_gemm(a8: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, s: torch.Tenso
     consts = dict(GROUP_SIZE=k // groups if groups > 1 else 0, W_BITS=w_bits, A_BITS=a_bits, GROUPED=groups > 1,
                   HAS_BIAS=bias is not None, BLOCK_K=block_k, HALF_=HALF)
     if launch is None:
-        cuda = a8.is_cuda
-        launch = gemm_launch(m, n, kp, block_k, w_bits, a_bits, groups > 1, gpu_sm_count() if cuda else None, split_k,
-                             device_shared_limit() if cuda else None, device_capability() if cuda else None)
+        sms, shared_limit, capability = launch_facts(a8.device)
+        launch = gemm_launch(m, n, kp, block_k, w_bits, a_bits, groups > 1, sms, split_k, shared_limit, capability)
     if launch is None:
         def grid(meta: dict) -> tuple[int]:
-            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, ROW_BLOCK * meta["ROW_BLOCKS"]),)
+            return (cdiv(m, meta["BLOCK_M"]) * cdiv(n, ROW_BLOCK * meta["ROW_BLOCKS"]),)
 
         _tc_gemm_kernel[grid](*args, s, *scalars, **consts, **EXACT_FP)   # ws_ptr (int32) unused without split
         return out.to(out_dtype)
-    tiles = triton.cdiv(m, launch.block_m) * triton.cdiv(n, ROW_BLOCK * launch.row_blocks)
+    tiles = cdiv(m, launch.block_m) * cdiv(n, ROW_BLOCK * launch.row_blocks)
     ws = split_workspace(tiles, launch.block_m, a8.device, launch.row_blocks) if launch.split_k > 1 else s
     _tc_gemm_kernel.fn[(tiles, launch.split_k)](
         *args, ws, *scalars, **consts, BLOCK_M=launch.block_m, SWIZZLE=launch.swizzle, SPLIT_K=launch.split_k,

@@ -8,12 +8,15 @@ chunks (pass 1: min/max, pass 2: codes + packing + row sum), reading x twice.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from ..format import ACT_EPS, packed_width, padded_k, qmax
-from ._configs import DEFAULT_SMS, ELEMENTWISE_BLOCK_K, EXACT_FP, ROW_PASS_BLOCK_K, ROW_SINGLE_PASS_MAX_K, gpu_sm_count
+from ._configs import (DEFAULT_SMS, ELEMENTWISE_BLOCK_K, EXACT_FP, ROW_PASS_BLOCK_K, ROW_SINGLE_PASS_MAX_K, cdiv,
+                       launch_facts)
 from ._utils import act_codes, act_qparams, check_act_inputs, pack_and_store
 
 _TILE_ELEMS = 8192  # elements per program tile: bounds register use when a whole row is one tile
@@ -95,17 +98,18 @@ def row_tiles(k8: int) -> tuple[int, int, bool]:
     return max(1, min(16, _TILE_ELEMS // bk)), bk, single
 
 
-def token_tiles(k8: int, m: int) -> tuple[int, int, bool, int]:
-    """``row_tiles`` for the per-token quantize of m rows, and the launch's warps: long rows in wide column chunks,
-    and fewer rows per program while the programs would not fill the SMs. Each chunk is a dependent load, so a
-    program's time is about its chunk count (on an H200, 16 x 5120 bf16 in 128-column chunks of 16 rows: 80
-    chunks, 42 us)."""
+@functools.lru_cache(maxsize=4096)  # a pure function of its arguments, asked once per layer call
+def token_tiles(k8: int, m: int, sms: int | None = None) -> tuple[int, int, bool, int]:
+    """``row_tiles`` for the per-token quantize of m rows on ``sms`` SMs (None: ``DEFAULT_SMS``), and the launch's
+    warps: long rows in wide column chunks, and fewer rows per program while the programs would not fill the SMs.
+    Each chunk is a dependent load, so a program's time is about its chunk count (on an H200, 16 x 5120 bf16 in
+    128-column chunks of 16 rows: 80 chunks, 42 us)."""
     bm, bk, single = row_tiles(k8)
     if not single:
         bk = ROW_PASS_BLOCK_K
         bm = max(1, min(16, _TILE_ELEMS // bk))
-    sms = gpu_sm_count() or DEFAULT_SMS
-    while bm > 1 and triton.cdiv(m, bm) < sms:
+    sms = sms or DEFAULT_SMS
+    while bm > 1 and cdiv(m, bm) < sms:
         bm //= 2
     return bm, bk, single, 4 if bm * bk <= 2048 else 8
 
@@ -125,8 +129,8 @@ def quantize_per_token(x: torch.Tensor, bits: int, clip_lo: torch.Tensor, clip_h
     rowsum = torch.empty(m, dtype=torch.int32, device=dev)
     if m:
         k8 = padded_k(k, bits)
-        bm, bk, single, warps = token_tiles(k8, m)
-        _quantize_act_kernel[(triton.cdiv(m, bm),)](
+        bm, bk, single, warps = token_tiles(k8, m, launch_facts(dev)[0])
+        _quantize_act_kernel[(cdiv(m, bm),)](
             x, clip_lo, clip_hi, packed, scale, zero, rowsum, m, k, k8, x.stride(0),
             packed.stride(0), BM=bm, BK=bk, BITS=bits, P=qmax(bits), EPS=ACT_EPS,
             SINGLE_PASS=single, num_warps=warps, **EXACT_FP)

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ..format import ACT_EPS, qmax
-from ._configs import EXACT_FP
+from ._configs import EXACT_FP, cdiv, launch_facts
 from ._utils import act_codes
 from .layout import CHUNK, kernel_k
 from .quantize_act import _load_x, row_min_max, row_qparams, token_tiles
@@ -89,8 +89,8 @@ def quantize_act_i8(x: torch.Tensor, bits: int, clip_lo: torch.Tensor, clip_hi: 
     nchunk = kp // CHUNK if chunk_sums else 0
     chunks = torch.empty(m, nchunk, dtype=torch.int32, device=dev)
     if m:
-        bm, bk, single, warps = token_tiles(kp, m)
-        _quantize_i8_kernel[(triton.cdiv(m, bm),)](
+        bm, bk, single, warps = token_tiles(kp, m, launch_facts(dev)[0])
+        _quantize_i8_kernel[(cdiv(m, bm),)](
             x, clip_lo, clip_hi, a8, scale, zero, rowsum, chunks if nchunk else rowsum, m, k, kp, nchunk,
             x.stride(0), _clip_stride(clip_lo), _clip_stride(clip_hi), BM=bm, BK=max(bk, CHUNK), P=qmax(bits),
             EPS=ACT_EPS, A8=bits == 8, SINGLE_PASS=single, CHUNKS=nchunk > 0, CH=CHUNK, num_warps=warps, **EXACT_FP)

@@ -5,7 +5,6 @@ Runs compiled on a GPU, else under TRITON_INTERPRET=1 on CPU (``conftest.py``).
 
 from __future__ import annotations
 
-import sys
 
 import pytest
 import torch
@@ -86,10 +85,10 @@ def test_quantize_per_token_half_inputs(tk, dtype):
 
 
 @pytest.mark.parametrize("bits", (3, 4, 8))
-def test_quantize_per_token_two_pass(tk, bits, monkeypatch):
+def test_quantize_per_token_two_pass(tk, bits, row_pass):
     """Rows longer than the single-pass limit take the chunked two-pass path."""
     mod, dev = tk
-    monkeypatch.setattr(sys.modules["qvgen_kernels.triton.quantize_act"], "ROW_SINGLE_PASS_MAX_K", 16)
+    row_pass(ROW_SINGLE_PASS_MAX_K=16)
     gen = torch.Generator().manual_seed(11 + bits)
     for k in (17, 130, 300):
         assert padded_k(k, bits) > 16

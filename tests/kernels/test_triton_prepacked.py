@@ -6,7 +6,6 @@ Runs compiled on a GPU, else under TRITON_INTERPRET=1 on CPU (``conftest.py``).
 
 from __future__ import annotations
 
-import sys
 
 import pytest
 import torch
@@ -64,12 +63,10 @@ def test_quantize_i8_matches_reference(tk, bits, m, k):
 
 
 @pytest.mark.parametrize("m", (2, 300))
-def test_quantize_i8_two_pass_chunks(tk, monkeypatch, m):
+def test_quantize_i8_two_pass_chunks(tk, row_pass, m):
     """Rows past the single-pass limit, in several column chunks, with one row or several per program."""
     mod, dev = tk
-    qa = sys.modules["qvgen_kernels.triton.quantize_act"]
-    monkeypatch.setattr(qa, "ROW_SINGLE_PASS_MAX_K", 64)
-    monkeypatch.setattr(qa, "ROW_PASS_BLOCK_K", 64)
+    row_pass(ROW_SINGLE_PASS_MAX_K=64, ROW_PASS_BLOCK_K=64)
     k = 200  # 4 chunks of 64 (KP 224), the last one partly past K
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
     ones = torch.ones(m)
@@ -106,7 +103,7 @@ def test_token_tiles_fill_the_sms_and_bound_the_tile():
 
     for k in (40, 1536, 4096, 5120, 13824):
         for m in (1, 16, 256, 1024, 32760):
-            bm, bk, single, _ = token_tiles(k, m)
+            bm, bk, single, _ = token_tiles(k, m, gpu_sm_count())
             assert bm * bk <= max(_TILE_ELEMS, bk) and bk >= min(k, ROW_PASS_BLOCK_K)
             assert bm == 1 or -(-m // bm) >= (gpu_sm_count() or DEFAULT_SMS)  # fewer rows before SMs idle
             assert single == (k <= 4096) and (single or bk == ROW_PASS_BLOCK_K)
