@@ -13,6 +13,10 @@ cuBLAS BF16 (``F.linear``):
 
     python -m benchmarks.bench_deployed_breakdown --out DIR                    # on a GPU
     python -m benchmarks.bench_deployed_breakdown --smoke --device cpu ...     # CPU: host_us and events only
+    python -m benchmarks.bench_deployed_breakdown --plan                       # what a run measures; no device
+
+Each Triton row also names the GEMM launch that ran (``gemm_launch``: the small-M table's tile and K splits, or
+the autotuner's config; with ``QVGEN_TRITON_TUNE=0`` the autotuner keeps its first config).
 
 Results: ``<out>/deployed_breakdown.jsonl`` (one line per shape and provider, written as measured).
 """
@@ -102,6 +106,11 @@ def providers(sh: LayerShape, device: torch.device, dtype: torch.dtype, gen: tor
 
 def measure(name: str, fn: Callable[[], Any], device: torch.device, smoke: bool) -> dict[str, Any]:
     row: dict[str, Any] = {"provider": name}
+    if "(triton)" in name:
+        from qvgen_kernels.triton import gemm_tc
+        fn()  # the first call picks the launch (the autotuner benchmarks its configs here)
+        _sync(device)
+        row["gemm_launch"] = gemm_tc.last_launch()
     steps = [("host_us", lambda: host_us(fn, device, 5 if smoke else 50)),
              ("events_us", lambda: _harness.time_fn(fn, device, 2, 3 if smoke else 20)["median_ms"] * 1e3)]
     if device.type == "cuda":
@@ -120,8 +129,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, few calls (a test of the script)")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--plan", action="store_true", help="print what a run measures and exit; touches no device")
     args = ap.parse_args(argv)
+    if args.plan:
+        for sh in SMOKE if args.smoke else SHAPES:
+            print(f"{sh.label}: bf16 F.linear vs w4a4 prepacked_linear (triton): host_us, events_us, graph_us, "
+                  f"kernels, gemm_launch")
+        return []
+    if args.out is None:
+        ap.error("--out is required (except with --plan)")
     device = torch.device(args.device)
     dtype = torch.bfloat16
     args.out.mkdir(parents=True, exist_ok=True)

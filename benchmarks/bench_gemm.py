@@ -242,6 +242,9 @@ def bench_shape(sh: kc.LayerShape, device: torch.device, dtype: torch.dtype, arg
                         row["skipped"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
             if "skipped" not in row:
                 row.update(_checked_timing(fn, check, device, args))
+                if row.get("backend") == "triton" and row.get("mode") in DEPLOYED_MODES:
+                    from qvgen_kernels.triton import gemm_tc
+                    row["gemm_launch"] = gemm_tc.last_launch()  # the tile that ran: table or autotuner
                 kc.roofline(row, sh.flops, nbytes, peaks)
                 del fn
         if "us" in row:

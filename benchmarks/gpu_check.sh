@@ -22,10 +22,14 @@
 #                saying so, where the tool is absent)
 #   gemm_bench   Wan-1.3B / Wan-14B shapes and M = 16 / 256: deployed Triton, CUDA tc_linear, cuBLAS BF16, FP8
 #                rowwise, torch._int_mm (dp4a only at M <= 256); every row checked against the reference first
+#   breakdown    where one deployed W4A4 linear's time goes (host per call, CUDA events, CUDA-graph replay, each
+#                kernel's device time) at Wan shapes from 16 to 32760 tokens, the Triton GEMM autotuned
+#                (QVGEN_TRITON_TUNE=1: the launch that ran is in each row)
 #   qat          fused fake quant fwd + bwd (Triton vs eager) at Wan-1.3B 32760x1536x8960, one QAT distillation
 #                step of a full-width Wan2.1-1.3B block vs its bf16 training step (time, peak memory)
 #   kernel_tests the remaining kernel tests on the GPU (what a time cut drops first)
-# Writes benchmarks/results/<gpu>/<step>.log, gemm_bench.{jsonl,json,md}, qat_check.{jsonl,json}, gpu_check.txt.
+# Writes benchmarks/results/<gpu>/<step>.log, gemm_bench.{jsonl,json,md}, deployed_breakdown.jsonl,
+# qat_check.{jsonl,json}, gpu_check.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY_RUN=0
@@ -104,7 +108,7 @@ REST_TESTS=(tests/kernels -m "not gpu" $(diffusers_ignores tests/kernels))
 GEMM_ARGS=(--shapes check --backends triton,ext --modes gemm,deployed_gemm,deployed_linear --bits w4a4,w3a3,w4a8
            --repeats 10 --out "$OUT")
 
-step build 150 "echo \"setup.py takes the CUTLASS headers from QVGEN_CUTLASS_INCLUDE=$CUTLASS_INC\"" \
+step build 120 "echo \"setup.py takes the CUTLASS headers from QVGEN_CUTLASS_INCLUDE=$CUTLASS_INC\"" \
   env MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0a QVGEN_CUTLASS_INCLUDE="$CUTLASS_INC" PATH="$NINJA_DIR:$PATH" \
   "$PY" -m pip install -q --no-index --no-build-isolation --no-deps -e .
 q() { printf '%q ' "$@"; }  # a command line as one shell string (the dry run's plan)
@@ -112,8 +116,10 @@ step gpu_tests 90 "$(q "$PY" -m pytest -q -p no:cacheprovider --collect-only "${
   "$PY" -m pytest -q -p no:cacheprovider -rfEs "${XDIST[@]}" "${GPU_TESTS[@]}"
 step sanitizer 40 "$(q "$PY" -m benchmarks.gpu_sanitize --plan)" \
   "$PY" -m benchmarks.gpu_sanitize --run-tools --budget 38
-step gemm_bench 110 "$(q "$PY" -m benchmarks.bench_gemm "${GEMM_ARGS[@]}" --plan)" \
+step gemm_bench 80 "$(q "$PY" -m benchmarks.bench_gemm "${GEMM_ARGS[@]}" --plan)" \
   "$PY" -m benchmarks.bench_gemm "${GEMM_ARGS[@]}"
+step breakdown 60 "$(q "$PY" -m benchmarks.bench_deployed_breakdown --plan)" \
+  env QVGEN_TRITON_TUNE=1 "$PY" -m benchmarks.bench_deployed_breakdown --out "$OUT"
 step qat 40 "$(q "$PY" -m benchmarks.bench_qat_check --plan)" "$PY" -m benchmarks.bench_qat_check --out "$OUT"
 step kernel_tests 30 "$(q "$PY" -m pytest -q -p no:cacheprovider --collect-only "${REST_TESTS[@]}") | tail -3" \
   "$PY" -m pytest -q -p no:cacheprovider -rfE "${XDIST[@]}" "${REST_TESTS[@]}"

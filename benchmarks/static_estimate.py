@@ -50,6 +50,10 @@ Model, per CTA tile of ``tile_rows`` weight rows x ``tile_tokens`` tokens and pe
 - cuBLAS BF16: max(2MNK / (0.75 x 989.4 TFLOPS), bf16 bytes / 4.8 TB/s) unless measured.
 Not modelled: L2 hit rates (HBM bytes are the unique bytes), the L2's split into two partitions, bank
 conflicts, clock throttling, launch overhead, the separate activation quantize kernel.
+
+Against a GPU run (``--measured``, default the committed H200 results): every measured time of the Triton GEMM
+at a shape here sits beside the prediction at the measured SM clock, with the L2 -> SM bandwidth it implies if the
+kernel was L2-bound (``calibration`` in the JSON). The basis is not fitted to them.
 """
 
 from __future__ import annotations
@@ -341,8 +345,10 @@ def triton_designs(only: str | None = None) -> list[Design]:
     from benchmarks import sass_roofline as sr
     from qvgen_kernels.triton._specs import gemm_compile_specs
 
+    # Every shape here has N a multiple of 16: the binary Triton builds for such an N (vectorised output stores).
+    assert all(n % 16 == 0 for _, _, _, n in SHAPES)
     out = []
-    for spec in gemm_compile_specs():
+    for spec in gemm_compile_specs(n_divisible=True):
         if spec.meta["variant"] != "W4A4" or (only and only not in spec.name):
             continue
         c = sr.compile_triton(spec, "sm_90a")
@@ -437,10 +443,66 @@ def evaluate(designs: list[Design]) -> list[dict]:
     return out
 
 
+# ------------------------------------------------------------------------------------------ against a GPU run
+
+MEASURED_DIR = ROOT / "benchmarks/results/nvidia-h200"
+# Below this many tokens CUDA events around one call read the host's launch time, not the kernel's (bench_gemm).
+EVENTS_MIN_M = 4096
+
+
+def measured_triton_gemm(results_dir: Path) -> list[dict]:
+    """Measured times of the Triton GEMM kernel alone (W4A4 per channel, the deployed layout) from a GPU run's
+    committed results: ``gemm_bench.json`` (``deployed_gemm`` rows: CUDA events after an L2 flush, median, with
+    the SM clock nvidia-smi read; from EVENTS_MIN_M tokens) and ``deployed_breakdown.jsonl`` (the kernel's device
+    time from torch.profiler over 10 calls, L2 warm; no clock recorded)."""
+    out = []
+    bench = results_dir / "gemm_bench.json"
+    if bench.exists():
+        for r in json.loads(bench.read_text())["rows"]:
+            if r.get("provider") == "triton:deployed_gemm:w4a4" and r.get("us") and r["m"] >= EVENTS_MIN_M:
+                out.append(dict(m=r["m"], k=r["k"], n=r["n"], us=r["us"], sm_clock_mhz=r.get("sm_clock_mhz"),
+                                method="CUDA events after an L2 flush (gemm_bench.json)"))
+    breakdown = results_dir / "deployed_breakdown.jsonl"
+    if breakdown.exists():
+        for line in breakdown.read_text().splitlines():
+            r = json.loads(line)
+            us = r.get("kernels", {}).get("_tc_gemm_kernel") if isinstance(r.get("kernels"), dict) else None
+            if us:
+                out.append(dict(m=r["m"], k=r["k"], n=r["n"], us=us, sm_clock_mhz=None,
+                                method="kernel device time, torch.profiler (deployed_breakdown.jsonl)"))
+    return out
+
+
+def calibrate(results: list[dict], measured: list[dict]) -> list[dict]:
+    """Each measured Triton GEMM time beside the prediction for its shape (per channel): the prediction rescaled to
+    the measured SM clock where one was recorded (the SM-clocked legs scale with it, the HBM leg does not),
+    measured / predicted, and the L2 -> SM bandwidth the measured time implies if the kernel was bound by it."""
+    out = []
+    for meas in measured:
+        row = next((r for r in results if r["kernel"] == "triton" and r["grouping"] == "per_channel"
+                    and (r["m"], r["k"], r["n"]) == (meas["m"], meas["k"], meas["n"])), None)
+        if row is None:
+            continue
+        e = row["detail"]
+        clock = meas["sm_clock_mhz"] * 1e6 if meas["sm_clock_mhz"] else HW["clock_hz"]
+        at = HW["clock_hz"] / clock
+        predicted = max(e["compute_s"] * at, e["hbm_s"], e["l2_s"] * at, e["l2_atomics_s"] * at) + e[
+            "workspace_memset_s"]
+        seconds = meas["us"] * 1e-6
+        out.append(dict(shape=row["shape"], m=meas["m"], k=meas["k"], n=meas["n"], method=meas["method"],
+                        measured_us=round(meas["us"], 2), sm_clock_mhz=meas["sm_clock_mhz"],
+                        predicted_us_at_that_clock=round(predicted * 1e6, 2), predicted_bound=row["bound"],
+                        measured_over_predicted=round(seconds / predicted, 2),
+                        implied_l2_bytes_per_clk_if_l2_bound=round(e["l2_to_sm_bytes"] / (seconds * clock))))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/static/estimate.json")
     p.add_argument("--no-cuda", action="store_true", help="Triton only (no nvcc / CUTLASS)")
+    p.add_argument("--measured", type=Path, default=MEASURED_DIR,
+                   help="a GPU run's results directory to set the predictions beside (its Triton GEMM times)")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     import triton
@@ -449,12 +511,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_cuda:
         designs += cuda_designs()
     results = evaluate(designs)
+    calibration = calibrate(results, measured_triton_gemm(args.measured))
     for r in results:
         print(f"{r['kernel']:8} {r['grouping']:11} {r['shape']:22} {r['predicted_us']:9.1f} us "
               f"{100 * r['int8_peak_fraction']:5.1f}% INT8  {r['x_cublas_bf16']:5.2f}x cuBLAS-BF16  "
               f"{r['bound']:14} {r['config']}  (L2 " + " / ".join(
                   f"{b} B/clk {100 * v['int8_peak_fraction']:.1f}% {v['bound']}" for b, v in r["l2_sensitivity"].items())
               + ")")
+    for c in calibration:
+        print(f"measured {c['shape']:22} {c['measured_us']:9.1f} us against {c['predicted_us_at_that_clock']:9.1f} us "
+              f"predicted ({c['measured_over_predicted']:.2f}x; L2 -> SM {c['implied_l2_bytes_per_clk_if_l2_bound']} "
+              f"B/clk if L2-bound)  {c['method']}")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     doc = dict(tool="benchmarks.static_estimate", what="prediction of a static model, not a measurement",
@@ -463,7 +530,9 @@ def main(argv: list[str] | None = None) -> int:
                basis=HW, int8_peak_tops=round(INT8_PEAK_OPS / 1e12, 1),
                l2_to_sm_tb_per_s=round(HW["l2_bytes_per_clk"] * HW["clock_hz"] / 1e12, 2),
                l2_sensitivity_bytes_per_clk=list(L2_SENSITIVITY_BYTES_PER_CLK), model=__doc__.split("Model, per CTA")[1],
-               designs=[asdict(d) for d in designs], results=results)
+               designs=[asdict(d) for d in designs], results=results,
+               measured_dir=str(args.measured.relative_to(ROOT)) if args.measured.is_relative_to(ROOT) else str(
+                   args.measured), calibration=calibration)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=1) + "\n")
     return 0

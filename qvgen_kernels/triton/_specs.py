@@ -5,7 +5,10 @@ One table for the two consumers: the static roofline (``benchmarks.sass_roofline
 compiles every autotune config for sm_80, sm_89 and sm_90 (``tests/kernels/test_triton_configs.py``); a
 spec's ``meta["min_capability"]`` (90 for the Hopper-only tiles) says which architectures run it.
 Integer arguments that are multiples of 16 at every real shape (KP, the output stride) and the pointers
-(torch allocations) carry Triton's divisibility-16 specialization, as they do at launch.
+(torch allocations) carry Triton's divisibility-16 specialization, as they do at launch. N (output features) is a
+multiple of 16 at every real model's shape but not at every shape the kernel runs: Triton compiles a second
+binary when it is (the output mask is then constant over 16 columns: 16-byte stores instead of 2-byte ones), and
+``n_divisible=True`` gives that variant's specs.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ class CompileSpec:
     meta: dict = field(default_factory=dict)   # variant facts for reports (bits, group size, ...)
 
 
-def gemm_compile_specs() -> list[CompileSpec]:
-    """Every GEMM variant x GPU autotune config."""
+def gemm_compile_specs(n_divisible: bool = False) -> list[CompileSpec]:
+    """Every GEMM variant x GPU autotune config (``n_divisible``: as launched with N a multiple of 16)."""
     from . import gemm_tc  # late: the kernels are defined on import
     from ._configs import (GEMM_MAX_BLOCK_M_8BIT, GEMM_WEIGHT_ROWS, HOPPER_CAPABILITY, gemm_block_k, gemm_shared_bytes,
                            gemm_tiles, small_m_tiles, tile_key)
@@ -72,13 +75,14 @@ def gemm_compile_specs() -> list[CompileSpec]:
                 sig = {a: _TYPES.get(a, "i32") for a in names}
                 sig["w_ptr"] = "*i8" if wb == 8 else "*u8"
                 sig.update({k: "constexpr" for k in consts})
+                divisible = _DIVISIBLE + (("N",) if n_divisible else ())
                 attrs = {(names.index(a),): [["tt.divisibility", 16]]
-                         for a in names if sig[a].startswith("*") or a in _DIVISIBLE}
+                         for a in names if sig[a].startswith("*") or a in divisible}
                 specs.append(CompileSpec(
                     f"{vname}/{gname}/{bm}x{rows}x{bk}/w{warps}s{stages}"
                     + ("-splitk" if split > 1 else ""),
                     fn, sig, consts, attrs, warps, stages, (bm, rows, bk),
                     dict(variant=vname, w_bits=wb, a_bits=ab, group_size=gs, split_k=split, autotuned=autotuned,
-                         min_capability=min_cap,
+                         min_capability=min_cap, n_divisible=n_divisible,
                          shared_estimate=gemm_shared_bytes(bm, bk, stages, wb, row_blocks))))
     return specs

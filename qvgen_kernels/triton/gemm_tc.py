@@ -318,6 +318,19 @@ def split_workspace(tiles: int, block_m: int, device: torch.device, row_blocks: 
     return ws[:size]
 
 
+_LAST: list = [None]  # the launch table's choice of the last call, None when the autotuner chose
+
+
+def last_launch() -> str:
+    """How the last ``tc_gemm`` call in this process was launched: the launch table's tile and K splits, or the
+    autotuner's config (its best for that call's key). For benchmarks that report what ran."""
+    launch = _LAST[0]
+    if launch is not None:
+        return (f"table: BLOCK_M {launch.block_m}, ROW_BLOCKS {launch.row_blocks}, warps {launch.num_warps}, "
+                f"stages {launch.num_stages}, SPLIT_K {launch.split_k}")
+    return f"autotuned: {getattr(_tc_gemm_kernel, 'best_config', None)}"
+
+
 def tc_gemm(a8: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, s: torch.Tensor, w: torch.Tensor,
             colsum: torch.Tensor, sw: torch.Tensor, zw: torch.Tensor, bias: torch.Tensor | None,
             w_bits: int, a_bits: int, k: int, n: int, out_dtype: torch.dtype, split_k: int | None = None,
@@ -345,7 +358,9 @@ def tc_gemm(a8: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor, s: torch.Tenso
             return (cdiv(m, meta["BLOCK_M"]) * cdiv(n, ROW_BLOCK * meta["ROW_BLOCKS"]),)
 
         _tc_gemm_kernel[grid](*args, s, *scalars, **consts, **EXACT_FP)   # ws_ptr (int32) unused without split
+        _LAST[0] = None
         return out.to(out_dtype)
+    _LAST[0] = launch
     tiles = cdiv(m, launch.block_m) * cdiv(n, ROW_BLOCK * launch.row_blocks)
     ws = split_workspace(tiles, launch.block_m, a8.device, launch.row_blocks) if launch.split_k > 1 else s
     _tc_gemm_kernel.fn[(tiles, launch.split_k)](

@@ -69,7 +69,8 @@ def test_dry_run_plans_every_step_within_8_minutes(tmp_path) -> None:
         if line.startswith("=== ") and "(cap " in line:
             name = line.split()[1]
             caps[name] = int(line.split("(cap ")[1].split("s)")[0])
-    assert list(caps) == ["bundle", "build", "gpu_tests", "sanitizer", "gemm_bench", "qat", "kernel_tests"]
+    assert list(caps) == ["bundle", "build", "gpu_tests", "sanitizer", "gemm_bench", "breakdown", "qat",
+                          "kernel_tests"]
     assert sum(caps.values()) <= 480
     assert "caps: 480s in all (limit 480s)" in r.stdout or f"caps: {sum(caps.values())}s in all" in r.stdout
     assert "files match MANIFEST.sha256" in r.stdout
@@ -77,7 +78,8 @@ def test_dry_run_plans_every_step_within_8_minutes(tmp_path) -> None:
     assert "ext:deployed_linear:w4a4" in r.stdout and "fp8_rowwise" in r.stdout  # the benchmark's plan
     assert "max_blocks=2" in r.stdout and "QAT distillation step" in r.stdout
     summary = (tmp_path / "out" / "gpu_check.txt").read_text()
-    assert summary.count("rc=0") == 7
+    assert summary.count("rc=0") == 8
+    assert "32760x5120x13824: bf16 F.linear vs w4a4 prepacked_linear (triton)" in r.stdout  # the breakdown's plan
 
 
 def test_dry_run_fails_on_a_corrupted_bundle(tmp_path) -> None:

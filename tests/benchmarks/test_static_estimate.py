@@ -165,6 +165,9 @@ def test_committed_estimate_reports_the_l2_leg():
         assert set(r["l2_sensitivity"]) == {"4096", "6144"}
         low, high = r["l2_sensitivity"]["4096"], r["l2_sensitivity"]["6144"]
         assert low["int8_peak_fraction"] <= r["int8_peak_fraction"] <= high["int8_peak_fraction"], r["shape"]
+    # The H200 run's Triton GEMM times beside the predictions, every large shape among them.
+    assert {c["shape"] for c in doc["calibration"]} >= {"wan1.3b-attn", "wan14b-ffn-up", "wan14b-ffn-down"}
+    assert all(c["measured_over_predicted"] > 0 for c in doc["calibration"])
     # The sm_90 tile of 256 weight rows reads 2/3 of the L2 bytes per MAC of the 128 x 128 tile: at the Wan-14B FFN
     # its L2 leg is under its compute (it does not bind), where the 128 x 128 tile's binds.
     designs = {d["name"]: se.Design(**d) for d in doc["designs"]}
@@ -174,3 +177,35 @@ def test_committed_estimate_reports_the_l2_leg():
         ew, en = se.estimate(wide, m, n, k), se.estimate(narrow, m, n, k)
         assert ew["l2_to_sm_bytes"] == pytest.approx(en["l2_to_sm_bytes"] * 2 / 3)
         assert ew["bound"] != "l2" and en["bound"] == "l2"
+
+
+def test_calibration_against_a_measured_run(tmp_path):
+    """A measured Triton GEMM time sits beside the prediction rescaled to its SM clock: at 1.5x the basis clock the
+    clock-bound legs take 2/3 of their time (the HBM leg keeps its own), measured / predicted and the implied L2 ->
+    SM bytes per clock follow; rows of other shapes, providers, or too few tokens for CUDA events are left out."""
+    import json
+
+    d = _design(tile_tokens=32, mma_warpgroups=1, threads=128, registers=96, shared_bytes=40 * 1024,
+                macs_per_warpgroup=128 * 32 * 128, wgmma_n_bytes=2 * 32 * 128)
+    m, k, n = 32768, 4096, 4096
+    e = se.estimate(d, m, n, k)
+    results = [dict(kernel="triton", grouping="per_channel", shape="s", m=m, k=k, n=n, bound=e["bound"], detail=e)]
+    clock_mhz = 1.5 * CLK / 1e6
+    rows = [dict(provider="triton:deployed_gemm:w4a4", m=m, k=k, n=n, us=2000.0, sm_clock_mhz=clock_mhz),
+            dict(provider="triton:deployed_gemm:w4a4", m=16, k=k, n=n, us=50.0, sm_clock_mhz=clock_mhz),
+            dict(provider="bf16", m=m, k=k, n=n, us=900.0, sm_clock_mhz=clock_mhz)]
+    (tmp_path / "gemm_bench.json").write_text(json.dumps({"rows": rows}))
+    (tmp_path / "deployed_breakdown.jsonl").write_text(
+        json.dumps({"provenance": {}}) + "\n"
+        + json.dumps(dict(m=m, k=k, n=n, provider="w4a4", kernels={"_tc_gemm_kernel": 1500.0})) + "\n")
+    measured = se.measured_triton_gemm(tmp_path)
+    assert [(r["m"], r["us"]) for r in measured] == [(m, 2000.0), (m, 1500.0)]
+    cal = se.calibrate(results, measured)
+    assert len(cal) == 2
+    at_clock = max(e["compute_s"], e["l2_s"]) / 1.5
+    assert e["hbm_s"] < at_clock and cal[0]["predicted_us_at_that_clock"] == pytest.approx(at_clock * 1e6, abs=0.01)
+    assert cal[0]["measured_over_predicted"] == pytest.approx(2000e-6 / at_clock, abs=0.01)
+    assert cal[0]["implied_l2_bytes_per_clk_if_l2_bound"] == round(e["l2_to_sm_bytes"] / (2000e-6 * 1.5 * CLK))
+    # No clock recorded (profiler rows): the basis clock.
+    assert cal[1]["predicted_us_at_that_clock"] == pytest.approx(e["seconds"] * 1e6, abs=0.01)
+    assert cal[1]["implied_l2_bytes_per_clk_if_l2_bound"] == round(e["l2_to_sm_bytes"] / (1500e-6 * CLK))

@@ -24,11 +24,13 @@ import itertools, json, os, sys
 from benchmarks import sass_roofline as sr
 from qvgen_kernels.triton._specs import gemm_compile_specs
 
-specs = gemm_compile_specs()
 archs = [("sm_80", 80), ("sm_90a", 90)] + ([("sm_89", 89)] if os.environ.get("QVGEN_COMPILE_ALL") else [])
-if os.environ.get("QVGEN_COMPILE_ALL"):
-    chosen = specs
-else:  # each config once, the variants (bits x grouping) taken in turn
+
+
+def select(specs):
+    if os.environ.get("QVGEN_COMPILE_ALL"):
+        return specs
+    # each config once, the variants (bits x grouping) taken in turn
     variants = sorted({s.name.rsplit("/", 2)[0] for s in specs})
     by_config, seen = {}, set()
     turn = itertools.cycle(variants)
@@ -43,7 +45,11 @@ else:  # each config once, the variants (bits x grouping) taken in turn
                 chosen.append(names[v])
                 break
     missing = set(variants) - {s.name.rsplit("/", 2)[0] for s in chosen}
-    chosen += [next(s for s in specs if s.name.startswith(v + "/")) for v in sorted(missing)]
+    return chosen + [next(s for s in specs if s.name.startswith(v + "/")) for v in sorted(missing)]
+
+
+# Both binaries Triton may build per config: N any, and N a multiple of 16 (every real model's shapes).
+chosen = select(gemm_compile_specs()) + select(gemm_compile_specs(n_divisible=True))
 out = []
 for (arch, cap), spec in itertools.product(archs, chosen):
     if cap < spec.meta["min_capability"]:   # Hopper-only tiles (wgmma accumulators)
@@ -53,7 +59,7 @@ for (arch, cap), spec in itertools.product(archs, chosen):
     rows = sr.disassemble(c["cubin"])[c["name"]]
     res = sr.resource_usage(c["cubin"])[c["name"]]
     prof = sr.main_loop_profile(rows) or {}
-    out.append(dict(name=spec.name, arch=arch, spills=res["STACK"], regs=res["REG"], shared=c["shared"],
+    out.append(dict(name=spec.name, n_divisible=spec.meta["n_divisible"], arch=arch, spills=res["STACK"], regs=res["REG"], shared=c["shared"],
                     estimate=spec.meta["shared_estimate"], block_k=spec.block[2], stages=spec.num_stages,
                     tensor=prof.get("tensor_opcodes", {})))
 print(json.dumps(out))
@@ -76,6 +82,7 @@ def test_every_gemm_config_compiles_for_sm80_and_sm90():
     pytest.importorskip("triton")
     records = _compile_records(_SCRIPT)
     assert {r["arch"] for r in records} >= {"sm_80", "sm_90a"}
+    assert {r["n_divisible"] for r in records} == {False, True}
     hopper = [r for r in records if r["name"].split("/", 2)[2].startswith("128x128x128/w4s")]
     assert hopper and {r["arch"] for r in hopper} == {"sm_90a"}, hopper
     # The two-warpgroup tile of 256 weight rows (HOPPER_WIDE_GEMM_TILES): sm_90a only, at most 255 registers.
@@ -97,7 +104,7 @@ from qvgen_kernels.triton._configs import SMALL_M_TILES, SMALL_M_TILES_SM90
 from qvgen_kernels.triton._specs import gemm_compile_specs
 
 out = []
-for spec in gemm_compile_specs():
+for spec in gemm_compile_specs() + gemm_compile_specs(n_divisible=True):
     bm, warps, stages = spec.block[0], spec.num_warps, spec.num_stages
     row = next((t for t in SMALL_M_TILES + SMALL_M_TILES_SM90 if t[1:4] == (bm, warps, stages)), None)
     if spec.meta["variant"] not in ("W4A4", "W3A3") or spec.meta["group_size"] != -1 or row is None:

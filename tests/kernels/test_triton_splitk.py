@@ -145,8 +145,10 @@ def test_large_m_autotuned_path(tk, w_bits, a_bits):
     assert mod._configs.gemm_launch(m, n, 384, 128, w_bits, a_bits, False) is None
     c = gemm_case(m, n, k, w_bits, a_bits, seed=w_bits * a_bits)
     got = _gemm(mod, dev, c, w_bits, a_bits, k, None)
+    assert mod.gemm_tc.last_launch().startswith("autotuned: BLOCK_M")  # what benchmarks report as run
     _close(got, c["want"])
     assert torch.equal(got, _gemm(mod, dev, c, w_bits, a_bits, k, 3))
+    assert mod.gemm_tc.last_launch().endswith("SPLIT_K 3")
 
 
 @pytest.mark.parametrize("tile", HOPPER_GEMM_TILES)
