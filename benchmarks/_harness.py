@@ -148,10 +148,27 @@ def _module_name() -> str:
     return spec.name if spec is not None else Path(sys.argv[0]).stem
 
 
+def kernel_device_us(fn: Callable[[], Any], calls: int) -> dict[str, float]:
+    """Device time per call of each GPU kernel ``fn`` launches (torch.profiler over ``calls`` back-to-back calls,
+    L2 warm; keys cut to 80 characters): unlike CUDA events around a call, host launch time does not enter."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    out: dict[str, float] = {}
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if t and e.key and not e.key.startswith(("cudaDeviceSynchronize", "ProfilerStep")):
+            out[e.key[:80]] = round(t / calls, 2)
+    return out
+
+
 def write_json(path: Path, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path
 
 
-__all__ = ["git_commit", "peak_memory", "provenance", "summarize", "time_fn", "write_json"]
+__all__ = ["git_commit", "kernel_device_us", "peak_memory", "provenance", "summarize", "time_fn", "write_json"]

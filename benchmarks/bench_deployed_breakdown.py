@@ -73,21 +73,6 @@ def graph_us(fn: Callable[[], Any], device: torch.device, replays: int) -> float
     return start.elapsed_time(end) / replays * 1e3
 
 
-def kernel_us(fn: Callable[[], Any], calls: int) -> dict[str, float]:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    out: dict[str, float] = {}
-    for e in prof.key_averages():
-        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
-        if t and e.key and not e.key.startswith(("cudaDeviceSynchronize", "ProfilerStep")):
-            out[e.key[:80]] = round(t / calls, 2)
-    return out
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -114,7 +99,8 @@ def measure(name: str, fn: Callable[[], Any], device: torch.device, smoke: bool)
     steps = [("host_us", lambda: host_us(fn, device, 5 if smoke else 50)),
              ("events_us", lambda: _harness.time_fn(fn, device, 2, 3 if smoke else 20)["median_ms"] * 1e3)]
     if device.type == "cuda":
-        steps += [("graph_us", lambda: graph_us(fn, device, 50)), ("kernels", lambda: kernel_us(fn, 10))]
+        steps += [("graph_us", lambda: graph_us(fn, device, 50)),
+                  ("kernels", lambda: _harness.kernel_device_us(fn, 10))]
     for key, step in steps:
         try:
             v = step()

@@ -73,11 +73,12 @@ def _clip_stride(clip: torch.Tensor) -> int:
 
 
 def quantize_act_i8(x: torch.Tensor, bits: int, clip_lo: torch.Tensor, clip_hi: torch.Tensor,
-                    chunk_sums: bool) -> tuple[torch.Tensor, ...]:
+                    chunk_sums: bool, tiles: tuple[int, int, bool, int] | None = None) -> tuple[torch.Tensor, ...]:
     """x [M, K] fp32/fp16/bf16 (unit stride along K), clips fp32 [M] (or [1]: one
     pair for every row) -> (a8 int8 [M, KP], scale fp32 [M],
     zero int32 [M], rowsum int32 [M] (of a8), chunks int32 [M, KP / 32] (sums of a8 per 32 columns; [M, 0]
-    unless ``chunk_sums``)). Arguments are validated by the caller."""
+    unless ``chunk_sums``)). Arguments are validated by the caller. ``tiles`` (rows per program, column tile, one
+    pass, warps) replaces ``token_tiles``' choice (launch sweeps; one pass needs a column tile covering KP)."""
     assert x.dim() == 2 and x.stride(1) == 1 and bits in (3, 4, 8)
     m, k = x.shape
     kp = kernel_k(k)
@@ -89,7 +90,7 @@ def quantize_act_i8(x: torch.Tensor, bits: int, clip_lo: torch.Tensor, clip_hi: 
     nchunk = kp // CHUNK if chunk_sums else 0
     chunks = torch.empty(m, nchunk, dtype=torch.int32, device=dev)
     if m:
-        bm, bk, single, warps = token_tiles(kp, m, launch_facts(dev)[0])
+        bm, bk, single, warps = tiles or token_tiles(kp, m, launch_facts(dev)[0])
         _quantize_i8_kernel[(cdiv(m, bm),)](
             x, clip_lo, clip_hi, a8, scale, zero, rowsum, chunks if nchunk else rowsum, m, k, kp, nchunk,
             x.stride(0), _clip_stride(clip_lo), _clip_stride(clip_hi), BM=bm, BK=max(bk, CHUNK), P=qmax(bits),

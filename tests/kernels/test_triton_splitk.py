@@ -177,7 +177,8 @@ def test_hopper_tiles(tk, tile, w_bits, a_bits):
 def test_split_k_at_model_shapes_gpu(tk, m, k, n):
     """The launch table's split at Wan shapes, hundreds of programs racing on the workspace: bit-identical
     to the unsplit kernel (itself checked against the reference by the small shapes above), launch after
-    launch (each reuses nothing: a zeroed workspace per launch, so a race shows as a difference)."""
+    launch on the stream's kept workspace (each launch must leave it zero for the next: a race in the sums or in
+    the reset shows as a difference)."""
     mod, dev = tk
     if dev != "cuda":
         pytest.skip("needs a CUDA GPU")
