@@ -46,7 +46,7 @@ triton-compat: setup
 	test -d .triton-$(TRITON_COMPAT) || $(BIN)/pip install -q --no-deps --target .triton-$(TRITON_COMPAT) triton==$(TRITON_COMPAT)
 	PYTHONPATH=$(CURDIR)/.triton-$(TRITON_COMPAT) $(BIN)/python -c "import triton; assert triton.__version__ == '$(TRITON_COMPAT)', triton.__version__"
 	PYTHONPATH=$(CURDIR)/.triton-$(TRITON_COMPAT) QVGEN_COMPILE_ALL=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
-	  tests/kernels/test_triton_compile.py tests/kernels/test_triton_configs.py
+	  tests/kernels/test_triton_compile.py tests/kernels/test_triton_configs.py tests/kernels/test_gluon_gemm.py
 
 clean:
 	rm -rf build $(VENV) *.egg-info qvgen_kernels/_C*.so .triton-*

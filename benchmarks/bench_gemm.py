@@ -14,6 +14,8 @@ Providers (one row each per shape; a provider that cannot run is recorded with `
     <backend>:linear:wXaY   ops.lowbit_linear: the per-token activation quantize included
     triton:deployed_gemm:wXaY    the Triton tensor-core GEMM alone on its load-time weight layout and the int8
                                  activation operand (both made outside the timing)
+    triton:deployed_gemm_gluon:wXaY  the same GEMM as the Gluon kernel (gemm_gluon.py: wgmmas kept in flight; sm_90,
+                                 3/4-bit, per channel; skipped elsewhere)
     triton:deployed_linear:wXaY  qvgen_kernels.triton.prepacked_linear (fused quantize + GEMM; weights prepacked once)
     ext:deployed_linear:wXaY     the CUDA extension's tensor-core tc_linear (wgmma on sm_90a, mma.sync on sm_80+;
                                  quantize + GEMM, weights prepacked once), through ops.prepacked_linear
@@ -51,7 +53,7 @@ from qvgen_kernels.format import packed_width
 BITS = ((4, 4), (3, 3), (4, 8), (8, 8))
 BACKENDS = ("reference", "triton", "ext")
 MODES = ("gemm", "linear")
-DEPLOYED_MODES = ("deployed_gemm", "deployed_linear")  # on CUDA: weights prepacked once, as at load
+DEPLOYED_MODES = ("deployed_gemm", "deployed_gemm_gluon", "deployed_linear")  # CUDA: weights prepacked once
 DEPLOYED = {"triton": DEPLOYED_MODES, "ext": ("deployed_linear",)}  # ext: tc_linear (quantize fused)
 CHECK_ROWS = 128  # tokens checked at each end of M
 # --shapes check: the GPU check's three large linears and the small-M rows (model, layer, m or None).
@@ -163,13 +165,23 @@ def _deployed(x: torch.Tensor, wt: _Weights, backend: str, mode: str
         raise RuntimeError("the extension was built without the tensor-core GEMMs (no CUTLASS headers): "
                            "prepack fell back to the reference layout")
     wbytes = packed.nbytes
-    if mode == "deployed_gemm":
+    if mode in ("deployed_gemm", "deployed_gemm_gluon"):
         from qvgen_kernels import triton as tk
 
         ones = torch.ones(m, device=x.device)
         a8, sx, zx, rs, _ = tk.quantize_i8.quantize_act_i8(x, ab, ones, ones, False)
-        return (lambda: tk.gemm_tc.tc_gemm(a8, sx, zx, rs, *packed.tensors, None, wb, ab, k, n, x.dtype),
-                a8.numel() + 12 * m + wbytes + m * n * e, wt.check)
+        nbytes = a8.numel() + 12 * m + wbytes + m * n * e
+        if mode == "deployed_gemm":
+            return (lambda: tk.gemm_tc.tc_gemm(a8, sx, zx, rs, *packed.tensors, None, wb, ab, k, n, x.dtype),
+                    nbytes, wt.check)
+        cap = tk._configs.launch_facts(x.device)[2]
+        if not (cap and cap >= 90 and wb in (3, 4) and ab in (3, 4) and packed.tensors[2].shape[1] == 1):
+            raise ValueError(f"the Gluon GEMM runs on sm_90 with 3/4-bit per-channel weights only (here sm_{cap}, "
+                             f"W{wb}A{ab})")
+        from qvgen_kernels.triton.gemm_gluon import gluon_gemm
+
+        w, _, sw, zw = packed.tensors
+        return (lambda: gluon_gemm(a8, sx, rs, w, sw, zw, None, k, n, x.dtype)), nbytes, wt.check
     return (lambda: ops.prepacked_linear(x, packed)), m * k * e + 8 * m + wbytes + m * n * e, wt.check
 
 
@@ -242,7 +254,9 @@ def bench_shape(sh: kc.LayerShape, device: torch.device, dtype: torch.dtype, arg
                         row["skipped"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
             if "skipped" not in row:
                 row.update(_checked_timing(fn, check, device, args))
-                if row.get("backend") == "triton" and row.get("mode") in DEPLOYED_MODES:
+                if row.get("backend") == "triton" and row.get("mode") == "deployed_gemm_gluon":
+                    row["gemm_launch"] = "gluon: 256 weight rows x 128 tokens, two warpgroups"
+                elif row.get("backend") == "triton" and row.get("mode") in DEPLOYED_MODES:
                     from qvgen_kernels.triton import gemm_tc
                     row["gemm_launch"] = gemm_tc.last_launch()  # the tile that ran: table or autotuner
                 kc.roofline(row, sh.flops, nbytes, peaks)

@@ -107,8 +107,8 @@ NINJA_DIR="$("$PY" -c "import sysconfig; print(sysconfig.get_path('scripts'))")"
 XDIST=()
 "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 6)
 GPU_TESTS=(tests/kernels -m gpu)
-GEMM_ARGS=(--shapes check --backends triton,ext --modes gemm,deployed_gemm,deployed_linear --bits w4a4,w3a3,w4a8
-           --repeats 10 --out "$OUT")
+GEMM_ARGS=(--shapes check --backends triton,ext --modes gemm,deployed_gemm,deployed_gemm_gluon,deployed_linear
+           --bits w4a4,w3a3,w4a8 --repeats 10 --out "$OUT")
 
 step build 90 "echo \"setup.py takes the CUTLASS headers from QVGEN_CUTLASS_INCLUDE=$CUTLASS_INC\"" \
   env MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0a QVGEN_CUTLASS_INCLUDE="$CUTLASS_INC" PATH="$NINJA_DIR:$PATH" \

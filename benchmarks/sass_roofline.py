@@ -247,6 +247,8 @@ def compile_triton(spec, arch: str) -> dict:
 
     from qvgen_kernels.triton._configs import EXACT_FP  # as every launch compiles
 
+    if getattr(spec.kernel, "is_gluon", lambda: False)():   # a Gluon kernel: its own front end
+        from triton.experimental.gluon._runtime import GluonASTSource as ASTSource
     names = spec.kernel.arg_names
     src = ASTSource(fn=spec.kernel, signature=spec.signature,
                     constexprs={(names.index(k),): v for k, v in spec.constexprs.items()},

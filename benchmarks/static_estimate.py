@@ -2,8 +2,8 @@
 
     python -m benchmarks.static_estimate [--json benchmarks/results/static/estimate.json] [--no-cuda]
 
-A prediction from a model, not a measurement. One model for every kernel (Triton GEMM, CUDA wgmma GEMM, per
-channel and per group of 128): the SASS gives each kernel's main-loop facts (``loop_facts``), the tile and
+A prediction from a model, not a measurement. One model for every kernel (Triton GEMM, the Gluon GEMM of 3/4-bit
+per-channel weights above the small-M table, CUDA wgmma GEMM; per channel and per group of 128): the SASS gives each kernel's main-loop facts (``loop_facts``), the tile and
 launch facts come from the kernel's config, and ``estimate`` turns them into a time per GEMM shape.
 
 Basis (``HW``; KERNELS.md "what an estimate from the SASS rests on", 2.1): 132 SMs at 1.83 GHz, 4096 int8
@@ -111,7 +111,7 @@ SHAPES = (
 @dataclass
 class Design:
     """What the estimate needs of one kernel config: tile, launch and the SASS facts of its main loop."""
-    kernel: str                    # "triton" / "cuda-tc"
+    kernel: str                    # "triton" / "triton-gluon" / "cuda-tc"
     name: str
     tile_rows: int                 # weight rows (output channels) per CTA tile
     tile_tokens: int               # tokens per CTA tile
@@ -340,32 +340,40 @@ def _load_rounds(rows: list) -> int:
 # ------------------------------------------------------------------------------------------ kernels
 
 def triton_designs(only: str | None = None) -> list[Design]:
-    import os
-    os.environ.pop("TRITON_INTERPRET", None)
-    from benchmarks import sass_roofline as sr
     from qvgen_kernels.triton._specs import gemm_compile_specs
 
     # Every shape here has N a multiple of 16: the binary Triton builds for such an N (vectorised output stores).
     assert all(n % 16 == 0 for _, _, _, n in SHAPES)
-    out = []
-    for spec in gemm_compile_specs(n_divisible=True):
-        if spec.meta["variant"] != "W4A4" or (only and only not in spec.name):
-            continue
-        c = sr.compile_triton(spec, "sm_90a")
-        rows = sr.disassemble(c["cubin"])[c["name"]]
-        res = sr.resource_usage(c["cubin"]).get(c["name"], {})
-        wgs = spec.num_warps // 4
-        f = loop_facts(rows)
-        bm, rows_w, bk = spec.block
-        gs = spec.meta["group_size"]
-        f = _per_k_tile(f, bk, gs)
-        out.append(Design(
-            kernel="triton", name=spec.name, tile_rows=rows_w, tile_tokens=bm, block_k=bk, stages=spec.num_stages,
-            mma_warpgroups=wgs, threads=32 * spec.num_warps, registers=res.get("REG", 255), shared_bytes=c["shared"],
-            w_bits=spec.meta["w_bits"], group_size=gs, persistent=False,
-            # Each warpgroup loads the whole [64, BK] nibble tile (both halves come from it).
-            register_operand_bytes=64 * bk, split_k=spec.meta["split_k"] > 1, autotuned=spec.meta["autotuned"], **f))
-    return out
+    return [_compiled_design("triton", spec) for spec in gemm_compile_specs(n_divisible=True)
+            if spec.meta["variant"] == "W4A4" and not (only and only not in spec.name)]
+
+
+def gluon_designs() -> list[Design]:
+    """The Gluon GEMM (``gemm_gluon.py``: both dots of a K tile left in flight), as launched with a bias."""
+    from qvgen_kernels.triton._specs import gluon_compile_specs
+
+    return [_compiled_design("triton-gluon", spec) for spec in gluon_compile_specs() if spec.constexprs["HAS_BIAS"]]
+
+
+def _compiled_design(kernel: str, spec) -> Design:
+    """A Triton (or Gluon) compile spec's Design: compiled for sm_90a, its SASS read by ``loop_facts``."""
+    import os
+    os.environ.pop("TRITON_INTERPRET", None)
+    from benchmarks import sass_roofline as sr
+
+    c = sr.compile_triton(spec, "sm_90a")
+    rows = sr.disassemble(c["cubin"])[c["name"]]
+    res = sr.resource_usage(c["cubin"]).get(c["name"], {})
+    bm, rows_w, bk = spec.block
+    gs = spec.meta["group_size"]
+    f = _per_k_tile(loop_facts(rows), bk, gs)
+    return Design(
+        kernel=kernel, name=spec.name, tile_rows=rows_w, tile_tokens=bm, block_k=bk,
+        stages=spec.meta.get("stages", spec.num_stages), mma_warpgroups=spec.num_warps // 4,
+        threads=32 * spec.num_warps, registers=res.get("REG", 255), shared_bytes=c["shared"], w_bits=spec.meta["w_bits"],
+        group_size=gs, persistent=False,
+        # Each warpgroup loads a whole [64, BK] nibble tile (both halves of its rows come from it).
+        register_operand_bytes=64 * bk, split_k=spec.meta["split_k"] > 1, autotuned=spec.meta["autotuned"], **f)
 
 
 def _per_k_tile(f: dict, bk: int, gs: int) -> dict:
@@ -412,6 +420,11 @@ def _choose(kernel: str, grouping: str, ds: list[Design], m: int, n: int, k: int
             return (estimate(d, m, n, k, launch.split_k, l2_bytes_per_clk), d,
                     f"table: {launch.block_m} tokens, split K {launch.split_k}")
         ds = [d for d in ds if d.autotuned]
+    elif kernel == "triton-gluon":
+        how = "QVGEN_TRITON_GEMM=gluon (above the small-M table)"
+        e, d = min(((estimate(d, m, n, k, l2_bytes_per_clk=l2_bytes_per_clk), d) for d in ds),
+                   key=lambda ed: ed[0]["seconds"])
+        return e, d, how
     cands = [(estimate(d, m, n, k, l2_bytes_per_clk=l2_bytes_per_clk), d) for d in ds]
     e, d = min(((e, d) for e, d in cands if "error" not in e), key=lambda ed: ed[0]["seconds"])
     return e, d, "autotuned (best config by this model)"
@@ -423,9 +436,13 @@ def evaluate(designs: list[Design]) -> list[dict]:
     for d in designs:
         fam = (d.kernel, "per_channel" if d.group_size < 0 else f"g{d.group_size}")
         families.setdefault(fam, []).append(d)
+    from qvgen_kernels.triton._configs import SMALL_M_MAX
+
     out = []
     for (kernel, grouping), ds in families.items():
         for name, m, k, n in SHAPES:
+            if kernel == "triton-gluon" and m <= SMALL_M_MAX:
+                continue  # the small-M table's split-K launches run there (_configs.gemm_kernel)
             e, d, how = _choose(kernel, grouping, ds, m, n, k)
             cub = cublas_bf16_seconds(m, n, k)
             # The same choice rule at other L2 -> SM bandwidths (an autotuner would pick on the real machine).
@@ -507,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     import triton
 
-    designs = triton_designs()
+    designs = triton_designs() + gluon_designs()
     if not args.no_cuda:
         designs += cuda_designs()
     results = evaluate(designs)

@@ -218,6 +218,21 @@ def gemm_launch(m: int, n: int, kp: int, block_k: int, w_bits: int, a_bits: int,
     return GemmLaunch(bm, warps, stages, sw, max(1, split_k))
 
 
+# Which GEMM kernel a deployed call runs: "tc" (gemm_tc.py, every variant and device) or "gluon" (gemm_gluon.py: sm_90,
+# 3/4-bit weights and activations per channel, above the small-M table). "tc" unless this variable says "gluon": the
+# Gluon kernel becomes the automatic choice only where a GPU run measures it faster.
+GEMM_KERNEL_ENV = "QVGEN_TRITON_GEMM"
+
+
+def gemm_kernel(m: int, w_bits: int, a_bits: int, grouped: bool, capability: int | None) -> str:
+    """The GEMM kernel of one deployed call ("tc" or "gluon"; ``GEMM_KERNEL_ENV``)."""
+    if os.environ.get(GEMM_KERNEL_ENV, "tc") != "gluon":
+        return "tc"
+    covered = (capability is not None and capability >= HOPPER_CAPABILITY and w_bits in (3, 4) and a_bits in (3, 4)
+               and not grouped and m > SMALL_M_MAX)
+    return "gluon" if covered else "tc"
+
+
 def gpu_sm_count() -> int | None:
     import torch
     if not torch.cuda.is_available():

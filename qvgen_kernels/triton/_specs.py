@@ -86,3 +86,31 @@ def gemm_compile_specs(n_divisible: bool = False) -> list[CompileSpec]:
                          min_capability=min_cap, n_divisible=n_divisible,
                          shared_estimate=gemm_shared_bytes(bm, bk, stages, wb, row_blocks))))
     return specs
+
+
+def gluon_compile_specs() -> list[CompileSpec]:
+    """The Gluon GEMM (``gemm_gluon.py``; sm_90 only) as launched at the real shapes: W4A4 and W3A3 run the same
+    binary, with and without bias, N a multiple of 16."""
+    from . import gemm_gluon as gg
+    from ._configs import GEMM_WEIGHT_ROWS
+
+    fn = gg._gluon_gemm_kernel
+    names = fn.arg_names
+    out = []
+    for has_bias in (True, False):
+        consts = dict(HAS_BIAS=has_bias, BLOCK_M=gg.GLUON_BLOCK_M, BLOCK_K=gg.GLUON_BLOCK_K, STAGES=gg.GLUON_STAGES,
+                      NUM_WARPS=gg.GLUON_WARPS)
+        sig = {a: _TYPES.get(a, "i32") for a in names}
+        sig["w_ptr"] = "*u8"
+        sig.update({k: "constexpr" for k in consts})
+        attrs = {(names.index(a),): [["tt.divisibility", 16]]
+                 for a in names if sig[a].startswith("*") or a in _DIVISIBLE + ("N",)}
+        rows = 2 * GEMM_WEIGHT_ROWS
+        out.append(CompileSpec(
+            f"W4A4/per_channel/{gg.GLUON_BLOCK_M}x{rows}x{gg.GLUON_BLOCK_K}/gluon-w{gg.GLUON_WARPS}s{gg.GLUON_STAGES}"
+            + ("" if has_bias else "-nobias"),
+            fn, sig, consts, attrs, gg.GLUON_WARPS, 1, (gg.GLUON_BLOCK_M, rows, gg.GLUON_BLOCK_K),
+            dict(variant="W4A4", w_bits=4, a_bits=4, group_size=-1, split_k=1, autotuned=False, min_capability=90,
+                 n_divisible=True, gluon=True, stages=gg.GLUON_STAGES,
+                 shared_estimate=gg.GLUON_STAGES * (gg.GLUON_BLOCK_M + rows // 2) * gg.GLUON_BLOCK_K)))
+    return out

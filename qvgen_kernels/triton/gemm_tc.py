@@ -10,7 +10,9 @@ sm_80+; on sm_90 the next tiles' loads are in flight during the wgmmas). The wgm
 flight: Triton (3.6 to 3.9) makes a wgmma "properly async" only with an fp32 accumulator, so each int32 dot
 ends in a wait to 0, and the cp.async hand-off adds CTA-wide barriers per K tile: the warpgroups of a CTA
 run in lockstep and the tensor cores idle between dots. Overlap comes from other resident CTAs (small token
-tiles, several CTAs per SM); ``benchmarks.static_estimate`` predicts what that reaches. On sm_90 the 3/4-bit
+tiles, several CTAs per SM); ``benchmarks.static_estimate`` predicts what that reaches. (Triton's pipeliner also
+keeps a register operand computed inside the loop from going asynchronous. ``gemm_gluon.py`` writes the waits by
+hand in Gluon and keeps one dot in flight; it runs where ``_configs.gemm_kernel`` chooses it.) On sm_90 the 3/4-bit
 variants also have a one-warpgroup tile of 128 tokens (``_configs.HOPPER_GEMM_TILES``): two resident CTAs fill
 each other's gaps, and it reads half the shared-memory bytes per MAC of the 64-token tile. A program may also
 take two layout blocks (ROW_BLOCKS = 2: 256 weight rows, a [128, BLOCK_K] byte tile whose halves are [128, BLOCK_K]

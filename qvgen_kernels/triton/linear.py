@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import fail
-from ._configs import GEMM_BLOCK_K_MIN, gemm_block_k
+from ._configs import GEMM_BLOCK_K_MIN, gemm_block_k, gemm_kernel, launch_facts
 from .gemm_tc import tc_gemm
 from .layout import repack_weight, weight_colsum
 from .quantize_i8 import quantize_act_i8
@@ -48,6 +48,9 @@ def prepacked_linear(x: torch.Tensor, weights: tuple[torch.Tensor, ...], bias: t
     assert x.dim() == 2 and x.shape[1] == k and colsum.shape[0] == n
     grouped = scale.shape[1] > 1
     a8, sx, zx, rowsum, chunks = quantize_act_i8(x, a_bits, clip_lo, clip_hi, chunk_sums=grouped)
+    if gemm_kernel(x.shape[0], w_bits, a_bits, grouped, launch_facts(x.device)[2]) == "gluon":
+        from .gemm_gluon import gluon_gemm  # Gluon: imported only where it runs (sm_90)
+        return gluon_gemm(a8, sx, rowsum, w_kernel, scale, zero, bias, k, n, x.dtype)
     return tc_gemm(a8, sx, zx, chunks if grouped else rowsum, w_kernel, colsum, scale, zero, bias,
                    w_bits, a_bits, k, n, x.dtype)
 

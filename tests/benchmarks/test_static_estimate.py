@@ -165,6 +165,9 @@ def test_committed_estimate_reports_the_l2_leg():
         assert set(r["l2_sensitivity"]) == {"4096", "6144"}
         low, high = r["l2_sensitivity"]["4096"], r["l2_sensitivity"]["6144"]
         assert low["int8_peak_fraction"] <= r["int8_peak_fraction"] <= high["int8_peak_fraction"], r["shape"]
+    # The Gluon GEMM (both dots of a K tile in flight) is estimated where it runs: above the small-M table.
+    gluon = {r["shape"] for r in doc["results"] if r["kernel"] == "triton-gluon"}
+    assert gluon == {name for name, m, _, _ in se.SHAPES if m > 256}, gluon
     # The H200 run's Triton GEMM times beside the predictions, every large shape among them.
     assert {c["shape"] for c in doc["calibration"]} >= {"wan1.3b-attn", "wan14b-ffn-up", "wan14b-ffn-down"}
     assert all(c["measured_over_predicted"] > 0 for c in doc["calibration"])
