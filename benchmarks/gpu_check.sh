@@ -110,11 +110,11 @@ GPU_TESTS=(tests/kernels -m gpu)
 GEMM_ARGS=(--shapes check --backends triton,ext --modes gemm,deployed_gemm,deployed_gemm_gluon,deployed_linear
            --bits w4a4,w3a3,w4a8 --repeats 10 --out "$OUT")
 
-step build 90 "echo \"setup.py takes the CUTLASS headers from QVGEN_CUTLASS_INCLUDE=$CUTLASS_INC\"" \
+step build 80 "echo \"setup.py takes the CUTLASS headers from QVGEN_CUTLASS_INCLUDE=$CUTLASS_INC\"" \
   env MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0a QVGEN_CUTLASS_INCLUDE="$CUTLASS_INC" PATH="$NINJA_DIR:$PATH" \
   "$PY" -m pip install -q --no-index --no-build-isolation --no-deps -e .
 q() { printf '%q ' "$@"; }  # a command line as one shell string (the dry run's plan)
-step gpu_tests 90 "$(q "$PY" -m pytest -q -p no:cacheprovider --collect-only "${GPU_TESTS[@]}") | tail -3" \
+step gpu_tests 110 "$(q "$PY" -m pytest -q -p no:cacheprovider --collect-only "${GPU_TESTS[@]}") | tail -3" \
   "$PY" -m pytest -q -p no:cacheprovider -rfEs "${XDIST[@]}" "${GPU_TESTS[@]}"
 step sanitizer 20 "$(q "$PY" -m benchmarks.gpu_sanitize --plan)" \
   "$PY" -m benchmarks.gpu_sanitize --run-tools --budget 18
