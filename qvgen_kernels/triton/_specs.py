@@ -99,7 +99,7 @@ def gluon_compile_specs() -> list[CompileSpec]:
     out = []
     for has_bias in (True, False):
         consts = dict(HAS_BIAS=has_bias, BLOCK_M=gg.GLUON_BLOCK_M, BLOCK_K=gg.GLUON_BLOCK_K, STAGES=gg.GLUON_STAGES,
-                      NUM_WARPS=gg.GLUON_WARPS)
+                      NUM_WARPS=gg.GLUON_WARPS, SWIZZLE=gg.GLUON_SWIZZLE)
         sig = {a: _TYPES.get(a, "i32") for a in names}
         sig["w_ptr"] = "*u8"
         sig.update({k: "constexpr" for k in consts})

@@ -45,13 +45,14 @@ GLUON_BLOCK_M = 128   # tokens per program (the wgmma's N)
 GLUON_BLOCK_K = 128
 GLUON_STAGES = 5      # shared-memory buffers of (activation tile + weight byte tile): 5 x 32 KiB
 GLUON_WARPS = 8       # two warpgroups: one 128-row layout block each
+GLUON_SWIZZLE = 8     # weight blocks of 256 rows per tile-order group (K = 5120: 8 x 640 KiB of weights in L2)
 ROW_BLOCK_ = gl.constexpr(ROW_BLOCK)
 
 
 @gluon.jit
 def _gluon_gemm_kernel(w_ptr, a_ptr, sx_ptr, s_ptr, sw_ptr, zw_ptr, bias_ptr, out_ptr, M, N, K, KP, stride_o,
                        HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr,
-                       STAGES: gl.constexpr, NUM_WARPS: gl.constexpr):
+                       STAGES: gl.constexpr, NUM_WARPS: gl.constexpr, SWIZZLE: gl.constexpr):
     ROWS: gl.constexpr = 2 * 64           # weight byte rows per program: two layout blocks of 64 byte rows
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                   instr_shape=[16, BLOCK_M, 32])
@@ -61,12 +62,15 @@ def _gluon_gemm_kernel(w_ptr, a_ptr, sx_ptr, s_ptr, sw_ptr, zw_ptr, bias_ptr, ou
     x_smem = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_M, BLOCK_K], tile_l)
     w_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, ROWS, BLOCK_K], tile_l)
 
-    # Tile order: consecutive programs share an activation block (the weights of a 256-row block are 160 KiB
-    # per 1280 columns: the L2 keeps them while the tokens sweep).
+    # Tile order (gemm_tc's): groups of SWIZZLE weight blocks sweep the tokens, the group's blocks side by side, so
+    # the group's weights stay in L2 while each activation block is read by SWIZZLE neighbouring programs.
     pid = gl.program_id(0)
     n_blocks = gl.cdiv(N, 2 * ROW_BLOCK_)
-    pid_n = pid % n_blocks
-    pid_m = pid // n_blocks
+    per_group = SWIZZLE * gl.cdiv(M, BLOCK_M)
+    first_n = (pid // per_group) * SWIZZLE
+    size_n = gl.minimum(n_blocks - first_n, SWIZZLE)
+    pid_n = first_n + (pid % per_group) % size_n
+    pid_m = (pid % per_group) // size_n
 
     # Loads need no masks: tokens wrap modulo M, byte rows modulo the layout's (the stores mask both).
     tok_l = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, ld))
@@ -161,8 +165,9 @@ def gluon_gemm(a8: torch.Tensor, sx: torch.Tensor, s: torch.Tensor, w: torch.Ten
     grid = (cdiv(m, GLUON_BLOCK_M) * cdiv(n, 2 * ROW_BLOCK),)
     _gluon_gemm_kernel[grid](w, a8, sx, s, sw, zw, bias if bias is not None else sw, out, m, n, k, kp, out.stride(0),
                              HAS_BIAS=bias is not None, BLOCK_M=GLUON_BLOCK_M, BLOCK_K=GLUON_BLOCK_K,
-                             STAGES=GLUON_STAGES, NUM_WARPS=GLUON_WARPS, num_warps=GLUON_WARPS, **EXACT_FP)
+                             STAGES=GLUON_STAGES, NUM_WARPS=GLUON_WARPS, SWIZZLE=GLUON_SWIZZLE,
+                             num_warps=GLUON_WARPS, **EXACT_FP)
     return out.to(out_dtype)
 
 
-__all__ = ["GLUON_BLOCK_K", "GLUON_BLOCK_M", "GLUON_STAGES", "GLUON_WARPS", "gluon_gemm"]
+__all__ = ["GLUON_BLOCK_K", "GLUON_BLOCK_M", "GLUON_STAGES", "GLUON_SWIZZLE", "GLUON_WARPS", "gluon_gemm"]
