@@ -303,8 +303,9 @@ def gemm_block_k_for(k: int, groups: int) -> int:
 
 # Zeroed split-K workspaces kept between launches, one per (device, stream): every launch leaves its workspace
 # zero, so the next launch on the same stream (ordered after it) takes it as it is: no allocation and no memset per
-# call. Launches on other streams get their own.
+# call. Launches on other streams get their own; the WORKSPACES_KEPT most recent streams keep theirs.
 _WORKSPACES: dict[tuple, torch.Tensor] = {}
+WORKSPACES_KEPT = 8
 
 
 def split_workspace(tiles: int, block_m: int, device: torch.device, row_blocks: int = 1) -> torch.Tensor:
@@ -316,7 +317,10 @@ def split_workspace(tiles: int, block_m: int, device: torch.device, row_blocks: 
     key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None)
     ws = _WORKSPACES.get(key)
     if ws is None or ws.numel() < size:
+        _WORKSPACES.pop(key, None)  # re-inserted last: the newest
         ws = _WORKSPACES[key] = torch.zeros(size, dtype=torch.int32, device=device)
+        while len(_WORKSPACES) > WORKSPACES_KEPT:  # oldest first (insertion order): streams come and go
+            _WORKSPACES.pop(next(iter(_WORKSPACES)))
     return ws[:size]
 
 

@@ -93,3 +93,14 @@ def test_split_k_workspace_is_kept_per_stream(tk):
     c = mod.gemm_tc.split_workspace(50, 16, dev)  # more than kept: a new, larger zeroed one
     assert c.numel() == 50 * (128 * 16 + 1) and not c.any()
     assert mod.gemm_tc.split_workspace(3, 16, dev).data_ptr() == c.data_ptr()
+
+
+def test_split_k_workspaces_are_bounded(tk, monkeypatch):
+    """One kept workspace per stream, the most recent WORKSPACES_KEPT streams only (streams may come and go)."""
+    mod, dev = tk
+    monkeypatch.setattr(mod.gemm_tc, "_WORKSPACES", {})
+    for i in range(mod.gemm_tc.WORKSPACES_KEPT + 3):
+        mod.gemm_tc._WORKSPACES[("stream", i)] = torch.zeros(1, dtype=torch.int32)
+        mod.gemm_tc.split_workspace(1 + i, 16, torch.device(dev))  # a new size each time: a new allocation
+    assert len(mod.gemm_tc._WORKSPACES) == mod.gemm_tc.WORKSPACES_KEPT
+    assert list(mod.gemm_tc._WORKSPACES)[-1][0] == torch.device(dev)  # the stream in use is kept
