@@ -228,8 +228,9 @@ def gemm_kernel(m: int, w_bits: int, a_bits: int, grouped: bool, capability: int
     """The GEMM kernel of one deployed call ("tc" or "gluon"; ``GEMM_KERNEL_ENV``)."""
     if os.environ.get(GEMM_KERNEL_ENV, "tc") != "gluon":
         return "tc"
-    covered = (capability is not None and capability >= HOPPER_CAPABILITY and w_bits in (3, 4) and a_bits in (3, 4)
-               and not grouped and m > SMALL_M_MAX)
+    # Hopper only: wgmma does not exist before sm_90 nor after (Blackwell's compile of the kernel aborts).
+    covered = (capability is not None and HOPPER_CAPABILITY <= capability < 100 and w_bits in (3, 4)
+               and a_bits in (3, 4) and not grouped and m > SMALL_M_MAX)
     return "gluon" if covered else "tc"
 
 

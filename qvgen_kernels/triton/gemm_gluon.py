@@ -12,10 +12,13 @@ wait for the tensor cores to drain; in Gluon the waits are written by hand. A pr
     hi = b >> 4;  issue  acc_hi += hi . x^T        (async)
     wait   until 1 group is pending                (this tile's lo dot is done)
 
-so one dot is always queued on the tensor cores while the other half is unpacked (the waits name the register
-operand a pending dot reads, which keeps those registers from being reused before it is done). The activation and
+so one dot is always queued on the tensor cores while the other half is unpacked. The waits name only the
+accumulators: ptxas keeps a pending dot's register operand (lo, hi) from being reused before the wait that retires it
+(read in the sm_90a SASS; tests/kernels/test_gluon_gemm.py checks that no wgmma is serialised). The activation and
 weight tiles come in by cp.async over STAGES shared-memory buffers, issued STAGES - 2 tiles ahead: a buffer is
-refilled only after every warpgroup has passed the waits of the tile that read it (one CTA barrier per K tile).
+refilled only after every warpgroup has passed the waits of the tile that read it (the kernel's CTA barrier per K
+tile; Triton adds two or three of its own around the waits, which keep the warpgroups in step without draining
+the queued dots).
 
 Scope: per-channel weight scales, 3/4-bit weights and activations, sm_90 only (wgmma); launched with
 ``gluon_gemm``. Not the automatic choice: ``QVGEN_TRITON_GEMM=gluon`` selects it for the deployed calls it covers

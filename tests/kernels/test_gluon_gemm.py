@@ -54,9 +54,9 @@ def test_gemm_kernel_choice(monkeypatch):
     assert gemm_kernel(4096, 4, 4, False, 90) == "tc"  # not the automatic choice
     monkeypatch.setenv(GEMM_KERNEL_ENV, "gluon")
     assert gemm_kernel(4096, 4, 4, False, 90) == "gluon" and gemm_kernel(4096, 3, 3, False, 90) == "gluon"
-    for args in ((4096, 4, 4, False, 80), (4096, 4, 8, False, 90), (4096, 8, 8, False, 90), (4096, 4, 4, True, 90),
-                 (SMALL_M_MAX, 4, 4, False, 90), (4096, 4, 4, False, None)):
-        assert gemm_kernel(*args) == "tc", args  # Ampere, an 8-bit operand, groups, the small-M table, no GPU
+    for args in ((4096, 4, 4, False, 80), (4096, 4, 4, False, 100), (4096, 4, 8, False, 90), (4096, 8, 8, False, 90),
+                 (4096, 4, 4, True, 90), (SMALL_M_MAX, 4, 4, False, 90), (4096, 4, 4, False, None)):
+        assert gemm_kernel(*args) == "tc", args  # Ampere, Blackwell, an 8-bit operand, groups, small M, no GPU
 
 
 def _hopper(tk):
@@ -68,9 +68,12 @@ def _hopper(tk):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("bits", (3, 4))
-@pytest.mark.parametrize("m,k,n", ((300, 1536, 1536), (257, 128, 130), (1000, 640, 384), (513, 5120, 520)))
+@pytest.mark.parametrize("m,k,n", ((300, 1536, 1536), (257, 128, 130), (1000, 640, 384), (513, 5120, 520),
+                                   (300, 300, 2200)))
 def test_gluon_equals_tc_gemm(tk, bits, m, k, n):
-    """Odd M and N (a partial 256-row block, wrapped tokens), one K tile and many, bias and none."""
+    """Odd M and N (a partial 256-row block, wrapped tokens), one K tile and many, K padded, more weight blocks than
+    one tile-order group (2200 rows: 9 blocks, a full group of 8 and a partial one), bias and none; compared as
+    integers (bit for bit: -0.0 differs from 0.0)."""
     mod = _hopper(tk)
     from qvgen_kernels.triton.gemm import _act_operand
     from qvgen_kernels.triton.gemm_gluon import gluon_gemm
@@ -84,7 +87,8 @@ def test_gluon_equals_tc_gemm(tk, bits, m, k, n):
         for dtype in (torch.bfloat16, torch.float32):
             want = mod.gemm_tc.tc_gemm(a8, sx, zx, sums, w_kernel, colsum, sw, zw, bias, bits, bits, k, n, dtype)
             got = gluon_gemm(a8, sx, sums, w_kernel, sw, zw, bias, k, n, dtype)
-            assert torch.equal(got, want), (bias is None, dtype)
+            bits_of = torch.int16 if dtype == torch.bfloat16 else torch.int32
+            assert torch.equal(got.view(bits_of), want.view(bits_of)), (bias is None, dtype)
 
 
 @pytest.mark.gpu
@@ -99,5 +103,11 @@ def test_prepacked_linear_with_the_gluon_gemm(tk, monkeypatch):
                                 k=1536, backend="triton")
     x = c["x"].cuda().bfloat16()
     want = ops.prepacked_linear(x, packed, c["bias"].cuda(), 0.9, 1.0)
+    from qvgen_kernels.triton import gemm_gluon
+
+    calls: list = []
+    run = gemm_gluon.gluon_gemm
+    monkeypatch.setattr(gemm_gluon, "gluon_gemm", lambda *a: calls.append(1) or run(*a))
     monkeypatch.setenv(GEMM_KERNEL_ENV, "gluon")
-    assert torch.equal(ops.prepacked_linear(x, packed, c["bias"].cuda(), 0.9, 1.0), want)
+    got = ops.prepacked_linear(x, packed, c["bias"].cuda(), 0.9, 1.0)
+    assert calls and torch.equal(got.view(torch.int16), want.view(torch.int16))
