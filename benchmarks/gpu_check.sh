@@ -9,6 +9,8 @@
 #   bash benchmarks/gpu_check.sh --quality   a second <= 8-minute command: the GPU-sized slice of the width sweep
 #                                            (benchmarks/quality/width_sweep.py --preset gpu; its teachers are
 #                                            diffusers Wan models: diffusers comes from the bundle)
+#   bash benchmarks/gpu_check.sh --profile   a <= 4-minute command: Nsight Compute on the deployed GEMM kernels
+#                                            (benchmarks/gpu_profile.py: speed of light, memory, warp stalls)
 #   bash benchmarks/gpu_check.sh --real-size another <= 8-minute command: benchmarks/bench_real_size.py at
 #                                            Wan2.1-14B on the GPU (W4A4: convert, save, load in a fresh process,
 #                                            forward at 1024 video tokens beside bf16; resident bytes, peak GPU
@@ -50,6 +52,15 @@ bundle_diffusers() {
   (cd "$BUNDLE" && sha256sum --quiet -c MANIFEST.sha256) || { echo "$BUNDLE: hash mismatch"; return 1; }
   "$PY" -m pip install -q --no-index --no-deps "$whl" && "$PY" -c "import diffusers; print('diffusers', diffusers.__version__)"
 }
+
+if [ "${1:-}" = "--profile" ]; then
+  . benchmarks/gpu_steps.sh
+  export QVGEN_TRITON_TUNE=0
+  step gemm_profile 240 "$(printf '%q ' "$PY" -m benchmarks.gpu_profile --plan)" \
+    "$PY" -m benchmarks.gpu_profile --out "$OUT"
+  summary gpu_profile.txt
+  exit
+fi
 
 if [ "${1:-}" = "--quality" ] || [ "${1:-}" = "--real-size" ]; then
   . benchmarks/gpu_steps.sh
