@@ -175,7 +175,7 @@ def _deployed(x: torch.Tensor, wt: _Weights, backend: str, mode: str
             return (lambda: tk.gemm_tc.tc_gemm(a8, sx, zx, rs, *packed.tensors, None, wb, ab, k, n, x.dtype),
                     nbytes, wt.check)
         cap = tk._configs.launch_facts(x.device)[2]
-        if not (cap and 90 <= cap < 100 and wb in (3, 4) and ab in (3, 4) and packed.tensors[2].shape[1] == 1):
+        if not tk._configs.gluon_gemm_runs(wb, ab, packed.tensors[2].shape[1] > 1, cap):
             raise ValueError(f"the Gluon GEMM runs on sm_90 with 3/4-bit per-channel weights only (here sm_{cap}, "
                              f"W{wb}A{ab})")
         from qvgen_kernels.triton.gemm_gluon import gluon_gemm

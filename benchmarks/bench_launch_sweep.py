@@ -95,23 +95,10 @@ def sweep_quant(shapes, device: torch.device, calls: int) -> Iterator[dict[str, 
         gen = torch.Generator(device).manual_seed(m + k)
         x = torch.randn(m, k, generator=gen, device=device).to(torch.bfloat16)
         ones = torch.ones(1, device=device)
-        cands = quant_candidates(m, kernel_k(k), launch_facts(device)[0])
-        want = None
-        rows = []
-        for i, tiles in enumerate(cands):
-            row = dict(kernel="quantize", shape=label, m=m, k=k, tiles=dict(zip(("rows", "cols", "one_pass", "warps"),
-                                                                               tiles)), rule=i == 0)
-            fn = (lambda t=tiles: quantize_act_i8(x, 4, ones, ones, False, t))
-            try:
-                got = fn()
-                want = got if want is None else want
-                row["same_as_rule"] = all(torch.equal(a, b) for a, b in zip(got, want))
-                row["device_us"] = _time(fn, device, "_quantize_i8_kernel", calls) if row["same_as_rule"] else None
-            except Exception as e:  # noqa: BLE001  a candidate that fails is reported, the others still run
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-            rows.append(row)
-            yield row
-        yield _best(rows)
+        yield from _sweep(dict(kernel="quantize", shape=label, m=m, k=k), "tiles",
+                          quant_candidates(m, kernel_k(k), launch_facts(device)[0]),
+                          lambda t: dict(zip(("rows", "cols", "one_pass", "warps"), t)),
+                          lambda t: quantize_act_i8(x, 4, ones, ones, False, t), "_quantize_i8_kernel", device, calls)
 
 
 def sweep_gemm(shapes, device: torch.device, calls: int) -> Iterator[dict[str, Any]]:
@@ -129,25 +116,34 @@ def sweep_gemm(shapes, device: torch.device, calls: int) -> Iterator[dict[str, A
         packed = ops.prepack_linear(w_packed, scale, zero, w_bits=4, a_bits=4, k=k, backend="triton")
         ones = torch.ones(1, device=device)
         a8, sx, zx, rs, _ = quantize_act_i8(x, 4, ones, ones, False)
-        cands = gemm_candidates(m, n, kernel_k(k), gemm_tc.gemm_block_k_for(k, 1), sms, capability)
-        want = None
-        rows = []
-        for i, launch in enumerate(cands):
-            row = dict(kernel="gemm", shape=label, m=m, k=k, n=n, launch=dict(
-                block_m=launch.block_m, warps=launch.num_warps, stages=launch.num_stages, split_k=launch.split_k),
-                rule=i == 0)
-            fn = (lambda ln=launch: gemm_tc.tc_gemm(a8, sx, zx, rs, *packed.tensors, None, 4, 4, k, n, x.dtype,
-                                                    launch=ln))
-            try:
-                got = fn()
-                want = got if want is None else want
-                row["same_as_rule"] = torch.equal(got, want)
-                row["device_us"] = _time(fn, device, "_tc_gemm_kernel", calls) if row["same_as_rule"] else None
-            except Exception as e:  # noqa: BLE001
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-            rows.append(row)
-            yield row
-        yield _best(rows)
+        yield from _sweep(dict(kernel="gemm", shape=label, m=m, k=k, n=n), "launch",
+                          gemm_candidates(m, n, kernel_k(k), gemm_tc.gemm_block_k_for(k, 1), sms, capability),
+                          lambda ln: dict(block_m=ln.block_m, warps=ln.num_warps, stages=ln.num_stages,
+                                          split_k=ln.split_k),
+                          lambda ln: gemm_tc.tc_gemm(a8, sx, zx, rs, *packed.tensors, None, 4, 4, k, n, x.dtype,
+                                                     launch=ln), "_tc_gemm_kernel", device, calls)
+
+
+def _sweep(base: dict[str, Any], key: str, cands: list, describe: Callable[[Any], dict], run: Callable[[Any], Any],
+           kernel: str, device: torch.device, calls: int) -> Iterator[dict[str, Any]]:
+    """One row per candidate (the rule's first): its output checked equal to the rule's, then its kernel timed;
+    then the shape's ``best`` line."""
+    want = None
+    rows = []
+    for i, cand in enumerate(cands):
+        row = {**base, key: describe(cand), "rule": i == 0}
+        fn = (lambda c=cand: run(c))
+        try:
+            got = fn()
+            want = got if want is None else want
+            row["same_as_rule"] = (all(torch.equal(a, b) for a, b in zip(got, want)) if isinstance(got, tuple)
+                                   else torch.equal(got, want))
+            row["device_us"] = _time(fn, device, kernel, calls) if row["same_as_rule"] else None
+        except Exception as e:  # noqa: BLE001  a candidate that fails is reported, the others still run
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        rows.append(row)
+        yield row
+    yield _best(rows)
 
 
 def _best(rows: list[dict[str, Any]]) -> dict[str, Any]:

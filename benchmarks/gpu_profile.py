@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from qvgen_kernels.triton._configs import SMALL_M_MAX
+
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = (("wan-1.3b attn", 32760, 1536, 1536), ("wan-14b ffn_up", 32760, 5120, 13824), ("wan-14b ffn_up m256", 256,
                                                                                           5120, 13824))
@@ -53,7 +55,7 @@ def run_kernels() -> None:
             print(f"profiling {kernel} {label} {m}x{k}x{n}", flush=True)
             if kernel == "tc":
                 gemm_tc.tc_gemm(a8, sx, zx, rs, w, colsum, sw, zw, None, 4, 4, k, n, x.dtype)
-            elif m > 256:  # the Gluon kernel runs above the small-M table
+            elif m > SMALL_M_MAX:  # the Gluon kernel runs above the small-M table
                 from qvgen_kernels.triton.gemm_gluon import gluon_gemm
                 gluon_gemm(a8, sx, rs, w, sw, zw, None, k, n, x.dtype)
         torch.cuda.synchronize()
@@ -82,7 +84,7 @@ def plan() -> list[str]:
     out = []
     for label, m, k, n in SHAPES:
         for kernel in KERNELS:
-            if kernel == "gluon" and m <= 256:
+            if kernel == "gluon" and m <= SMALL_M_MAX:
                 continue
             out.append(f"{kernel} GEMM W4A4 {label} {m}x{k}x{n}")
     return out

@@ -420,14 +420,11 @@ def _choose(kernel: str, grouping: str, ds: list[Design], m: int, n: int, k: int
             return (estimate(d, m, n, k, launch.split_k, l2_bytes_per_clk), d,
                     f"table: {launch.block_m} tokens, split K {launch.split_k}")
         ds = [d for d in ds if d.autotuned]
-    elif kernel == "triton-gluon":
-        how = "QVGEN_TRITON_GEMM=gluon (above the small-M table)"
-        e, d = min(((estimate(d, m, n, k, l2_bytes_per_clk=l2_bytes_per_clk), d) for d in ds),
-                   key=lambda ed: ed[0]["seconds"])
-        return e, d, how
+    how = ("QVGEN_TRITON_GEMM=gluon (above the small-M table)" if kernel == "triton-gluon"
+           else "autotuned (best config by this model)")
     cands = [(estimate(d, m, n, k, l2_bytes_per_clk=l2_bytes_per_clk), d) for d in ds]
     e, d = min(((e, d) for e, d in cands if "error" not in e), key=lambda ed: ed[0]["seconds"])
-    return e, d, "autotuned (best config by this model)"
+    return e, d, how
 
 
 def evaluate(designs: list[Design]) -> list[dict]:

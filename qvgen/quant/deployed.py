@@ -43,6 +43,11 @@ from qvgen.quant.timestep import STATE_ATTR, TimestepState, row_group_index
 EXACT_BUFFERS = ("w_scale", "w_zero", "a_clip_lo", "a_clip_hi")
 
 
+def _alias_key(t: torch.Tensor) -> tuple:
+    """What a detached alias of ``t`` stays valid for: the same tensor, storage, dtype and device."""
+    return (id(t), t.data_ptr(), t.dtype, t.device)
+
+
 class _LowbitLinearFn(torch.autograd.Function):
     """prepacked_linear forward; backward straight through the activation quantization (as in QAT)."""
 
@@ -280,16 +285,16 @@ class DeployedLinear(PhiView, nn.Linear):
 
     def _bias_now(self) -> torch.Tensor | None:
         """The bias for an inference call: a detached alias of its current storage, kept between calls while
-        the Parameter holds the same storage and dtype. `.to(dtype)` swaps the Parameter's data in place
-        (`param.data = cast`), which a kernel reading the Parameter itself could see half done (a dtype
-        mismatch error from a call running in another thread); the alias keeps the state it was taken from."""
+        the Parameter holds the same storage and dtype (the Parameter itself when its gradient is asked for, or
+        under torch.compile). `.to(dtype)` swaps the Parameter's data in place (`param.data = cast`), which a
+        kernel reading the Parameter itself could see half done (a dtype mismatch error from a call running in
+        another thread); the alias keeps the state it was taken from."""
         b = self.bias
-        if b is None or torch.compiler.is_compiling():
+        if b is None or torch.compiler.is_compiling() or (b.requires_grad and torch.is_grad_enabled()):
             return b
-        key = (id(b), b.data_ptr(), b.dtype, b.device)
         cached = self.__dict__.get("_bias_alias")
-        if cached is None or cached[0] != key:
-            cached = self._bias_alias = (key, b.detach())
+        if cached is None or cached[0] != _alias_key(b):
+            cached = self._bias_alias = (_alias_key(b), b.detach())
         return cached[1]
 
     def forward(self, x: torch.Tensor, activation: str | None = None) -> torch.Tensor:
@@ -304,8 +309,7 @@ class DeployedLinear(PhiView, nn.Linear):
             packed = self.prepack()
         c_lo, c_hi = self._clips(x)
         if not (x.requires_grad and torch.is_grad_enabled()):
-            bias = self.bias if self.bias is not None and self.bias.requires_grad and torch.is_grad_enabled() \
-                else self._bias_now()
+            bias = self._bias_now()
             if self.phi_l is None:  # inference: one op, the activation inside it (prepacked_linear checks both)
                 return ops.prepacked_linear(x, packed, bias, c_lo, c_hi, activation)
             y = ops.prepacked_linear(x, packed, bias, c_lo, c_hi)
@@ -402,8 +406,7 @@ class DeployedLinear(PhiView, nn.Linear):
             self._packed = None
         self._refresh_weight()
         if self.bias is not None:  # taken by the casting thread: a concurrent call finds it current and never
-            self._bias_alias = ((id(self.bias), self.bias.data_ptr(), self.bias.dtype, self.bias.device),
-                                self.bias.detach())  # detaches a Parameter that is being swapped
+            self._bias_alias = (_alias_key(self.bias), self.bias.detach())  # detaches a Parameter being swapped
         return self
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:

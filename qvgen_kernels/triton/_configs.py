@@ -224,14 +224,19 @@ def gemm_launch(m: int, n: int, kp: int, block_k: int, w_bits: int, a_bits: int,
 GEMM_KERNEL_ENV = "QVGEN_TRITON_GEMM"
 
 
+def gluon_gemm_runs(w_bits: int, a_bits: int, grouped: bool, capability: int | None) -> bool:
+    """Whether the Gluon GEMM can run this variant on a device of compute ``capability``: 3/4-bit weights and
+    activations per channel, Hopper only (wgmma does not exist before sm_90 nor after: Blackwell's compile of the
+    kernel aborts)."""
+    return (capability is not None and HOPPER_CAPABILITY <= capability < 100 and w_bits in (3, 4)
+            and a_bits in (3, 4) and not grouped)
+
+
 def gemm_kernel(m: int, w_bits: int, a_bits: int, grouped: bool, capability: int | None) -> str:
     """The GEMM kernel of one deployed call ("tc" or "gluon"; ``GEMM_KERNEL_ENV``)."""
     if os.environ.get(GEMM_KERNEL_ENV, "tc") != "gluon":
         return "tc"
-    # Hopper only: wgmma does not exist before sm_90 nor after (Blackwell's compile of the kernel aborts).
-    covered = (capability is not None and HOPPER_CAPABILITY <= capability < 100 and w_bits in (3, 4)
-               and a_bits in (3, 4) and not grouped and m > SMALL_M_MAX)
-    return "gluon" if covered else "tc"
+    return "gluon" if m > SMALL_M_MAX and gluon_gemm_runs(w_bits, a_bits, grouped, capability) else "tc"
 
 
 def gpu_sm_count() -> int | None:

@@ -72,12 +72,7 @@ def gemm_compile_specs(n_divisible: bool = False) -> list[CompileSpec]:
                 consts = dict(W_BITS=wb, A_BITS=ab, GROUPED=gs != -1, HAS_BIAS=True, BLOCK_K=bk, GROUP_SIZE=max(gs, 0),
                               BLOCK_M=bm, SWIZZLE=swizzle, HALF_=GEMM_WEIGHT_ROWS // 2, SPLIT_K=split,
                               ROW_BLOCKS=row_blocks)
-                sig = {a: _TYPES.get(a, "i32") for a in names}
-                sig["w_ptr"] = "*i8" if wb == 8 else "*u8"
-                sig.update({k: "constexpr" for k in consts})
-                divisible = _DIVISIBLE + (("N",) if n_divisible else ())
-                attrs = {(names.index(a),): [["tt.divisibility", 16]]
-                         for a in names if sig[a].startswith("*") or a in divisible}
+                sig, attrs = _signature(names, consts, "*i8" if wb == 8 else "*u8", n_divisible)
                 specs.append(CompileSpec(
                     f"{vname}/{gname}/{bm}x{rows}x{bk}/w{warps}s{stages}"
                     + ("-splitk" if split > 1 else ""),
@@ -92,7 +87,7 @@ def gluon_compile_specs() -> list[CompileSpec]:
     """The Gluon GEMM (``gemm_gluon.py``; sm_90 only) as launched at the real shapes: W4A4 and W3A3 run the same
     binary, with and without bias, N a multiple of 16."""
     from . import gemm_gluon as gg
-    from ._configs import GEMM_WEIGHT_ROWS
+    from ._configs import GEMM_WEIGHT_ROWS, gemm_shared_bytes
 
     fn = gg._gluon_gemm_kernel
     names = fn.arg_names
@@ -100,11 +95,7 @@ def gluon_compile_specs() -> list[CompileSpec]:
     for has_bias in (True, False):
         consts = dict(HAS_BIAS=has_bias, BLOCK_M=gg.GLUON_BLOCK_M, BLOCK_K=gg.GLUON_BLOCK_K, STAGES=gg.GLUON_STAGES,
                       NUM_WARPS=gg.GLUON_WARPS, SWIZZLE=gg.GLUON_SWIZZLE)
-        sig = {a: _TYPES.get(a, "i32") for a in names}
-        sig["w_ptr"] = "*u8"
-        sig.update({k: "constexpr" for k in consts})
-        attrs = {(names.index(a),): [["tt.divisibility", 16]]
-                 for a in names if sig[a].startswith("*") or a in _DIVISIBLE + ("N",)}
+        sig, attrs = _signature(names, consts, "*u8", n_divisible=True)
         rows = 2 * GEMM_WEIGHT_ROWS
         out.append(CompileSpec(
             f"W4A4/per_channel/{gg.GLUON_BLOCK_M}x{rows}x{gg.GLUON_BLOCK_K}/gluon-w{gg.GLUON_WARPS}s{gg.GLUON_STAGES}"
@@ -112,5 +103,16 @@ def gluon_compile_specs() -> list[CompileSpec]:
             fn, sig, consts, attrs, gg.GLUON_WARPS, 1, (gg.GLUON_BLOCK_M, rows, gg.GLUON_BLOCK_K),
             dict(variant="W4A4", w_bits=4, a_bits=4, group_size=-1, split_k=1, autotuned=False, min_capability=90,
                  n_divisible=True, gluon=True, stages=gg.GLUON_STAGES,
-                 shared_estimate=gg.GLUON_STAGES * (gg.GLUON_BLOCK_M + rows // 2) * gg.GLUON_BLOCK_K)))
+                 shared_estimate=gemm_shared_bytes(gg.GLUON_BLOCK_M, gg.GLUON_BLOCK_K, gg.GLUON_STAGES, 4, 2))))
     return out
+
+
+def _signature(names: list[str], consts: dict, w_type: str, n_divisible: bool) -> tuple[dict, dict]:
+    """(signature, attrs) of a GEMM kernel's compile: pointer and integer types, the constexprs, and the
+    divisibility-16 specialization of the pointers, KP, the output stride and (``n_divisible``) N."""
+    sig = {a: _TYPES.get(a, "i32") for a in names}
+    sig["w_ptr"] = w_type
+    sig.update({k: "constexpr" for k in consts})
+    divisible = _DIVISIBLE + (("N",) if n_divisible else ())
+    return sig, {(names.index(a),): [["tt.divisibility", 16]]
+                 for a in names if sig[a].startswith("*") or a in divisible}
